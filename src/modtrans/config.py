@@ -1,0 +1,52 @@
+"""Configuration base: dataclasses validated in ``__post_init__``, serialised as JSON or YAML.
+
+Each module keeps its own config dataclass beside the code it configures; this module holds
+only the shared (de)serialisation so every config reads and writes the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from modtrans.io import atomic_open
+
+C = TypeVar("C", bound="Config")
+
+
+@dataclasses.dataclass
+class Config:
+    """Base class for modtrans configs: ``to_dict``/``from_dict`` and YAML/JSON files."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls: type[C], data: dict[str, Any]) -> C:
+        """Build from a dict, rejecting unknown keys with a message that lists the valid ones."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(
+                f"{cls.__name__}: unknown option(s) {unknown}; valid options are {sorted(names)}"
+            )
+        return cls(**data)
+
+    def save(self, path: str | Path) -> None:
+        """Write as YAML (``.yaml``/``.yml``) or JSON (anything else), atomically."""
+        with atomic_open(path, "w") as f:
+            yaml.safe_dump(self.to_dict(), f, sort_keys=False)
+
+    @classmethod
+    def load(cls: type[C], path: str | Path) -> C:
+        """Read a YAML or JSON file (JSON is valid YAML) written by :meth:`save`."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} does not exist")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path} must hold a mapping of option names to values")
+        return cls.from_dict(data)
