@@ -1,0 +1,60 @@
+"""Throughput of the world generator: images per second, rendering and writing everything.
+
+Usage: ``python benchmarks/bench_world.py [--n 20000] [--workers N] [--seed 0]``; writes
+``benchmarks/results/world_throughput.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+from _common import write_result
+
+from modtrans.data.world import WorldConfig, generate_world
+
+logger = logging.getLogger("bench_world")
+
+
+def _disk_bytes(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Generate a world into a temporary folder and record its throughput.
+
+    Args:
+        argv: command-line arguments (default ``sys.argv[1:]``).
+    """
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=20_000, help="images to generate")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="worker processes (default: os.cpu_count())")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    config = WorldConfig(n_images=args.n, seed=args.seed)
+    workers = args.workers or os.cpu_count() or 1
+    with tempfile.TemporaryDirectory(prefix="modtrans-world-") as tmp:
+        summary = generate_world(config, tmp, workers=workers, progress=False)
+        size = _disk_bytes(Path(tmp))
+    figures = {
+        "n_images": summary["n_images"],
+        "seconds": round(summary["seconds"], 3),
+        "images_per_s": round(summary["images_per_s"], 1),
+        "images_per_s_per_worker": round(summary["images_per_s"] / workers, 1),
+        "counts": summary["counts"],
+        "bytes_on_disk": size,
+        "bytes_per_image": round(size / summary["n_images"], 1),
+    }
+    path = write_result("world_throughput", {"world": config.to_dict(), "workers": workers},
+                        figures)
+    logger.info("%d images in %.1f s: %.0f images/s with %d workers -> %s",
+                summary["n_images"], summary["seconds"], summary["images_per_s"], workers, path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+from modtrans.cli import run
+
+run()

@@ -1,0 +1,79 @@
+"""The ``modtrans`` command line: thin verbs over the Python API.
+
+Every verb lives in a submodule that registers itself on :data:`app`; :func:`main` takes
+``argv`` so tests call it directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+try:  # typer >= 0.2x vendors its own click and raises that click's exceptions
+    from typer._click.exceptions import ClickException
+except ImportError:  # older typer runs on click itself
+    from click import ClickException
+
+app = typer.Typer(
+    name="modtrans",
+    help=(
+        "Modality translation between embedding spaces. Start with `modtrans demo`, or run the "
+        "pipeline step by step: world → fit-encoder → embed."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _configure(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Log warnings and errors only."),
+) -> None:
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(
+        level=level,
+        format="%(message)s",
+        # Logs go to stderr: stdout carries the verbs' JSON output.
+        handlers=[
+            RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False)
+        ],
+        force=True,
+    )
+
+
+def _register_verbs() -> None:
+    from modtrans.cli import data, encoders  # noqa: F401  (each module adds its verbs to app)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI with ``argv`` (default ``sys.argv[1:]``) and return the exit code.
+
+    Expected errors (bad input, missing files) are reported in one line, without a traceback.
+    """
+    _register_verbs()
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=argv, prog_name="modtrans", standalone_mode=False)
+    except typer.Exit as e:
+        return e.exit_code
+    except ClickException as e:
+        e.show()
+        return e.exit_code
+    except typer.Abort:
+        typer.echo("Aborted.", err=True)
+        return 1
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as e:
+        typer.echo(f"Error: {e}", err=True)
+        return 2
+    return 0
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""Encoder verbs: ``encoders`` (list spec kinds), ``fit-encoder`` (train the world CLIP),
+``eval-encoder`` (retrieval, modality gap and probes of the pair behind a store)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from modtrans.cli import app
+
+
+@app.command("encoders")
+def list_encoder_kinds() -> None:
+    """List the encoder spec kinds that can be used with --encoder."""
+    from modtrans.encoders import list_encoders
+
+    for kind, help in list_encoders().items():
+        typer.echo(f"{kind + ':':<11} {help}")
+
+
+@app.command("fit-encoder")
+def fit_encoder(
+    world: Path = typer.Argument(..., help="A world folder made by `modtrans world`."),
+    out: Path = typer.Option(..., "--out", "-o", help="Where to save the model (use it as "
+                             "hf:OUT)."),
+    config: Path = typer.Option(None, help="YAML/JSON file of WorldClipConfig options."),
+    epochs: int = typer.Option(None, help="Override the config's number of epochs."),
+    batch_size: int = typer.Option(None, help="Override the config's batch size."),
+    lr: float = typer.Option(None, help="Override the config's learning rate."),
+    accelerator: str = typer.Option("auto", help="Lightning accelerator: auto, cpu, gpu."),
+) -> None:
+    """Train the world CLIP (a small transformers CLIPModel) on the world's train split.
+
+    The result is saved with save_pretrained and is loaded like any CLIP: --encoder hf:OUT.
+    """
+    from modtrans.encoders.world_clip import WorldClipConfig, fit_world_clip_from_world
+
+    cfg = WorldClipConfig.load(config) if config else WorldClipConfig()
+    overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr}
+    cfg = WorldClipConfig.from_dict(
+        {**cfg.to_dict(), **{k: v for k, v in overrides.items() if v is not None}}
+    )
+    summary = fit_world_clip_from_world(world, out, config=cfg, accelerator=accelerator)
+    typer.echo(json.dumps(summary, indent=2))
+
+
+@app.command("eval-encoder")
+def eval_encoder(
+    data: Path = typer.Argument(..., help="A store root with train and val splits."),
+    n_items: int = typer.Option(1000, help="Val images used for retrieval."),
+    probe: str = typer.Option(
+        "main_shape,main_colour", help="Comma-separated image-metadata columns to probe "
+        "linearly ('' for none)."
+    ),
+    out: Path = typer.Option(None, help="Also write the report as JSON here."),
+) -> None:
+    """Report the encoder pair behind a store: retrieval R@K, modality gap, linear probes."""
+    from modtrans.data.store import open_store
+    from modtrans.eval.encoder_report import cross_modal_report, linear_probe
+    from modtrans.io import write_json
+
+    val = open_store(data, "val")
+    report = cross_modal_report(val, n_items)
+    columns = [c for c in probe.split(",") if c]
+    if columns:
+        train = open_store(data, "train")
+        report["probes"] = {c: linear_probe(train, val, c) for c in columns}
+    if out:
+        write_json(out, report)
+    typer.echo(json.dumps(report, indent=2))

@@ -1,0 +1,1 @@
+"""Data: dataset readers, the embedding store, normalisation."""

@@ -1,0 +1,137 @@
+"""The Encoder protocol and the registry that builds encoders from spec strings.
+
+A spec is ``<kind>:<argument>``: ``hf:/path/to/clip`` or ``hf:openai/clip-vit-base-patch32``,
+``sbert:minilm``, ``open_clip:ViT-B-32/laion2b_s34b_b79k``. Kinds register a factory with
+:func:`register_encoder`; :func:`build_encoder` parses the spec and calls it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Protocol, runtime_checkable
+
+import torch
+from PIL import Image
+
+ImageBatch = Sequence[Image.Image] | torch.Tensor
+
+
+class ModalityError(ValueError):
+    """Raised when an encoder is asked for a modality it does not encode."""
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """Maps images and/or texts to embeddings of one dimension ``dim``.
+
+    Encoders that handle one modality only raise :class:`ModalityError` for the other;
+    ``modalities`` says which they handle.
+    """
+
+    spec: str
+    name: str
+    dim: int
+    modalities: frozenset[str]
+
+    def encode_images(self, images: ImageBatch, *, batch_size: int = 64) -> torch.Tensor:
+        """Embed images (PIL images, or a uint8 tensor (N, H, W, 3)) → float tensor (N, dim)."""
+        ...
+
+    def encode_texts(self, texts: Sequence[str], *, batch_size: int = 256) -> torch.Tensor:
+        """Embed texts → float tensor (N, dim)."""
+        ...
+
+
+EncoderFactory = Callable[..., Encoder]
+_REGISTRY: dict[str, tuple[EncoderFactory, str]] = {}
+
+
+def register_encoder(kind: str, help: str) -> Callable[[EncoderFactory], EncoderFactory]:
+    """Register ``factory(argument, *, device, dtype, normalize)`` under ``kind``."""
+
+    def decorator(factory: EncoderFactory) -> EncoderFactory:
+        _REGISTRY[kind] = (factory, help)
+        return factory
+
+    return decorator
+
+
+def list_encoders() -> dict[str, str]:
+    """The registered spec kinds with a one-line description of each."""
+    _import_builtin_kinds()
+    return {kind: help for kind, (_, help) in sorted(_REGISTRY.items())}
+
+
+def parse_spec(spec: str) -> tuple[str, str]:
+    """Split ``kind:argument``; raise ValueError naming the known kinds when malformed."""
+    _import_builtin_kinds()
+    kind, sep, argument = spec.partition(":")
+    if not sep or not argument:
+        raise ValueError(
+            f"encoder spec {spec!r} is not of the form <kind>:<argument>; "
+            f"known kinds: {', '.join(sorted(_REGISTRY))} (e.g. hf:/path/to/clip, sbert:minilm)"
+        )
+    if kind not in _REGISTRY:
+        raise ValueError(
+            f"unknown encoder kind {kind!r} in spec {spec!r}; "
+            f"known kinds: {', '.join(sorted(_REGISTRY))}"
+        )
+    return kind, argument
+
+
+def build_encoder(
+    spec: str,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    normalize: bool = True,
+) -> Encoder:
+    """Build an encoder from a spec string.
+
+    Args:
+        spec: ``<kind>:<argument>``, see :func:`list_encoders`.
+        device: where the model runs.
+        dtype: the model's parameter dtype (float32, float16, bfloat16); outputs are float32.
+        normalize: L2-normalise the embeddings (the clip-retrieval convention).
+
+    Returns:
+        An object following the :class:`Encoder` protocol.
+    """
+    kind, argument = parse_spec(spec)
+    factory, _ = _REGISTRY[kind]
+    return factory(argument, device=torch.device(device), dtype=dtype, normalize=normalize)
+
+
+def batches(items: Sequence, batch_size: int) -> Iterator[Sequence]:
+    """Consecutive slices of ``items`` of at most ``batch_size``."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    for start in range(0, len(items), batch_size):
+        yield items[start : start + batch_size]
+
+
+def check_texts(texts: Sequence[str]) -> None:
+    """Reject non-strings and empty captions with a message naming the first bad row."""
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise ValueError(f"text {i} is a {type(text).__name__}, expected str")
+        if not text.strip():
+            raise ValueError(f"text {i} is empty; remove empty captions before encoding")
+
+
+def to_pil_list(images: ImageBatch) -> list[Image.Image]:
+    """Accept PIL images or a uint8 tensor (N, H, W, 3) and return RGB PIL images."""
+    if isinstance(images, torch.Tensor):
+        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(
+                "image tensors must be uint8 (N, H, W, 3); "
+                f"got {images.dtype} {tuple(images.shape)}"
+            )
+        return [Image.fromarray(a) for a in images.cpu().numpy()]
+    return [im.convert("RGB") for im in images]
+
+
+def _import_builtin_kinds() -> None:
+    # The built-in kinds register themselves on import; importing here keeps the registry
+    # complete whichever module a caller imported first.
+    from modtrans.encoders import hf, open_clip, sbert  # noqa: F401

@@ -1,0 +1,279 @@
+"""The world CLIP: a small transformers ``CLIPModel`` trained contrastively on the world.
+
+It is saved with ``save_pretrained`` (model, word-level tokenizer, image processor) and then
+loaded only through the ``hf:`` spec, exactly like a real CLIP.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections import Counter
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from modtrans.config import Config
+from modtrans.data.coco import CaptionedImages, read_coco_captions
+
+logger = logging.getLogger(__name__)
+
+SPECIAL_TOKENS = {"pad": "[PAD]", "unk": "[UNK]", "bos": "[BOS]", "eos": "[EOS]"}
+# Token ids 0..3 in this order. The eos id must not be 2: transformers' CLIP treats
+# eos_token_id == 2 as a legacy config and pools at the highest token id instead.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclasses.dataclass
+class WorldClipConfig(Config):
+    """Architecture and training recipe of the world CLIP.
+
+    The default trains on 20,000 world images in a few minutes on a 2-core CPU.
+    """
+
+    image_size: int = 64
+    patch_size: int = 8
+    vision_width: int = 96
+    vision_layers: int = 3
+    text_width: int = 96
+    text_layers: int = 2
+    heads: int = 4
+    projection_dim: int = 128
+    max_length: int = 32
+    epochs: int = 8
+    batch_size: int = 256
+    lr: float = 2e-3
+    weight_decay: float = 0.1
+    warmup_fraction: float = 0.05
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}"
+            )
+        for name in ("vision_width", "text_width"):
+            if getattr(self, name) % self.heads:
+                raise ValueError(f"{name} must be a multiple of heads ({self.heads})")
+        for name in ("epochs", "batch_size", "vision_layers", "text_layers", "projection_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.warmup_fraction < 1:
+            raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+
+
+def build_tokenizer(captions: list[str]):
+    """A lower-cased word-level tokenizer over the words of ``captions``.
+
+    Returns:
+        A ``PreTrainedTokenizerFast`` that adds ``[BOS]``/``[EOS]`` around every text.
+    """
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    counts: Counter[str] = Counter()
+    normalizer = normalizers.Lowercase()
+    pre = pre_tokenizers.Whitespace()
+    for caption in captions:
+        counts.update(w for w, _ in pre.pre_tokenize_str(normalizer.normalize_str(caption)))
+    words = sorted(counts, key=lambda w: (-counts[w], w))
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS.values())}
+    vocab.update({w: i + len(vocab) for i, w in enumerate(words)})
+    tok = Tokenizer(WordLevel(vocab, unk_token=SPECIAL_TOKENS["unk"]))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre
+    bos, eos = SPECIAL_TOKENS["bos"], SPECIAL_TOKENS["eos"]
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A {eos}", special_tokens=[(bos, vocab[bos]), (eos, vocab[eos])]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token=SPECIAL_TOKENS["pad"],
+        unk_token=SPECIAL_TOKENS["unk"],
+        bos_token=bos,
+        eos_token=eos,
+        model_input_names=["input_ids", "attention_mask"],
+    )
+
+
+def build_clip_config(config: WorldClipConfig, tokenizer):
+    """The ``CLIPConfig`` of the world CLIP for a given tokenizer."""
+    from transformers import CLIPConfig
+
+    text = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=config.text_width,
+        intermediate_size=4 * config.text_width,
+        num_hidden_layers=config.text_layers,
+        num_attention_heads=config.heads,
+        max_position_embeddings=config.max_length,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    vision = dict(
+        image_size=config.image_size,
+        patch_size=config.patch_size,
+        hidden_size=config.vision_width,
+        intermediate_size=4 * config.vision_width,
+        num_hidden_layers=config.vision_layers,
+        num_attention_heads=config.heads,
+    )
+    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=config.projection_dim)
+
+
+def build_image_processor(image_size: int):
+    """CLIP preprocessing (resize, centre crop, CLIP mean/std) at the world's image size."""
+    from transformers import CLIPImageProcessorPil
+
+    return CLIPImageProcessorPil(
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
+        image_mean=list(CLIP_MEAN),
+        image_std=list(CLIP_STD),
+    )
+
+
+def load_images(paths: list[Path], image_size: int) -> torch.Tensor:
+    """Decode images into one uint8 tensor (N, H, W, 3); they must already be square."""
+    out = np.empty((len(paths), image_size, image_size, 3), dtype=np.uint8)
+    for i, path in enumerate(paths):
+        with Image.open(path) as im:
+            if im.size != (image_size, image_size):
+                raise ValueError(
+                    f"{path} is {im.size[0]}x{im.size[1]}; the world CLIP expects "
+                    f"{image_size}x{image_size} images (set --image-size to match)"
+                )
+            out[i] = np.asarray(im.convert("RGB"))
+    return torch.from_numpy(out)
+
+
+def pixel_values(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, H, W, 3) → CLIP-normalised float (N, 3, H, W), as the image processor does."""
+    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    return (images.permute(0, 3, 1, 2).float() / 255.0 - mean) / std
+
+
+class _PairDataset(Dataset):
+    """Each item: an image index and one of its captions, drawn anew every epoch."""
+
+    def __init__(self, captions: list[list[str]]) -> None:
+        self.captions = captions
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def __getitem__(self, i: int) -> tuple[int, str]:
+        options = self.captions[i]
+        return i, options[int(torch.randint(len(options), ()))]
+
+
+class _Collate:
+    def __init__(self, images: torch.Tensor, tokenizer, max_length: int) -> None:
+        self.images, self.tokenizer, self.max_length = images, tokenizer, max_length
+
+    def __call__(self, items: list[tuple[int, str]]) -> dict[str, torch.Tensor]:
+        index = torch.tensor([i for i, _ in items])
+        tokens = self.tokenizer(
+            [c for _, c in items], padding=True, truncation=True, max_length=self.max_length,
+            return_tensors="pt",
+        )
+        return {
+            "pixel_values": pixel_values(self.images[index]),
+            "input_ids": tokens["input_ids"],
+            "attention_mask": tokens["attention_mask"],
+        }
+
+
+def fit_world_clip(
+    train: CaptionedImages,
+    out_dir: str | Path,
+    config: WorldClipConfig | None = None,
+    *,
+    accelerator: str = "auto",
+    progress: bool = True,
+) -> dict:
+    """Train the world CLIP on captioned images and save it for ``hf:<out_dir>``.
+
+    Args:
+        train: the training images and captions (e.g. a world's train split).
+        out_dir: where ``save_pretrained`` writes model, tokenizer and image processor.
+        config: architecture and recipe; defaults to :class:`WorldClipConfig`.
+        accelerator: Lightning accelerator ("auto", "cpu", "gpu").
+        progress: show Lightning's progress bar.
+
+    Returns:
+        A summary: pairs, epochs, steps, seconds, final loss.
+    """
+    from transformers import CLIPModel
+
+    from modtrans.training.contrastive import ContrastiveModule
+
+    config = config or WorldClipConfig()
+    out_dir = Path(out_dir)
+    L.seed_everything(config.seed, verbose=False)
+    tokenizer = build_tokenizer([c for caps in train.captions for c in caps])
+    model = CLIPModel(build_clip_config(config, tokenizer))
+    images = load_images(train.image_paths, config.image_size)
+    loader = DataLoader(
+        _PairDataset(train.captions),
+        batch_size=config.batch_size,
+        shuffle=True,
+        drop_last=len(train) > config.batch_size,
+        collate_fn=_Collate(images, tokenizer, config.max_length),
+    )
+    total = config.epochs * len(loader)
+    module = ContrastiveModule(
+        model,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        warmup_steps=math.ceil(config.warmup_fraction * total),
+        total_steps=total,
+    )
+    trainer = L.Trainer(
+        accelerator=accelerator,
+        devices=1,
+        max_epochs=config.epochs,
+        logger=L.pytorch.loggers.CSVLogger(out_dir, name="logs", version=""),
+        enable_checkpointing=False,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        log_every_n_steps=10,
+        deterministic=False,
+    )
+    start = time.perf_counter()
+    trainer.fit(module, loader)
+    seconds = time.perf_counter() - start
+    model.eval()
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    build_image_processor(config.image_size).save_pretrained(out_dir)
+    config.save(out_dir / "world_clip_config.yaml")
+    summary = {
+        "pairs": len(train),
+        "epochs": config.epochs,
+        "steps": total,
+        "seconds": round(seconds, 1),
+        "final_loss": float(trainer.callback_metrics.get("train/loss", float("nan"))),
+    }
+    logger.info("world CLIP trained: %s", summary)
+    return summary
+
+
+def fit_world_clip_from_world(world_dir: str | Path, out_dir: str | Path, **kwargs) -> dict:
+    """:func:`fit_world_clip` on the ``train`` split of a world directory."""
+    captions = Path(world_dir) / "train" / "captions.json"
+    if not captions.is_file():
+        raise FileNotFoundError(
+            f"{captions} does not exist; generate a world first with `modtrans world {world_dir}`"
+        )
+    return fit_world_clip(read_coco_captions(captions), out_dir, **kwargs)

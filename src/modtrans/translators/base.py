@@ -1,0 +1,245 @@
+"""What every translator shares: config, normalisers, the ``translate`` API, checkpoints.
+
+A translator maps condition embeddings c (N, Dc) to estimates ẑ (N, D) of target embeddings.
+Both spaces are z-normalised with statistics of the train split (stored in the checkpoint);
+subclasses work in normalised space through :meth:`Translator._translate`.
+
+A checkpoint is a directory: ``model.safetensors`` (every tensor, normalisers included) and
+``config.json`` (everything needed to rebuild: method, direction, dims, encoder specs and the
+method's own parameters). Loading never unpickles.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+import modtrans
+from modtrans.config import Config
+from modtrans.io import atomic_path, write_json
+
+DIRECTIONS = ("text2image", "image2text")
+MODES = ("sample", "mean", "best-of-k")
+Mode = Literal["sample", "mean", "best-of-k"]
+
+
+@dataclasses.dataclass
+class TranslatorConfig(Config):
+    """Self-description of a translator checkpoint.
+
+    Attributes:
+        method: registry name (``ced``, ``ridge``, ...).
+        direction: ``text2image`` or ``image2text``.
+        cond_dim, target_dim: Dc and D.
+        image_encoder, text_encoder: the encoder specs of the store it was trained on.
+        params: the method's own hyper-parameters and data-dependent sizes.
+        version: modtrans version that wrote it.
+    """
+
+    method: str
+    direction: str
+    cond_dim: int
+    target_dim: int
+    image_encoder: str = "unknown"
+    text_encoder: str = "unknown"
+    params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    version: str = modtrans.__version__
+
+    def __post_init__(self) -> None:
+        if self.direction not in DIRECTIONS:
+            raise ValueError(
+                f"direction must be one of {DIRECTIONS}, got {self.direction!r} "
+                "(--direction text2image or image2text)"
+            )
+        for name in ("cond_dim", "target_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+    @property
+    def cond_modality(self) -> str:
+        return "text" if self.direction == "text2image" else "image"
+
+    @property
+    def target_modality(self) -> str:
+        return "image" if self.direction == "text2image" else "text"
+
+
+class Normalizer(nn.Module):
+    """Per-dimension z-normalisation, x ↦ (x − μ) / σ, with statistics kept as buffers."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    @torch.no_grad()
+    def fit(self, x: Tensor, eps: float = 1e-6) -> Normalizer:
+        """Set μ and σ from ``x`` (N, dim), in float64 for accuracy."""
+        x = x.double()
+        self.mean.copy_(x.mean(0))
+        self.std.copy_(x.std(0).clamp_min(eps))
+        return self
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean) / self.std
+
+    def inverse(self, x: Tensor) -> Tensor:
+        return x * self.std + self.mean
+
+
+def check_embeddings(x: Tensor, dim: int, what: str) -> None:
+    """Raise a clear ValueError for a wrong shape, an empty batch or non-finite values."""
+    if x.ndim != 2 or x.shape[1] != dim:
+        raise ValueError(f"{what} must have shape (N, {dim}); got {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{what} is empty (0 rows); check the split or the selection")
+    if not torch.isfinite(x).all():
+        bad = int((~torch.isfinite(x)).any(1).sum())
+        raise ValueError(f"{what} holds NaN or inf in {bad} row(s); clean the embeddings first")
+
+
+class Translator(nn.Module):
+    """Base class: subclasses set ``method`` and implement ``_translate`` (normalised space)."""
+
+    method: ClassVar[str]
+    stochastic: ClassVar[bool] = False
+    trainable: ClassVar[bool] = False
+    default_params: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, config: TranslatorConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.cond_norm = Normalizer(config.cond_dim)
+        self.target_norm = Normalizer(config.target_dim)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return self.config.params
+
+    def prepare(self, cn: Tensor, zn: Tensor, val_cn: Tensor, val_zn: Tensor) -> dict[str, Any]:
+        """Closed-form fitting before (or instead of) gradient training, in normalised space.
+
+        Called after the normalisers are fitted. Returns what was chosen (e.g. λ on val).
+        """
+        return {}
+
+    def training_loss(self, cn: Tensor, zn: Tensor) -> Tensor:
+        """The loss of one batch (normalised space), for translators with ``trainable``."""
+        raise NotImplementedError(f"{self.method} has no gradient training")
+
+    def val_similarity(self, pred_n: Tensor, zn: Tensor) -> float:
+        """Mean cosine between prediction and target in the raw target space (Sim)."""
+        pred, z = self.target_norm.inverse(pred_n), self.target_norm.inverse(zn)
+        return float(torch.nn.functional.cosine_similarity(pred, z, dim=-1).mean())
+
+    def _translate(self, cn: Tensor, *, mode: Mode, n_samples: int,
+                   generator: torch.Generator | None, **kwargs: Any) -> Tensor:
+        """(N, Dc) normalised conditions → (N, D) normalised targets."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def translate(
+        self,
+        c: Tensor,
+        *,
+        mode: Mode = "mean",
+        n_samples: int = 8,
+        batch_size: int = 4096,
+        generator: torch.Generator | None = None,
+        **kwargs: Any,
+    ) -> Tensor:
+        """Translate condition embeddings into the target space.
+
+        Args:
+            c: (N, Dc) raw condition embeddings (as stored, not normalised).
+            mode: ``sample`` (one draw), ``mean`` (average of ``n_samples`` draws) or
+                ``best-of-k`` (the draw closest to the mapped condition). Deterministic
+                translators return the same output in every mode.
+            n_samples: draws for ``mean`` and ``best-of-k``.
+            batch_size: rows translated at once.
+            generator: randomness of stochastic translators.
+            **kwargs: method options (``steps``, ``guidance``, ``sampler``, ``eta`` for CED).
+
+        Returns:
+            (N, D) float32 estimates in the raw target space.
+        """
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if n_samples < 1:
+            raise ValueError(f"n_samples must be at least 1, got {n_samples}")
+        check_embeddings(c, self.config.cond_dim, f"{self.config.cond_modality} embeddings")
+        was_training = self.training
+        self.eval()
+        device = self.cond_norm.mean.device
+        out = []
+        for chunk in c.split(batch_size):
+            cn = self.cond_norm(chunk.to(device, torch.float32))
+            zn = self._translate(cn, mode=mode, n_samples=n_samples, generator=generator,
+                                 **kwargs)
+            out.append(self.target_norm.inverse(zn).float().cpu())
+        self.train(was_training)
+        return torch.cat(out)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> Translator:
+        """Rebuild the translator saved in ``path``, whatever its method."""
+        return load_translator(path, device)
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``model.safetensors`` and ``config.json`` into directory ``path``."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        with atomic_path(path / "model.safetensors") as tmp:
+            save_file(tensors, str(tmp), metadata={"format": "modtrans-translator"})
+        write_json(path / "config.json", self.config.to_dict())
+        return path
+
+
+_REGISTRY: dict[str, type[Translator]] = {}
+
+
+def register_translator(cls: type[Translator]) -> type[Translator]:
+    """Class decorator: make ``cls`` buildable by its ``method`` name."""
+    _REGISTRY[cls.method] = cls
+    return cls
+
+
+def list_translators() -> list[str]:
+    """Names accepted by ``--method``."""
+    _import_builtin()
+    return sorted(_REGISTRY)
+
+
+def translator_class(method: str) -> type[Translator]:
+    """The class registered under ``method``; ValueError listing the known names otherwise."""
+    _import_builtin()
+    if method not in _REGISTRY:
+        raise ValueError(f"unknown method {method!r}; choose one of {sorted(_REGISTRY)}")
+    return _REGISTRY[method]
+
+
+def load_translator(path: str | Path, device: str | torch.device = "cpu") -> Translator:
+    """Rebuild a translator from a checkpoint directory written by :meth:`Translator.save`."""
+    path = Path(path)
+    config_file, weights = path / "config.json", path / "model.safetensors"
+    if not config_file.is_file() or not weights.is_file():
+        raise FileNotFoundError(
+            f"{path} is not a translator checkpoint (needs config.json and model.safetensors); "
+            "train one with `modtrans train`"
+        )
+    config = TranslatorConfig.from_dict(json.loads(config_file.read_text()))
+    model = translator_class(config.method)(config)
+    model.load_state_dict(load_file(str(weights)), strict=True)
+    return model.to(device).eval()
+
+
+def _import_builtin() -> None:
+    # Built-in methods register on import.
+    from modtrans.translators import baselines, ced  # noqa: F401

@@ -1,0 +1,157 @@
+"""Regression baselines, all behind the :class:`Translator` interface.
+
+identity (ẑ = c), mean-shift (ẑ = c − μ_c + μ_z), ridge (closed form, λ chosen on val),
+MLP regression (cosine or MSE loss) and k-nearest-neighbour averaging. They are deterministic:
+every inference mode returns the same output.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from modtrans.translators.base import Translator, TranslatorConfig, register_translator
+
+
+def _require_same_dims(config: TranslatorConfig, method: str) -> None:
+    if config.cond_dim != config.target_dim:
+        raise ValueError(
+            f"{method} needs condition and target embeddings of the same size; got "
+            f"{config.cond_dim} and {config.target_dim} (use ridge or mlp across encoders)"
+        )
+
+
+@register_translator
+class IdentityTranslator(Translator):
+    """ẑ = c: the raw cross-modal embedding, the floor every translator must clear."""
+
+    method = "identity"
+
+    def __init__(self, config: TranslatorConfig) -> None:
+        _require_same_dims(config, self.method)
+        super().__init__(config)
+
+    def _translate(self, cn: Tensor, **kwargs: Any) -> Tensor:
+        c = self.cond_norm.inverse(cn)
+        return self.target_norm(c)
+
+
+@register_translator
+class MeanShiftTranslator(Translator):
+    """ẑ = c − μ_c + μ_z: closes the modality gap's offset, nothing more."""
+
+    method = "mean-shift"
+
+    def __init__(self, config: TranslatorConfig) -> None:
+        _require_same_dims(config, self.method)
+        super().__init__(config)
+
+    def _translate(self, cn: Tensor, **kwargs: Any) -> Tensor:
+        return cn * self.cond_norm.std / self.target_norm.std
+
+
+def ridge_solutions(cn: Tensor, zn: Tensor, lambdas: list[float]) -> list[Tensor]:
+    """W_λ = (CᵀC + λN·I)⁻¹ CᵀZ for every λ, from one eigendecomposition of CᵀC (float64)."""
+    c, z = cn.double(), zn.double()
+    evals, evecs = torch.linalg.eigh(c.T @ c)
+    proj = evecs.T @ (c.T @ z)  # (Dc, D)
+    n = c.shape[0]
+    return [(evecs @ (proj / (evals + lam * n).unsqueeze(1))).float() for lam in lambdas]
+
+
+@register_translator
+class RidgeTranslator(Translator):
+    """ẑ = c·W with W the ridge solution in normalised space; λ chosen by val Sim."""
+
+    method = "ridge"
+    default_params: ClassVar[dict[str, Any]] = {
+        "lambdas": [1e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0],
+    }
+
+    def __init__(self, config: TranslatorConfig) -> None:
+        super().__init__(config)
+        self.register_buffer("weight", torch.zeros(config.cond_dim, config.target_dim))
+
+    def prepare(self, cn: Tensor, zn: Tensor, val_cn: Tensor, val_zn: Tensor) -> dict[str, Any]:
+        lambdas = list(self.params["lambdas"])
+        solutions = ridge_solutions(cn, zn, lambdas)
+        sims = [self.val_similarity(val_cn @ w, val_zn) for w in solutions]
+        best = max(range(len(lambdas)), key=sims.__getitem__)
+        self.weight.copy_(solutions[best])
+        return {"lambda": lambdas[best], "val_sim_by_lambda": dict(zip(lambdas, sims, strict=True))}
+
+    def _translate(self, cn: Tensor, **kwargs: Any) -> Tensor:
+        return cn @ self.weight
+
+
+@register_translator
+class MLPTranslator(Translator):
+    """A residual MLP regressor trained with a cosine or MSE loss."""
+
+    method = "mlp"
+    trainable = True
+    default_params: ClassVar[dict[str, Any]] = {
+        "width": 1024, "depth": 2, "dropout": 0.1, "loss": "cosine", "lr": 1e-3,
+        "weight_decay": 1e-4,
+    }
+
+    def __init__(self, config: TranslatorConfig) -> None:
+        super().__init__(config)
+        p = self.params
+        if p["loss"] not in ("cosine", "mse"):
+            raise ValueError(f"mlp loss must be 'cosine' or 'mse', got {p['loss']!r}")
+        layers: list[nn.Module] = [nn.Linear(config.cond_dim, p["width"])]
+        for _ in range(p["depth"] - 1):
+            layers += [nn.GELU(), nn.Dropout(p["dropout"]), nn.Linear(p["width"], p["width"])]
+        layers += [nn.GELU(), nn.Dropout(p["dropout"]), nn.Linear(p["width"], config.target_dim)]
+        self.net = nn.Sequential(*layers)
+        self.skip = nn.Linear(config.cond_dim, config.target_dim, bias=False)
+
+    def _forward(self, cn: Tensor) -> Tensor:
+        return self.skip(cn) + self.net(cn)
+
+    def training_loss(self, cn: Tensor, zn: Tensor) -> Tensor:
+        pred = self._forward(cn)
+        if self.params["loss"] == "mse":
+            return F.mse_loss(pred, zn)
+        pred_raw, z_raw = self.target_norm.inverse(pred), self.target_norm.inverse(zn)
+        return 1 - F.cosine_similarity(pred_raw, z_raw, dim=-1).mean()
+
+    def _translate(self, cn: Tensor, **kwargs: Any) -> Tensor:
+        return self._forward(cn)
+
+
+@register_translator
+class KNNTranslator(Translator):
+    """ẑ = the mean target of the k training conditions nearest to c (cosine); k chosen on val."""
+
+    method = "knn"
+    default_params: ClassVar[dict[str, Any]] = {"ks": [1, 5, 10, 20, 50], "k": 10, "n_train": 0}
+
+    def __init__(self, config: TranslatorConfig) -> None:
+        super().__init__(config)
+        n = int(self.params["n_train"])
+        self.register_buffer("keys", torch.zeros(n, config.cond_dim))
+        self.register_buffer("values", torch.zeros(n, config.target_dim))
+
+    def prepare(self, cn: Tensor, zn: Tensor, val_cn: Tensor, val_zn: Tensor) -> dict[str, Any]:
+        self.keys = F.normalize(cn, dim=-1)
+        self.values = zn.clone()
+        self.params["n_train"] = len(cn)
+        ks = [k for k in self.params["ks"] if k <= len(cn)]
+        sims = {k: self.val_similarity(self._neighbour_mean(val_cn, k), val_zn) for k in ks}
+        self.params["k"] = max(sims, key=sims.__getitem__)
+        return {"k": self.params["k"], "val_sim_by_k": sims}
+
+    def _neighbour_mean(self, cn: Tensor, k: int, chunk: int = 1024) -> Tensor:
+        out = []
+        for part in cn.split(chunk):
+            idx = (F.normalize(part, dim=-1) @ self.keys.T).topk(k, dim=1).indices  # (n, k)
+            out.append(self.values[idx].mean(1))
+        return torch.cat(out)
+
+    def _translate(self, cn: Tensor, **kwargs: Any) -> Tensor:
+        return self._neighbour_mean(cn, int(self.params["k"]))

@@ -1,0 +1,97 @@
+"""Shared fixtures: a tiny world generated once and a tiny world CLIP trained once on it."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# Everything runs offline: a hub lookup must fail fast instead of trying the network. Set at
+# import, before huggingface_hub reads them, and kept for the whole session.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+N_WORLD_IMAGES = 80
+TINY_CLIP: dict[str, Any] = {
+    "vision_width": 32,
+    "text_width": 32,
+    "heads": 2,
+    "vision_layers": 1,
+    "text_layers": 1,
+    "projection_dim": 16,
+    "epochs": 1,
+    "batch_size": 32,
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A world of ``N_WORLD_IMAGES`` images (all four splits non-empty), generated once."""
+    from modtrans.data.world import WorldConfig, generate_world
+
+    out = tmp_path_factory.mktemp("tiny") / "world"
+    summary = generate_world(
+        WorldConfig(n_images=N_WORLD_IMAGES, seed=0), out, workers=1, progress=False
+    )
+    assert set(summary["counts"]) == {"train", "val", "test", "novel"}, summary
+    return out
+
+
+@dataclasses.dataclass
+class TrainedClip:
+    """The tiny world CLIP: where it was saved, plus the in-memory model and tokenizer."""
+
+    path: Path
+    spec: str
+    config: Any
+    model: Any
+    tokenizer: Any
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tiny_world: Path, tmp_path_factory: pytest.TempPathFactory) -> TrainedClip:
+    """A tiny world CLIP trained once on ``tiny_world``; the in-memory model is kept too."""
+    from modtrans.encoders import world_clip
+    from modtrans.training import contrastive
+
+    captured: dict[str, Any] = {}
+    real_module, real_tokenizer = contrastive.ContrastiveModule, world_clip.build_tokenizer
+
+    class CapturingModule(real_module):  # type: ignore[misc, valid-type]
+        def __init__(self, model: Any, **kwargs: Any) -> None:
+            super().__init__(model, **kwargs)
+            captured["model"] = model
+
+    def capturing_tokenizer(captions: list[str]) -> Any:
+        captured["tokenizer"] = real_tokenizer(captions)
+        return captured["tokenizer"]
+
+    config = world_clip.WorldClipConfig(**TINY_CLIP)
+    out = tmp_path_factory.mktemp("tiny_clip") / "clip"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(contrastive, "ContrastiveModule", CapturingModule)
+        mp.setattr(world_clip, "build_tokenizer", capturing_tokenizer)
+        world_clip.fit_world_clip_from_world(
+            tiny_world, out, config=config, accelerator="cpu", progress=False
+        )
+    model = captured["model"].eval()
+    return TrainedClip(out, f"hf:{out}", config, model, captured["tokenizer"])
+
+
+@pytest.fixture(scope="session")
+def clip_encoder(tiny_clip: TrainedClip) -> Any:
+    """The tiny world CLIP loaded through the ``hf:`` spec (normalised, float32)."""
+    from modtrans.encoders import build_encoder
+
+    return build_encoder(tiny_clip.spec)
+
+
+@pytest.fixture(scope="session")
+def minilm() -> Any:
+    """The packaged all-MiniLM-L6-v2 text encoder."""
+    from modtrans.encoders import build_encoder
+
+    return build_encoder("sbert:minilm")

