@@ -7,6 +7,7 @@ Every verb lives in a submodule that registers itself on :data:`app`; :func:`mai
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import typer
@@ -45,10 +46,23 @@ def _configure(
         ],
         force=True,
     )
+    if not verbose:
+        _quiet_libraries()
+
+
+def _quiet_libraries() -> None:
+    """Keep third-party chatter (tips, per-load progress bars) out of the user's terminal.
+
+    Set before transformers and huggingface_hub are imported, which read them on import.
+    """
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _register_verbs() -> None:
-    from modtrans.cli import data, encoders  # noqa: F401  (each module adds its verbs to app)
+    from modtrans.cli import data, encoders, translate  # noqa: F401  (modules add their verbs)
 
 
 def main(argv: list[str] | None = None) -> int:

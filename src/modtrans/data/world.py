@@ -524,8 +524,10 @@ def _coco(split: str, config: WorldConfig, records: list[dict[str, Any]]) -> dic
 
 def _write_split(folder: Path, split: str, config: WorldConfig,
                  records: list[dict[str, Any]]) -> None:
-    with atomic_open(folder / "captions.json") as f:  # compact: it is large, as COCO's are
-        json.dump(_coco(split, config, records), f, separators=(",", ":"))
+    # compact, as COCO's own files are; json.dumps (unlike json.dump) uses the C encoder
+    text = json.dumps(_coco(split, config, records), separators=(",", ":"))
+    with atomic_open(folder / "captions.json") as f:
+        f.write(text)
     table = pa.Table.from_pylist([r["ground_truth"] for r in records], schema=_GT_SCHEMA)
     with atomic_path(folder / "ground_truth.parquet") as tmp:
         pq.write_table(table, tmp)

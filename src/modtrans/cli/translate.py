@@ -1,0 +1,234 @@
+"""Translator verbs: ``train``, ``eval``, ``translate``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+import yaml
+
+from modtrans.cli import app
+
+
+def parse_params(items: list[str] | None) -> dict:
+    """``["steps=20", "lambdas=[0.1, 1]"]`` → ``{"steps": 20, "lambdas": [0.1, 1]}`` (YAML values)."""
+    params = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--param {item!r} must be KEY=VALUE, e.g. --param steps=20")
+        params[key.strip()] = yaml.safe_load(value)
+    return params
+
+
+@app.command()
+def train(
+    data: Path = typer.Option(..., help="Store root (with train and val splits) or a store."),
+    direction: str = typer.Option(..., help="text2image or image2text."),
+    method: str = typer.Option("ced", help="ced, ced-paper, ridge, mlp, knn, mean-shift, "
+                               "identity (`modtrans methods` lists them)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Checkpoint directory to write."),
+    param: list[str] = typer.Option(None, help="Method option KEY=VALUE (repeatable), e.g. "
+                                    "--param width=1024 --param steps=20."),
+    config: Path = typer.Option(None, help="YAML/JSON file of TrainConfig options."),
+    epochs: int = typer.Option(None, help="Training epochs (trainable methods)."),
+    batch_size: int = typer.Option(None, help="Pairs per step."),
+    max_time: str = typer.Option(None, help="Wall-clock budget DD:HH:MM:SS."),
+    precision: str = typer.Option(None, help="Lightning precision: 32, bf16-mixed (GPU)."),
+    accelerator: str = typer.Option(None, help="auto, cpu or gpu."),
+    devices: int = typer.Option(None, help="Number of devices."),
+    strategy: str = typer.Option(None, help="Lightning strategy, e.g. ddp."),
+    logger: str = typer.Option(None, help="csv or tensorboard."),
+    seed: int = typer.Option(None, help="Random seed."),
+    resume: bool = typer.Option(False, help="Continue from OUT/lightning/last.ckpt."),
+) -> None:
+    """Train a translator on the train split (validation Sim on val each epoch)."""
+    from modtrans.data.pairs import load_pairs
+    from modtrans.data.store import open_store
+    from modtrans.training.translator import TrainConfig, fit_translator
+
+    tc = TrainConfig.load(config) if config else TrainConfig()
+    overrides = dict(epochs=epochs, batch_size=batch_size, max_time=max_time,
+                     precision=precision, accelerator=accelerator, devices=devices,
+                     strategy=strategy, logger=logger, seed=seed)
+    tc = TrainConfig.from_dict({**tc.to_dict(),
+                                **{k: v for k, v in overrides.items() if v is not None}})
+    train_store, val_store = open_store(data, "train"), open_store(data, "val")
+    _, info = fit_translator(
+        method, load_pairs(train_store, direction), load_pairs(val_store, direction), out,
+        params=parse_params(param), train_config=tc, image_encoder=train_store.image_encoder,
+        text_encoder=train_store.text_encoder, resume=resume,
+    )
+    typer.echo(json.dumps(info, indent=2, default=str))
+
+
+@app.command("methods")
+def methods() -> None:
+    """List the translator methods and their default options."""
+    from modtrans.translators.base import list_translators, translator_class
+
+    for name in list_translators():
+        typer.echo(f"{name}: {json.dumps(translator_class(name).default_params)}")
+
+
+@app.command("eval")
+def evaluate(
+    translator: str = typer.Argument(..., help="A checkpoint directory, or the name of a "
+                                     "closed-form method (identity, mean-shift, ridge, knn) "
+                                     "to fit on train first."),
+    data: Path = typer.Option(..., help="Store root or store."),
+    split: str = typer.Option("val", help="Split to evaluate on (val, test, novel)."),
+    direction: str = typer.Option(None, help="Needed with a method name."),
+    max_images: int = typer.Option(1000, help="Evaluate on the first N images (0: all)."),
+    n_samples: int = typer.Option(8, help="Draws averaged in mean mode."),
+    steps: int = typer.Option(None, help="Sampling steps (stochastic translators)."),
+    guidance: float = typer.Option(None, help="Classifier-free guidance scale."),
+    sampler: str = typer.Option(None, help="ddim or dpm."),
+    zero_shot: bool = typer.Option(True, help="Zero-shot shape classification (world stores)."),
+    out: Path = typer.Option(None, help="Write the results here (.json; a .md table beside)."),
+) -> None:
+    """Evaluate a translator: Sim, cosine suite, R@1/5/10, MedR, FD, diversity, zero-shot."""
+    from modtrans.data.pairs import load_pairs
+    from modtrans.data.store import open_store
+    from modtrans.encoders import build_encoder
+    from modtrans.eval.worldbench import (
+        EvalOptions,
+        evaluate_translator,
+        markdown_table,
+        world_shape_task,
+    )
+    from modtrans.io import atomic_open, write_json
+    from modtrans.training.translator import fit_translator
+    from modtrans.translators.base import load_translator, translator_class
+
+    store = open_store(data, split)
+    if Path(translator).is_dir():
+        model = load_translator(translator)
+        if direction and direction != model.config.direction:
+            raise ValueError(f"{translator} translates {model.config.direction}, not {direction}")
+        _check_encoders(model.config, store)
+    else:
+        if translator_class(translator).trainable:
+            raise ValueError(f"{translator} needs training: run `modtrans train --method "
+                             f"{translator}` and pass the checkpoint directory")
+        if not direction:
+            raise ValueError("--direction is needed when evaluating a method by name")
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            model, _ = fit_translator(
+                translator, load_pairs(open_store(data, "train"), direction),
+                load_pairs(open_store(data, "val"), direction), tmp, progress=False)
+    pairs = load_pairs(store, model.config.direction, max_images or None)
+    sampler_options = {k: v for k, v in
+                       dict(steps=steps, guidance=guidance, sampler=sampler).items() if v}
+    task = None
+    if zero_shot and "main_shape" in store.image_metadata().column_names:
+        task = world_shape_task(store, build_encoder(store.text_encoder))
+    result = evaluate_translator(model, pairs, zero_shot=task, options=EvalOptions(
+        n_samples=n_samples, sampler_options=sampler_options))
+    result["split"] = split
+    if out:
+        write_json(out, result)
+        with atomic_open(Path(out).with_suffix(".md")) as f:
+            f.write(markdown_table([result]) + "\n")
+    typer.echo(json.dumps(result, indent=2))
+
+
+def _check_encoders(config, store) -> None:
+    """A checkpoint must be used with embeddings from the encoders it was trained on."""
+    for modality in ("image", "text"):
+        trained, given = getattr(config, f"{modality}_encoder"), getattr(store,
+                                                                          f"{modality}_encoder")
+        if "unknown" not in (trained, given) and trained != given:
+            raise ValueError(
+                f"the translator was trained on {modality} embeddings from {trained!r} but the "
+                f"store holds embeddings from {given!r}; embed the data with the same encoders"
+            )
+
+
+@app.command()
+def translate(
+    checkpoint: Path = typer.Argument(..., help="Translator checkpoint directory."),
+    text: list[str] = typer.Option(None, help="Text(s) to translate (text2image)."),
+    image: list[Path] = typer.Option(None, help="Image file(s) to translate (image2text)."),
+    out: Path = typer.Option(None, help="Write the translated embeddings here (.npy)."),
+    gallery: Path = typer.Option(None, help="Store root or store to search for neighbours."),
+    split: str = typer.Option("val", help="Gallery split."),
+    k: int = typer.Option(5, help="Neighbours to show."),
+    mode: str = typer.Option("mean", help="sample, mean or best-of-k."),
+    n_samples: int = typer.Option(8, help="Draws for mean and best-of-k."),
+    seed: int = typer.Option(0, help="Seed of the draws."),
+) -> None:
+    """Translate texts or images into the other space; save them and show neighbours."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from modtrans.data.store import open_store
+    from modtrans.encoders import build_encoder
+    from modtrans.io import save_npy
+    from modtrans.translators.base import load_translator
+
+    model = load_translator(checkpoint)
+    cfg = model.config
+    if cfg.direction == "text2image":
+        if not text or image:
+            raise ValueError(f"{checkpoint} translates text to image: give --text")
+        c = build_encoder(cfg.text_encoder).encode_texts(list(text))
+        labels = list(text)
+    else:
+        if not image or text:
+            raise ValueError(f"{checkpoint} translates image to text: give --image")
+        missing = [str(p) for p in image if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f"image file(s) not found: {', '.join(missing)}")
+        c = build_encoder(cfg.image_encoder).encode_images([Image.open(p) for p in image])
+        labels = [str(p) for p in image]
+    z = model.translate(c, mode=mode, n_samples=n_samples,
+                        generator=torch.Generator().manual_seed(seed))
+    if out:
+        save_npy(out, z.numpy().astype(np.float32))
+        typer.echo(f"wrote {tuple(z.shape)} embeddings to {out}")
+    if gallery:
+        store = open_store(gallery, split)
+        _check_encoders(cfg, store)
+        image_side = cfg.target_modality == "image"
+        emb = store.image_embeddings if image_side else store.text_embeddings
+        meta = store.image_metadata() if image_side else store.text_metadata()
+        names = meta.column("image_path" if image_side else "caption").to_pylist()
+        g = torch.nn.functional.normalize(torch.from_numpy(emb.to_numpy()), dim=-1)
+        scores = torch.nn.functional.normalize(z, dim=-1) @ g.T
+        for label, row in zip(labels, scores, strict=True):
+            top = row.topk(min(k, len(row)))
+            typer.echo(f"{label}:")
+            for s, i in zip(top.values.tolist(), top.indices.tolist(), strict=True):
+                typer.echo(f"  {s:.3f}  {names[i]}")
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("modtrans_demo"), "--out", "-o", help="Output folder."),
+    preset: str = typer.Option("default", help="default (20,000 images) or tiny (tests)."),
+    config: Path = typer.Option(None, help="YAML/JSON file of DemoConfig options."),
+) -> None:
+    """The embedded default end to end: world → world CLIP → embed → train every translator
+    in both directions → evaluate → OUT/report.html. Resumes if interrupted."""
+    from modtrans.demo import PRESETS, DemoConfig, run_demo
+
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    cfg = DemoConfig.load(config) if config else PRESETS[preset]
+    report = run_demo(out, cfg)
+    typer.echo(f"report: {report}")
+
+
+@app.command()
+def report(folder: Path = typer.Argument(..., help="A demo output folder.")) -> None:
+    """Regenerate FOLDER/report.html from the results the demo wrote."""
+    from modtrans.eval.report import write_report
+
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} does not exist; run `modtrans demo --out {folder}`")
+    typer.echo(f"report: {write_report(folder)}")

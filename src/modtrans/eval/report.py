@@ -1,0 +1,162 @@
+"""``report.html``: tables, training curves and plots from a demo or benchmark folder.
+
+Everything shown is read from the JSON and CSV files the pipeline wrote, never recomputed
+or typed in; pictures are embedded as PNG so the page is a single file.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from modtrans.eval.worldbench import TABLE_COLUMNS  # noqa: E402
+from modtrans.io import atomic_open  # noqa: E402
+
+_STYLE = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:0.9em}
+td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
+th{background:#f3f3f3}td:first-child{text-align:left}
+img{max-width:100%}.grid{display:flex;flex-wrap:wrap;gap:12px}
+.grid figure{margin:0;width:180px;font-size:0.75em}"""
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    cols = [(k, t, f) for k, t, f in TABLE_COLUMNS if any(r.get(k) is not None for r in rows)]
+    head = "".join(f"<th>{html.escape(t)}</th>" for _, t, _ in cols)
+    body = "".join(
+        "<tr>" + "".join(
+            f"<td>{html.escape(f.format(r[k])) if r.get(k) is not None else '–'}</td>"
+            for k, _, f in cols) + "</tr>"
+        for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _bars(results: list[dict[str, Any]]) -> str:
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.5))
+    for ax, key in zip(axes, ("sim", "R@1"), strict=True):
+        labels, width = [], 0.8 / max(len(results), 1)
+        for i, res in enumerate(results):
+            rows = res["rows"]
+            labels = [r["method"] for r in rows]
+            ax.bar([j + i * width for j in range(len(rows))], [r[key] for r in rows], width,
+                   label=f"{res['direction']} / {res['split']}")
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(labels))], labels, rotation=30)
+        ax.set_title(key)
+    axes[0].legend(fontsize=7)
+    return _png(fig)
+
+
+def _histograms(res: dict[str, Any]) -> str:
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    for row in res["rows"]:
+        edges, counts = row["cos_hist"]["edges"], row["cos_hist"]["counts"]
+        total = max(sum(counts), 1)
+        ax.step(edges[:-1], [c / total for c in counts], where="post", label=row["method"])
+    ax.set_xlabel("cos(ẑ, z) per pair")
+    ax.set_title(f"{res['direction']} / {res['split']}")
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def _read_metrics(path: Path) -> dict[str, list[tuple[float, float]]]:
+    series: dict[str, list[tuple[float, float]]] = {}
+    with open(path) as f:
+        for row in csv.DictReader(f):
+            for key, value in row.items():
+                if key not in ("epoch", "step") and value:
+                    series.setdefault(key, []).append((float(row["step"]), float(value)))
+    return series
+
+
+def _curves(folder: Path) -> str:
+    logs = sorted(folder.glob("translators/*/*/logs/metrics.csv"))
+    clip_log = folder / "world_clip" / "logs" / "metrics.csv"
+    if clip_log.is_file():
+        logs.insert(0, clip_log)
+    if not logs:
+        return ""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.5))
+    for path in logs:
+        series = _read_metrics(path)
+        name = "world CLIP" if path == clip_log else f"{path.parts[-4]} {path.parts[-3]}"
+        if path == clip_log and "train/loss" in series:
+            axes[0].plot(*zip(*series["train/loss"], strict=True), label=name)
+            continue
+        if "train/loss" in series:
+            axes[1].plot(*zip(*series["train/loss"], strict=True), label=name)
+        if "val/sim" in series:
+            axes[2].plot(*zip(*series["val/sim"], strict=True), marker="o", label=name)
+    for ax, title in zip(axes, ("world CLIP loss", "translator loss", "val Sim"), strict=True):
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
+    axes[1].set_yscale("log")
+    return _png(fig)
+
+
+def _world_samples(folder: Path, n: int = 12) -> str:
+    captions = folder / "world" / "val" / "captions.json"
+    if not captions.is_file():
+        return ""
+    data = json.loads(captions.read_text())
+    by_image: dict[int, list[str]] = {}
+    for ann in data["annotations"]:
+        by_image.setdefault(ann["image_id"], []).append(ann["caption"])
+    figures = []
+    for image in data["images"][:n]:
+        raw = (captions.parent / "images" / image["file_name"]).read_bytes()
+        caps = "<br>".join(html.escape(c) for c in by_image.get(image["id"], []))
+        figures.append(f'<figure><img width="128" style="image-rendering:pixelated" '
+                       f'src="data:image/png;base64,{base64.b64encode(raw).decode()}">'
+                       f"<figcaption>{caps}</figcaption></figure>")
+    return f'<div class="grid">{"".join(figures)}</div>'
+
+
+def write_report(folder: str | Path) -> Path:
+    """Write ``folder/report.html`` from the files the demo or a benchmark left there."""
+    folder = Path(folder)
+    parts = ["<h1>modtrans report</h1>"]
+    timings = folder / "timings.json"
+    if timings.is_file():
+        t = json.loads(timings.read_text())
+        parts.append(f"<p>Stage times (s, this machine): {html.escape(json.dumps(t))}; "
+                     f"total {sum(t.values()):.0f} s.</p>")
+    parts += ["<h2>The world</h2>", _world_samples(folder)]
+    enc = folder / "encoder_report.json"
+    if enc.is_file():
+        parts += ["<h2>World CLIP</h2>",
+                  f"<pre>{html.escape(json.dumps(json.loads(enc.read_text()), indent=1))}</pre>"]
+    results = [json.loads(p.read_text()) for p in sorted((folder / "results").glob("*.json"))]
+    if results:
+        parts.append("<h2>WorldBench</h2>")
+        for res in results:
+            parts += [f"<h3>{res['direction']} — {res['split']}</h3>", _table(res["rows"])]
+        parts += ["<h3>Sim and R@1 by method</h3>", _bars(results),
+                  "<h3>Distribution of cos(ẑ, z)</h3>",
+                  "".join(_histograms(r) for r in results)]
+    curves = _curves(folder)
+    if curves:
+        parts += ["<h2>Training curves</h2>", curves]
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>modtrans report</title>"
+            f"<style>{_STYLE}</style></head><body>{''.join(parts)}</body></html>")
+    path = folder / "report.html"
+    with atomic_open(path) as f:
+        f.write(page)
+    return path
