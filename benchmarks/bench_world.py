@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import resource
 import tempfile
 from pathlib import Path
 
@@ -17,6 +18,13 @@ from _common import write_result
 from modtrans.data.world import WorldConfig, generate_world
 
 logger = logging.getLogger("bench_world")
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process and its finished children (the workers)."""
+    own, children = (resource.getrusage(w) for w in (resource.RUSAGE_SELF,
+                                                     resource.RUSAGE_CHILDREN))
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def _disk_bytes(root: Path) -> int:
@@ -38,14 +46,21 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     config = WorldConfig(n_images=args.n, seed=args.seed)
     workers = args.workers or os.cpu_count() or 1
+    load_before = os.getloadavg()[0]
+    cpu_before = _cpu_seconds()
     with tempfile.TemporaryDirectory(prefix="modtrans-world-") as tmp:
         summary = generate_world(config, tmp, workers=workers, progress=False)
+        cpu = _cpu_seconds() - cpu_before
         size = _disk_bytes(Path(tmp))
     figures = {
         "n_images": summary["n_images"],
         "seconds": round(summary["seconds"], 3),
         "images_per_s": round(summary["images_per_s"], 1),
         "images_per_s_per_worker": round(summary["images_per_s"] / workers, 1),
+        # CPU time shows the cost on a busy machine: images/s also depends on other load
+        "cpu_seconds": round(cpu, 2),
+        "cpu_ms_per_image": round(1000 * cpu / summary["n_images"], 3),
+        "load_average_1min_before": round(load_before, 2),
         "counts": summary["counts"],
         "bytes_on_disk": size,
         "bytes_per_image": round(size / summary["n_images"], 1),

@@ -37,28 +37,19 @@ def _configure(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Log warnings and errors only."),
 ) -> None:
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(
-        level=level,
-        format="%(message)s",
-        # Logs go to stderr: stdout carries the verbs' JSON output.
-        handlers=[
-            RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False)
-        ],
-        force=True,
-    )
+    handler = RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False)
+    handler.setLevel(level)
     if not verbose:
-        _quiet_libraries()
-
-
-def _quiet_libraries() -> None:
-    """Keep third-party chatter (tips, per-load progress bars) out of the user's terminal.
-
-    Set before transformers and huggingface_hub are imported, which read them on import.
-    """
+        handler.addFilter(_hide_library_info)
+    logging.basicConfig(level=level, format="%(message)s", handlers=[handler], force=True)
+    # Read by transformers and huggingface_hub on import: no per-load progress bars.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _hide_library_info(record: logging.LogRecord) -> bool:
+    """Keep third-party info chatter (Lightning's tips, device summary) off the terminal."""
+    return record.name.startswith("modtrans") or record.levelno >= logging.WARNING
 
 
 def _register_verbs() -> None:

@@ -12,7 +12,7 @@ from modtrans.cli import app
 
 
 def parse_params(items: list[str] | None) -> dict:
-    """``["steps=20", "lambdas=[0.1, 1]"]`` → ``{"steps": 20, "lambdas": [0.1, 1]}`` (YAML values)."""
+    """``["steps=20", "ks=[1, 5]"]`` → ``{"steps": 20, "ks": [1, 5]}`` (values read as YAML)."""
     params = {}
     for item in items or []:
         key, sep, value = item.partition("=")

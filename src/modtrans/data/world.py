@@ -256,11 +256,12 @@ def _choice(rng: np.random.Generator, options: tuple[str, ...]) -> str:
 
 
 def _sample_texture(rng: np.random.Generator, background: str) -> tuple[float, float, float]:
-    angle = {"striped": rng.uniform(0, 180), "gradient": rng.uniform(0, 360),
-             "checkered": rng.uniform(0, 90)}.get(background, 0.0)
-    period = {"striped": rng.uniform(0.06, 0.12), "dotted": rng.uniform(0.11, 0.17),
-              "checkered": rng.uniform(0.09, 0.15)}.get(background, 0.1)
-    return round(float(angle), 2), round(float(period), 4), round(float(rng.random()), 4)
+    """(angle, period, phase) of a background; the ranges depend on its kind."""
+    max_angle = {"striped": 180.0, "gradient": 360.0, "checkered": 90.0}.get(background, 0.0)
+    low, high = {"striped": (0.06, 0.12), "dotted": (0.11, 0.17),
+                 "checkered": (0.09, 0.15)}.get(background, (0.1, 0.1))
+    angle, period, phase = rng.uniform(0, max_angle), rng.uniform(low, high), rng.random()
+    return round(float(angle), 2), round(float(period), 4), round(float(phase), 4)
 
 
 def _min_distance(radius: float, colour: str, other: SceneObject) -> float:

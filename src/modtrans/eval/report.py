@@ -17,10 +17,10 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from modtrans.eval.worldbench import TABLE_COLUMNS  # noqa: E402
-from modtrans.io import atomic_open  # noqa: E402
+from modtrans.eval.worldbench import TABLE_COLUMNS
+from modtrans.io import atomic_open
 
 _STYLE = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:0.9em}

@@ -1,0 +1,469 @@
+"""Tests for the translators and their fitting, on tiny synthetic paired data (CPU, seconds).
+
+The data are z = c·A + noise with a fixed random A (text2image: the texts are the conditions,
+the images the targets), so that the right answer of the linear methods is known.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+
+from modtrans.data.pairs import PairedSplit
+from modtrans.training.translator import TrainConfig, build_translator, fit_translator
+from modtrans.translators.base import (
+    MODES,
+    Translator,
+    TranslatorConfig,
+    list_translators,
+    translator_class,
+)
+from modtrans.translators.ced import CEDTranslator
+
+D = 16
+N_TRAIN, N_VAL = 600, 200
+BATCH = 256  # TrainConfig's default batch size
+A = torch.randn(D, D, generator=torch.Generator().manual_seed(1234))
+B = torch.randn(D, D, generator=torch.Generator().manual_seed(4321)) / math.sqrt(D)
+METHODS = list_translators()
+TINY: dict[str, dict[str, Any]] = {
+    "ced": {"width": 32, "depth": 2, "emb_dim": 32, "time_dim": 16, "steps": 4},
+    "ced-paper": {"width": 32, "depth": 2, "emb_dim": 32, "time_dim": 16, "steps": 4},
+    "mlp": {"width": 32},
+}
+
+
+def linear_pairs(
+    n: int,
+    seed: int,
+    *,
+    noise: float = 0.1,
+    nonlinear: float = 0.0,
+    cond_dim: int = D,
+    direction: str = "text2image",
+) -> PairedSplit:
+    """n pairs, one caption per image: z = c·A (+ nonlinear·sin(2 c·B)) + noise·ε."""
+    g = torch.Generator().manual_seed(seed)
+    c = torch.randn(n, cond_dim, generator=g)
+    z = c @ A[:cond_dim] + nonlinear * torch.sin(2 * c @ B[:cond_dim])
+    z = z + noise * torch.randn(n, D, generator=g)
+    images, texts = (z, c) if direction == "text2image" else (c, z)
+    return PairedSplit(direction, images, texts, torch.arange(n))
+
+
+def train_config(epochs: int = 2, **kwargs: Any) -> TrainConfig:
+    return TrainConfig(epochs=epochs, accelerator="cpu", **kwargs)
+
+
+def sim(pred: torch.Tensor, target: torch.Tensor) -> float:
+    return float(F.cosine_similarity(pred, target, dim=-1).mean())
+
+
+def seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture(autouse=True)
+def _quiet_lightning() -> Iterator[None]:
+    """Lightning's per-fit banners are noise in a test log."""
+    logger = logging.getLogger("lightning.pytorch")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    yield
+    logger.setLevel(level)
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[PairedSplit, PairedSplit]:
+    return linear_pairs(N_TRAIN, 1), linear_pairs(N_VAL, 2)
+
+
+@pytest.fixture(scope="module")
+def fitted(
+    data: tuple[PairedSplit, PairedSplit], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, tuple[Translator, dict[str, Any], Path]]:
+    """Every registered method fitted once on ``data``: method → (model, info, checkpoint)."""
+    root = tmp_path_factory.mktemp("translators")
+    out = {}
+    for method in METHODS:
+        model, info = fit_translator(
+            method, *data, root / method, params=TINY.get(method),
+            train_config=train_config(), progress=False,
+        )  # fmt: skip
+        out[method] = (model, info, root / method)
+    return out
+
+
+# --- fitting, checkpoints ------------------------------------------------------------------
+
+
+def test_registry_lists_every_builtin_method() -> None:
+    assert set(METHODS) == {"identity", "mean-shift", "ridge", "knn", "mlp", "ced", "ced-paper"}
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_fits(method: str, fitted: dict, data: tuple[PairedSplit, ...]) -> None:
+    model, info, ckpt = fitted[method]
+    _, val = data
+    assert info["method"] == method and info["direction"] == "text2image"
+    assert info["train_pairs"] == N_TRAIN
+    z = model.translate(val.cond, generator=seeded(0))
+    assert z.shape == (N_VAL, D) and z.dtype == torch.float32
+    assert torch.isfinite(z).all()
+    saved = json.loads((ckpt / "train_info.json").read_text())
+    assert saved["method"] == method and saved["train_config"]["epochs"] == 2
+    if model.trainable:
+        assert info["steps"] == 2 * (N_TRAIN // BATCH) and info["epochs"] == 2
+        assert (ckpt / "lightning" / "last.ckpt").is_file()
+        assert math.isfinite(info["val_sim"])
+    else:
+        assert "steps" not in info and not (ckpt / "lightning").exists()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_save_load_round_trip(
+    method: str, fitted: dict, data: tuple[PairedSplit, ...], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    model, _, ckpt = fitted[method]
+    _, val = data
+    top = {p.name for p in ckpt.iterdir() if p.is_file()}
+    assert top == {"model.safetensors", "config.json", "train_info.json"}
+    pickles = [p for p in ckpt.rglob("*") if p.suffix in (".pt", ".pth", ".pkl", ".pickle", ".bin")]
+    assert not pickles
+
+    config = json.loads((ckpt / "config.json").read_text())
+    assert config["method"] == method and config["direction"] == "text2image"
+    assert (config["cond_dim"], config["target_dim"]) == (D, D)
+    assert set(config["params"]) == set(translator_class(method).default_params)
+    for key, value in TINY.get(method, {}).items():
+        assert config["params"][key] == value
+    with safe_open(str(ckpt / "model.safetensors"), "pt") as f:
+        assert {"cond_norm.mean", "cond_norm.std", "target_norm.mean"} <= set(f.keys())
+
+    # Only the two files are needed, and nothing is unpickled on load.
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    for name in ("model.safetensors", "config.json"):
+        shutil.copy(ckpt / name, alone / name)
+
+    def no_unpickling(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("torch.load called while loading a translator")
+
+    monkeypatch.setattr(torch, "load", no_unpickling)
+    loaded = Translator.load(alone)
+    assert type(loaded) is type(model) and loaded.config == model.config
+    for mode in MODES:
+        expected = model.translate(val.cond, mode=mode, n_samples=3, generator=seeded(7))
+        got = loaded.translate(val.cond, mode=mode, n_samples=3, generator=seeded(7))
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def test_load_missing_checkpoint(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="config.json and model.safetensors"):
+        Translator.load(tmp_path)
+
+
+# --- baselines -----------------------------------------------------------------------------
+
+
+def test_ridge_recovers_linear_map(tmp_path: Path) -> None:
+    train, val = linear_pairs(N_TRAIN, 1, noise=0.0), linear_pairs(N_VAL, 2, noise=0.0)
+    model, info = fit_translator("ridge", train, val, tmp_path, progress=False)
+    pred = model.translate(val.cond)
+    assert sim(pred, val.target) > 0.999
+    torch.testing.assert_close(pred, val.cond @ A, atol=0.02, rtol=0.01)
+    chosen = info["chosen"]
+    grid = model.params["lambdas"]
+    assert chosen["lambda"] in grid
+    by_lambda = chosen["val_sim_by_lambda"]
+    assert list(by_lambda) == grid
+    assert chosen["lambda"] == max(by_lambda, key=by_lambda.__getitem__)
+    assert chosen["lambda"] == min(grid)  # noiseless: the least shrinkage wins
+
+
+def test_ridge_picks_lambda_from_a_custom_grid(tmp_path: Path) -> None:
+    train, val = linear_pairs(N_TRAIN, 1, noise=0.0), linear_pairs(N_VAL, 2, noise=0.0)
+    grid = [100.0, 1e-3, 10.0]
+    model, info = fit_translator("ridge", train, val, tmp_path, params={"lambdas": grid},
+                                 progress=False)
+    assert info["chosen"]["lambda"] == 1e-3
+    assert json.loads((tmp_path / "config.json").read_text())["params"]["lambdas"] == grid
+    heavy, _ = fit_translator("ridge", train, val, tmp_path / "heavy",
+                              params={"lambdas": [100.0]}, progress=False)
+    assert sim(heavy.translate(val.cond), val.target) < sim(model.translate(val.cond),
+                                                            val.target)
+
+
+@pytest.mark.parametrize("method", ["identity", "mean-shift"])
+def test_same_space_methods_reject_mismatched_dims(method: str, tmp_path: Path) -> None:
+    train, val = linear_pairs(N_TRAIN, 1, cond_dim=8), linear_pairs(N_VAL, 2, cond_dim=8)
+    with pytest.raises(ValueError, match=r"same size; got 8 and 16.*ridge"):
+        fit_translator(method, train, val, tmp_path, progress=False)
+    ridge, _ = fit_translator("ridge", train, val, tmp_path / "ridge", progress=False)
+    assert ridge.translate(val.cond).shape == (N_VAL, D)
+
+
+def test_identity_and_mean_shift_by_hand(fitted: dict, data: tuple[PairedSplit, ...]) -> None:
+    train, val = data
+    c = val.cond
+    torch.testing.assert_close(fitted["identity"][0].translate(c), c)
+    shifted = c - train.cond.mean(0) + train.target.mean(0)
+    torch.testing.assert_close(fitted["mean-shift"][0].translate(c), shifted, atol=1e-4,
+                               rtol=1e-4)
+
+
+def test_knn_k1_returns_training_targets(data: tuple[PairedSplit, ...], tmp_path: Path) -> None:
+    train, val = data
+    model, info = fit_translator("knn", train, val, tmp_path, params={"ks": [1]},
+                                 progress=False)
+    assert info["chosen"]["k"] == 1
+    torch.testing.assert_close(model.translate(train.cond), train.target, atol=1e-4, rtol=1e-4)
+    loaded = Translator.load(tmp_path)
+    assert loaded.params["n_train"] == N_TRAIN
+    torch.testing.assert_close(loaded.translate(train.cond[:20]), train.target[:20], atol=1e-4,
+                               rtol=1e-4)
+
+
+# --- CED -----------------------------------------------------------------------------------
+
+
+def test_ced_combine_by_hand(fitted: dict) -> None:
+    model = fitted["ced"][0]
+    g = seeded(3)
+    cn, residual = torch.randn(5, D, generator=g), torch.randn(5, D, generator=g)
+    expected = cn @ model.mapping + model.gamma * residual / residual.norm(dim=-1, keepdim=True)
+    torch.testing.assert_close(model.combine(cn, residual), expected)
+    assert float(model.gamma) > 0
+
+
+def test_ced_gamma_is_mean_residual_norm(fitted: dict, data: tuple[PairedSplit, ...]) -> None:
+    model, info, _ = fitted["ced"]
+    train, _ = data
+    cn, zn = model.cond_norm(train.cond), model.target_norm(train.target)
+    residual = zn - cn @ model.mapping
+    assert float(model.gamma) == pytest.approx(float(residual.norm(dim=-1).mean()), rel=1e-5)
+    assert info["chosen"]["gamma"] == pytest.approx(float(model.gamma))
+
+
+def test_ced_mapping_is_the_ridge_solution(
+    fitted: dict, data: tuple[PairedSplit, ...], tmp_path: Path
+) -> None:
+    ced, ced_info, _ = fitted["ced"]
+    lambdas = CEDTranslator.default_params["ridge_lambdas"]
+    ridge, ridge_info = fit_translator("ridge", *data, tmp_path, params={"lambdas": lambdas},
+                                       progress=False)
+    assert ced_info["chosen"]["ridge_lambda"] == ridge_info["chosen"]["lambda"]
+    torch.testing.assert_close(ced.mapping, ridge.weight)
+    assert ced.mapping.abs().sum() > 0
+
+
+def test_ced_sample_differs_across_seeds(fitted: dict, data: tuple[PairedSplit, ...]) -> None:
+    model = fitted["ced"][0]
+    c = data[1].cond[:50]
+    a = model.translate(c, mode="sample", generator=seeded(0))
+    b = model.translate(c, mode="sample", generator=seeded(1))
+    assert (a - b).norm(dim=-1).min() > 1e-3
+
+
+@pytest.mark.parametrize("method", ["ced", "ced-paper"])
+@pytest.mark.parametrize("mode", MODES)
+def test_same_seed_same_output(
+    method: str, mode: str, fitted: dict, data: tuple[PairedSplit, ...]
+) -> None:
+    model = fitted[method][0]
+    c = data[1].cond[:30]
+    a = model.translate(c, mode=mode, n_samples=3, generator=seeded(5))
+    b = model.translate(c, mode=mode, n_samples=3, generator=seeded(5))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, model.translate(c, mode=mode, n_samples=3, generator=seeded(6)))
+
+
+def test_ced_mean_mode_has_lower_spread(fitted: dict, data: tuple[PairedSplit, ...]) -> None:
+    model = fitted["ced"][0]
+    c = data[1].cond[:50]
+    k = 8
+
+    def spread(mode: str) -> float:
+        outs = torch.stack([model.translate(c, mode=mode, n_samples=k, generator=seeded(s))
+                            for s in range(6)])  # (seeds, N, D)
+        return float(outs.std(0).mean())
+
+    one, mean = spread("sample"), spread("mean")
+    assert one > 0
+    assert mean < 0.6 * one  # ~1/√k for independent draws
+
+
+def test_ced_best_of_k_returns_the_draw_closest_to_the_mapping(
+    fitted: dict, data: tuple[PairedSplit, ...]
+) -> None:
+    model = fitted["ced"][0]
+    c, k = data[1].cond[:40], 5
+    best = model.translate(c, mode="best-of-k", n_samples=k, generator=seeded(11))
+    mean = model.translate(c, mode="mean", n_samples=k, generator=seeded(11))
+    # The same draws by hand: K copies of the batch, one residual each.
+    with torch.no_grad():
+        cn = model.cond_norm(c)
+        residual = model.sample_residual(cn.repeat(k, 1), generator=seeded(11))
+        z_hat = model.combine(cn.repeat(k, 1), residual).view(k, len(c), D)  # (K, N, D)
+        score = F.cosine_similarity(z_hat, model.mapped(cn).unsqueeze(0), dim=-1)  # (K, N)
+        draws = model.target_norm.inverse(z_hat)
+    torch.testing.assert_close(mean, model.target_norm.inverse(z_hat.mean(0)))
+    distance = (draws - best.unsqueeze(0)).norm(dim=-1)  # (K, N)
+    assert distance.min(0).values.max() < 1e-4  # every row is one of the draws...
+    assert torch.equal(distance.argmin(0), score.argmax(0))  # ...the one closest to c·M
+    assert len(set(score.argmax(0).tolist())) > 1  # not always the same draw index
+
+
+def test_ced_beats_identity_on_val(fitted: dict, data: tuple[PairedSplit, ...]) -> None:
+    _, val = data
+    ced_sim = sim(fitted["ced"][0].translate(val.cond, mode="mean", generator=seeded(0)),
+                  val.target)
+    identity_sim = sim(fitted["identity"][0].translate(val.cond), val.target)
+    ridge_sim = sim(fitted["ridge"][0].translate(val.cond), val.target)
+    assert ced_sim > 0.9 and ced_sim > identity_sim + 0.5
+    assert ced_sim > ridge_sim - 0.05
+
+
+def _mean_loss(model: Translator, cn: torch.Tensor, zn: torch.Tensor, repeats: int = 8) -> float:
+    torch.manual_seed(0)
+    with torch.no_grad():
+        return sum(float(model.training_loss(cn, zn)) for _ in range(repeats)) / repeats
+
+
+def test_ced_training_lowers_the_loss(tmp_path: Path) -> None:
+    # A residual that is a function of c, so the diffusion model has something to learn.
+    train = linear_pairs(N_TRAIN, 1, noise=0.02, nonlinear=1.0)
+    val = linear_pairs(N_VAL, 2, noise=0.02, nonlinear=1.0)
+    tc = train_config(epochs=6, batch_size=64)
+    model, info = fit_translator("ced", train, val, tmp_path, params=TINY["ced"],
+                                 train_config=tc, progress=False)
+    L.seed_everything(tc.seed, verbose=False)  # the same initial weights as the fit
+    untrained = build_translator("ced", "text2image", train, params=TINY["ced"])
+    cn, zn = untrained.cond_norm(train.cond), untrained.target_norm(train.target)
+    untrained.prepare(cn, zn, cn, zn)
+    before, after = _mean_loss(untrained.eval(), cn, zn), _mean_loss(model.eval(), cn, zn)
+    assert after < 0.85 * before, (before, after)
+    assert info["steps"] == 6 * (N_TRAIN // 64)
+    with open(tmp_path / "logs" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    sims = [float(r["val/sim"]) for r in rows if r.get("val/sim")]
+    assert len(losses) >= 3 and len(sims) == 6
+    assert losses[-1] < losses[0]
+
+
+def test_ced_paper_rec_loss_backpropagates_through_the_sampler(
+    fitted: dict, data: tuple[PairedSplit, ...]
+) -> None:
+    model = Translator.load(fitted["ced-paper"][2])  # own copy: its params are changed here
+    model.params["lambda_diff"] = 0.0  # the L1 term through the DDIM sample, alone
+    train, _ = data
+    cn, zn = model.cond_norm(train.cond[:64]), model.target_norm(train.target[:64])
+    model.train()
+    model.zero_grad()
+    torch.manual_seed(0)
+    model.training_loss(cn, zn).backward()
+    denoiser = dict(model.denoiser.named_parameters())
+    for name in ("out.weight", "layers.0.linear.weight", "cond_mlp.0.weight", "null_cond"):
+        grad = denoiser[name].grad
+        assert grad is not None and grad.abs().sum() > 0, name
+    assert model.projection.weight.grad.abs().sum() > 0
+
+
+def test_ced_rejects_bad_cond_drop(data: tuple[PairedSplit, ...]) -> None:
+    with pytest.raises(ValueError, match="cond_drop"):
+        build_translator("ced", "text2image", data[0], params={**TINY["ced"], "cond_drop": 1.0})
+
+
+# --- translate errors ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("make", "kwargs", "needle"),
+    [
+        (lambda c: torch.where(torch.arange(len(c))[:, None] == 2, math.nan, c), {},
+         "NaN or inf in 1 row"),
+        (lambda c: c[:, :8], {}, r"shape \(N, 16\); got \(10, 8\)"),
+        (lambda c: c[:, None], {}, r"shape \(N, 16\)"),
+        (lambda c: c[:0], {}, "empty"),
+        (lambda c: c, {"mode": "median"}, "mode must be one of .*'median'"),
+        (lambda c: c, {"n_samples": 0}, "n_samples must be at least 1"),
+    ],
+    ids=["nan", "wrong-dim", "wrong-rank", "empty", "bad-mode", "no-samples"],
+)
+@pytest.mark.parametrize("method", ["ridge", "ced"])
+def test_translate_rejects_bad_input(
+    method: str, make: Any, kwargs: dict, needle: str, fitted: dict,
+    data: tuple[PairedSplit, ...],
+) -> None:  # fmt: skip
+    with pytest.raises(ValueError, match=needle):
+        fitted[method][0].translate(make(data[1].cond[:10]), **kwargs)
+
+
+# --- resume, options -----------------------------------------------------------------------
+
+
+def test_resume_continues_from_last_checkpoint(
+    data: tuple[PairedSplit, ...], tmp_path: Path
+) -> None:
+    steps_per_epoch = N_TRAIN // BATCH
+    _, first = fit_translator("ced", *data, tmp_path, params=TINY["ced"],
+                              train_config=train_config(epochs=1), progress=False)
+    assert first["steps"] == steps_per_epoch
+    assert (tmp_path / "lightning" / "last.ckpt").is_file()
+    model, info = fit_translator("ced", *data, tmp_path, params=TINY["ced"], resume=True,
+                                 train_config=train_config(epochs=2), progress=False)
+    saved = json.loads((tmp_path / "train_info.json").read_text())
+    assert info["steps"] == saved["steps"] == 2 * steps_per_epoch
+    assert saved["epochs"] == 2
+    assert torch.isfinite(Translator.load(tmp_path).translate(data[1].cond[:5])).all()
+
+
+def test_resume_without_checkpoint(data: tuple[PairedSplit, ...], tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"last\.ckpt"):
+        fit_translator("ced", *data, tmp_path, params=TINY["ced"], resume=True,
+                       train_config=train_config(epochs=1), progress=False)
+
+
+def test_unknown_method_option(data: tuple[PairedSplit, ...], tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"\['widht'\].*valid options: .*'width'"):
+        fit_translator("mlp", *data, tmp_path, params={"widht": 32}, progress=False)
+    assert not (tmp_path / "config.json").exists()
+
+
+def test_unknown_method(data: tuple[PairedSplit, ...], tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"unknown method 'diffusion'.*'ced'.*'ridge'"):
+        fit_translator("diffusion", *data, tmp_path, progress=False)
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ValueError, match="direction must be one of"):
+        TranslatorConfig(method="ridge", direction="image2image", cond_dim=4, target_dim=4)
+    with pytest.raises(ValueError, match="cond_dim must be positive"):
+        TranslatorConfig(method="ridge", direction="text2image", cond_dim=0, target_dim=4)
+    with pytest.raises(ValueError, match="epochs and batch_size"):
+        TrainConfig(epochs=0)
+    with pytest.raises(ValueError, match="logger"):
+        TrainConfig(logger="wandb")
+
+
+def test_image2text_direction(tmp_path: Path) -> None:
+    train = linear_pairs(N_TRAIN, 1, noise=0.0, direction="image2text")
+    val = linear_pairs(N_VAL, 2, noise=0.0, direction="image2text")
+    model, _ = fit_translator("ridge", train, val, tmp_path, progress=False)
+    assert model.config.direction == "image2text"
+    assert (model.config.cond_modality, model.config.target_modality) == ("image", "text")
+    assert sim(model.translate(val.images), val.texts) > 0.999
