@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 from pathlib import Path
 
 import typer
@@ -42,7 +44,9 @@ def fit_encoder(
     cfg = WorldClipConfig.from_dict(
         {**cfg.to_dict(), **{k: v for k, v in overrides.items() if v is not None}}
     )
-    summary = fit_world_clip_from_world(world, out, config=cfg, accelerator=accelerator)
+    # Lightning draws its progress bar on stdout; send it to stderr so stdout is the JSON only.
+    with contextlib.redirect_stdout(sys.stderr):
+        summary = fit_world_clip_from_world(world, out, config=cfg, accelerator=accelerator)
     typer.echo(json.dumps(summary, indent=2))
 
 

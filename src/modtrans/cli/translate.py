@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 from pathlib import Path
 
 import typer
@@ -55,11 +57,13 @@ def train(
     tc = TrainConfig.from_dict({**tc.to_dict(),
                                 **{k: v for k, v in overrides.items() if v is not None}})
     train_store, val_store = open_store(data, "train"), open_store(data, "val")
-    _, info = fit_translator(
-        method, load_pairs(train_store, direction), load_pairs(val_store, direction), out,
-        params=parse_params(param), train_config=tc, image_encoder=train_store.image_encoder,
-        text_encoder=train_store.text_encoder, resume=resume,
-    )
+    # Lightning draws its progress bar on stdout; send it to stderr so stdout is the JSON only.
+    with contextlib.redirect_stdout(sys.stderr):
+        _, info = fit_translator(
+            method, load_pairs(train_store, direction), load_pairs(val_store, direction), out,
+            params=parse_params(param), train_config=tc, image_encoder=train_store.image_encoder,
+            text_encoder=train_store.text_encoder, resume=resume,
+        )
     typer.echo(json.dumps(info, indent=2, default=str))
 
 
@@ -121,8 +125,8 @@ def evaluate(
                 translator, load_pairs(open_store(data, "train"), direction),
                 load_pairs(open_store(data, "val"), direction), tmp, progress=False)
     pairs = load_pairs(store, model.config.direction, max_images or None)
-    sampler_options = {k: v for k, v in
-                       dict(steps=steps, guidance=guidance, sampler=sampler).items() if v}
+    sampler_options = {k: v for k, v in dict(steps=steps, guidance=guidance,
+                                             sampler=sampler).items() if v is not None}
     task = None
     if zero_shot and "main_shape" in store.image_metadata().column_names:
         task = world_shape_task(store, build_encoder(store.text_encoder))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import logging
 import time
@@ -10,12 +11,12 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, WeightAveraging
 from torch.utils.data import DataLoader, TensorDataset
 
 from modtrans.config import Config
 from modtrans.data.pairs import PairedSplit
-from modtrans.io import write_json
+from modtrans.io import atomic_open, write_json
 from modtrans.translators.base import Translator, TranslatorConfig, translator_class
 
 logger = logging.getLogger(__name__)
@@ -52,6 +53,25 @@ class TrainConfig(Config):
             raise ValueError("epochs and batch_size must be at least 1")
         if self.logger not in ("csv", "tensorboard"):
             raise ValueError(f"logger must be 'csv' or 'tensorboard', got {self.logger!r}")
+
+
+class WarmupEMA:
+    """EMA update with warm-up: decay_n = min(decay, (1 + n) / (10 + n)) after n updates.
+
+    Without the warm-up the average lags far behind short runs (it starts at the random
+    initialisation and forgets it at rate 1 − decay).
+    """
+
+    def __init__(self, decay: float) -> None:
+        if not 0 < decay < 1:
+            raise ValueError(f"ema_decay must be in (0, 1), got {decay}")
+        self.decay = decay
+
+    def __call__(self, averaged: torch.Tensor, current: torch.Tensor,
+                 num_averaged: torch.Tensor) -> torch.Tensor:
+        n = float(num_averaged)
+        decay = min(self.decay, (1 + n) / (10 + n))
+        return decay * averaged + (1 - decay) * current
 
 
 class TranslatorModule(L.LightningModule):
@@ -159,7 +179,7 @@ def _train(translator: Translator, cn, zn, val_cn, val_zn, out_dir: Path, tc: Tr
     callbacks: list[L.Callback] = [ModelCheckpoint(dirpath=ckpt_dir, save_last=True,
                                                    save_top_k=0)]
     if p.get("ema_decay"):
-        callbacks.append(EMAWeightAveraging(decay=p["ema_decay"]))
+        callbacks.append(WeightAveraging(avg_fn=WarmupEMA(p["ema_decay"])))
     logger_cls = (L.pytorch.loggers.CSVLogger if tc.logger == "csv"
                   else L.pytorch.loggers.TensorBoardLogger)
     trainer = L.Trainer(
@@ -172,10 +192,14 @@ def _train(translator: Translator, cn, zn, val_cn, val_zn, out_dir: Path, tc: Tr
     last = ckpt_dir / "last.ckpt"
     if resume and not last.is_file():
         raise FileNotFoundError(f"--resume: no checkpoint at {last}; train without --resume")
+    log_file = out_dir / "logs" / "metrics.csv"
+    earlier = _read_csv(log_file) if resume and tc.logger == "csv" else []
     start = time.perf_counter()
     trainer.fit(module, train_loader, val_loader, ckpt_path=last if resume else None,
                 weights_only=True)
     seconds = time.perf_counter() - start
+    if earlier:
+        _restore_earlier_rows(log_file, earlier)
     steps = trainer.global_step
     return {
         "steps": steps,
@@ -184,3 +208,26 @@ def _train(translator: Translator, cn, zn, val_cn, val_zn, out_dir: Path, tc: Tr
         "pairs_per_second": round(steps * tc.batch_size / max(seconds, 1e-9), 1),
         "val_sim": float(trainer.callback_metrics.get("val/sim", float("nan"))),
     }
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _restore_earlier_rows(path: Path, earlier: list[dict[str, str]]) -> None:
+    """Put the resumed run's log rows back in front: Lightning's CSV logger deletes them.
+
+    Rows logged after the checkpoint (by an interrupted epoch) are dropped, since the resumed
+    run logs those steps again.
+    """
+    later = _read_csv(path)
+    first = min((float(r["step"]) for r in later if r.get("step")), default=float("inf"))
+    rows = [r for r in earlier if r.get("step") and float(r["step"]) < first] + later
+    fields = list(dict.fromkeys(key for row in rows for key in row))
+    with atomic_open(path, "w") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)

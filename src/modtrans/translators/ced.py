@@ -33,6 +33,8 @@ from modtrans.translators.samplers import ddim_sample, get_sampler
 from modtrans.translators.schedules import NoiseSchedule
 
 _NET_KEYS = ("width", "depth", "dropout", "time_dim", "emb_dim")
+#: Sampler settings that ``translate(..., **options)`` may override.
+SAMPLER_OPTIONS = ("sampler", "steps", "guidance", "eta")
 
 
 @register_translator
@@ -98,6 +100,10 @@ class CEDTranslator(Translator):
     def sample_residual(self, cn: Tensor, *, generator: torch.Generator | None = None,
                         **options: Any) -> Tensor:
         """F(c): one diffusion draw per row, (N, D); options override the sampler settings."""
+        unknown = sorted(set(options) - set(SAMPLER_OPTIONS))
+        if unknown:
+            raise ValueError(f"unknown sampler option(s) {unknown} for {self.method}; "
+                             f"valid options: {list(SAMPLER_OPTIONS)}")
         p = {**self.params, **{k: v for k, v in options.items() if v is not None}}
         noise = randn(tuple((len(cn), self.config.target_dim)), generator=generator,
                       device=cn.device, dtype=cn.dtype)

@@ -1,0 +1,326 @@
+"""The tiny demo end to end, then the translator verbs of the CLI on the store it made.
+
+The demo runs once for the module (about a minute on CPU); every CLI test reuses its folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from modtrans.cli import main
+from modtrans.data.store import EmbeddingStore, StoreWriter
+from modtrans.demo import PRESETS, run_demo
+from modtrans.eval.worldbench import markdown_table
+
+TINY = PRESETS["tiny"]
+SPLITS = [(d, s) for d in ("text2image", "image2text") for s in TINY.eval_splits]
+
+
+@dataclasses.dataclass
+class Demo:
+    out: Path
+    report: Path
+    seconds: float
+
+    @property
+    def store(self) -> Path:
+        return self.out / "store"
+
+    def checkpoint(self, direction: str, method: str) -> Path:
+        return self.out / "translators" / direction / method
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread() -> Iterator[None]:
+    """Tiny tensors: one thread is faster, and steady on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """The CLI reconfigures the root logger; give the next test the logging it had."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Demo:
+    out = tmp_path_factory.mktemp("demo") / "out"
+    start = time.perf_counter()
+    report = run_demo(out, TINY, progress=False)
+    return Demo(out, report, time.perf_counter() - start)
+
+
+def _run(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    """``main(argv)`` must succeed; returns its stdout."""
+    code = main(argv)
+    out, err = capsys.readouterr()
+    assert code == 0, (out, err)
+    return out
+
+
+def _error(capsys: pytest.CaptureFixture[str], argv: list[str], *needles: str) -> str:
+    """``main(argv)`` exits 2 with a one-line ``Error: ...`` and no traceback."""
+    code = main(argv)
+    out, err = capsys.readouterr()
+    assert code == 2, (out, err)
+    assert "Traceback" not in err
+    last = err.rstrip().splitlines()[-1]
+    assert last.startswith("Error: "), err
+    for needle in needles:
+        assert needle in last, last
+    return last
+
+
+# --- the demo ------------------------------------------------------------------------------
+
+
+def test_demo_writes_every_result(demo: Demo) -> None:
+    for direction, split in SPLITS:
+        result = json.loads((demo.out / "results" / f"{direction}_{split}.json").read_text())
+        assert (result["direction"], result["split"]) == (direction, split)
+        assert [row["method"] for row in result["rows"]] == TINY.methods
+        for row in result["rows"]:
+            assert row["direction"] == direction
+            assert 0 <= row["R@1"] <= 1 and -1 <= row["sim"] <= 1
+            assert row["zero_shot"] is not None  # the world's shape task ran
+            assert row["n_queries"] > 0
+        by_method = {row["method"]: row for row in result["rows"]}
+        assert by_method["ridge"]["diversity"] == 0.0
+        assert by_method["ced"]["diversity"] > 0.0
+        assert by_method["ridge"]["sim"] > by_method["identity"]["sim"]
+        assert "| ridge |" in markdown_table(result["rows"])
+    assert len(list((demo.out / "results").glob("*.json"))) == len(SPLITS)
+    for direction, _ in SPLITS:
+        for method in TINY.methods:
+            assert (demo.checkpoint(direction, method) / "model.safetensors").is_file()
+
+
+def test_demo_report(demo: Demo) -> None:
+    assert demo.report == demo.out / "report.html"
+    page = demo.report.read_text()
+    assert page.startswith("<!doctype html>") and page.endswith("</html>")
+    for heading in ("The world", "World CLIP", "WorldBench", "Training curves"):
+        assert f"<h2>{heading}</h2>" in page
+    for direction, split in SPLITS:
+        assert f"<h3>{direction} — {split}</h3>" in page
+    for method in TINY.methods:
+        assert f"<td>{method}</td>" in page
+    # Plots: bars, 4 histograms, curves; world samples are embedded PNGs too.
+    assert page.count("data:image/png;base64,") >= 6 + 12
+    timings = json.loads((demo.out / "timings.json").read_text())
+    assert {"world", "fit-encoder", "embed", "eval image2text novel"} <= set(timings)
+
+
+def test_demo_resumes_without_redoing_anything(
+    demo: Demo, capsys: pytest.CaptureFixture[str]
+) -> None:
+    timings = (demo.out / "timings.json").read_bytes()
+    results = {p: p.stat().st_mtime_ns for p in (demo.out / "results").glob("*.json")}
+    ckpt = demo.checkpoint("text2image", "ced") / "model.safetensors"
+    ckpt_mtime = ckpt.stat().st_mtime_ns
+    start = time.perf_counter()
+    out = _run(capsys, ["demo", "--out", str(demo.out), "--preset", "tiny"])
+    seconds = time.perf_counter() - start
+    assert f"report: {demo.report}" in out
+    assert (demo.out / "timings.json").read_bytes() == timings
+    assert {p: p.stat().st_mtime_ns for p in results} == results
+    assert ckpt.stat().st_mtime_ns == ckpt_mtime
+    assert seconds < max(15.0, demo.seconds / 3), (seconds, demo.seconds)
+
+
+def test_report_verb_regenerates_the_page(
+    demo: Demo, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = demo.report.read_text()
+    demo.report.unlink()
+    out = _run(capsys, ["report", str(demo.out)])
+    assert str(demo.report) in out
+    page = demo.report.read_text()
+    assert "<h2>WorldBench</h2>" in page
+    assert page.count("<table>") == before.count("<table>") == len(SPLITS)
+
+
+def test_report_verb_missing_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _error(capsys, ["report", str(tmp_path / "none")], "does not exist", "modtrans demo")
+
+
+def test_demo_verb_unknown_preset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _error(capsys, ["demo", "--out", str(tmp_path), "--preset", "huge"], "'huge'", "tiny")
+    assert not list(tmp_path.iterdir())
+
+
+# --- train, eval, translate on the demo's store --------------------------------------------
+
+
+def test_train_then_eval(
+    demo: Demo, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ckpt = tmp_path / "mlp"
+    argv = ["train", "--data", str(demo.store), "--direction", "image2text", "--method", "mlp",
+            "--out", str(ckpt), "--param", "width=16", "--param", "loss=mse", "--epochs", "2",
+            "--batch-size", "128", "--accelerator", "cpu"]  # fmt: skip
+    info = json.loads(_run(capsys, argv))
+    assert info["method"] == "mlp" and info["direction"] == "image2text"
+    assert info["epochs"] == 2 and info["steps"] > 0
+    config = json.loads((ckpt / "config.json").read_text())
+    store = EmbeddingStore(demo.store / "train")
+    assert config["params"]["width"] == 16 and config["params"]["loss"] == "mse"
+    assert config["image_encoder"] == config["text_encoder"] == store.image_encoder
+    train_info = json.loads((ckpt / "train_info.json").read_text())
+    assert train_info["train_config"]["batch_size"] == 128
+
+    out = tmp_path / "eval.json"
+    argv = ["eval", str(ckpt), "--data", str(demo.store), "--split", "novel", "--max-images",
+            "10", "--n-samples", "2", "--out", str(out)]  # fmt: skip
+    result = json.loads(_run(capsys, argv))
+    assert result["method"] == "mlp" and result["split"] == "novel"
+    assert result["n_queries"] == min(10, EmbeddingStore(demo.store / "novel").n_images)
+    assert result["zero_shot"] is not None and result["diversity"] == 0.0
+    assert json.loads(out.read_text()) == result
+    assert "| mlp |" in out.with_suffix(".md").read_text()
+
+
+def test_train_bad_option(demo: Demo, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["train", "--data", str(demo.store), "--direction", "text2image", "--method", "ridge",
+            "--out", str(tmp_path / "r"), "--param", "lambda=1"]  # fmt: skip
+    _error(capsys, argv, "'lambda'", "lambdas")
+    _error(capsys, [*argv[:-2], "--param", "lambdas"], "KEY=VALUE")
+
+
+def test_eval_closed_form_method_by_name(demo: Demo, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["eval", "ridge", "--direction", "text2image", "--data", str(demo.store),
+            "--max-images", "10", "--n-samples", "1", "--no-zero-shot"]  # fmt: skip
+    result = json.loads(_run(capsys, argv))
+    assert result["method"] == "ridge" and result["direction"] == "text2image"
+    assert result["split"] == "val" and "zero_shot" not in result
+    assert 0 <= result["R@1"] <= 1
+    _error(capsys, argv[:2] + argv[4:], "--direction")
+
+
+def test_eval_passes_sampler_options(
+    demo: Demo, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import modtrans.eval.worldbench as worldbench
+
+    seen: list[dict] = []
+    real = worldbench.evaluate_translator
+
+    def spy(model: Any, split: Any, *, options: Any, zero_shot: Any = None) -> dict:
+        seen.append(dict(options.sampler_options))
+        return real(model, split, options=options, zero_shot=zero_shot)
+
+    monkeypatch.setattr(worldbench, "evaluate_translator", spy)
+    argv = ["eval", str(demo.checkpoint("text2image", "ced")), "--data", str(demo.store),
+            "--max-images", "5", "--n-samples", "1", "--no-zero-shot", "--steps", "2",
+            "--sampler", "ddim"]  # fmt: skip
+    result = json.loads(_run(capsys, [*argv, "--guidance", "0"]))
+    assert result["method"] == "ced" and result["diversity"] > 0
+    assert seen == [{"steps": 2, "guidance": 0.0, "sampler": "ddim"}]  # 0 is a valid scale
+    _error(capsys, [*argv[:-2], "--sampler", "nope"], "unknown sampler 'nope'")
+
+
+def test_eval_trainable_method_by_name(demo: Demo, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["eval", "ced", "--direction", "text2image", "--data", str(demo.store)]
+    _error(capsys, argv, "ced needs training", "modtrans train")
+    _error(capsys, ["eval", "no-such", "--direction", "text2image", "--data", str(demo.store)],
+           "unknown method 'no-such'")
+
+
+def test_eval_checkpoint_direction_mismatch(
+    demo: Demo, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ckpt = demo.checkpoint("text2image", "ridge")
+    argv = ["eval", str(ckpt), "--data", str(demo.store), "--direction", "image2text"]
+    _error(capsys, argv, "translates text2image, not image2text")
+
+
+def _write_store(root: Path, dim: int, encoder: str) -> None:
+    """A tiny val store of 3 images with 2 captions each."""
+    rng = np.random.default_rng(0)
+    with StoreWriter(root, split="val", image_encoder=encoder, text_encoder=encoder,
+                     image_dim=dim, text_dim=dim) as writer:  # fmt: skip
+        writer.write_shard(
+            rng.standard_normal((3, dim)).astype(np.float32),
+            rng.standard_normal((6, dim)).astype(np.float32),
+            [{"image_id": i, "image_path": f"{i}.png"} for i in range(3)],
+            [{"caption": f"caption {j}", "image_index": j // 2} for j in range(6)],
+        )
+
+
+@pytest.mark.parametrize(
+    ("dim", "encoder", "needle"),
+    [(8, "unknown", "was trained on other encoders"),
+     (32, "hf:somewhere-else", "embed the data with the same encoders")],
+    ids=["other-dims", "other-encoder"],
+)
+def test_eval_checkpoint_on_a_foreign_store(
+    dim: int, encoder: str, needle: str, demo: Demo, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    _write_store(tmp_path / "store", dim, encoder)
+    ckpt = demo.checkpoint("text2image", "ridge")
+    _error(capsys, ["eval", str(ckpt), "--data", str(tmp_path / "store")], needle)
+
+
+def test_translate_texts(demo: Demo, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    texts = ["a red circle", "a blue square on a striped background"]
+    out = tmp_path / "z.npy"
+    argv = ["translate", str(demo.checkpoint("text2image", "ced")), "--text", texts[0],
+            "--text", texts[1], "--out", str(out), "--gallery", str(demo.store), "--k", "3",
+            "--n-samples", "2"]  # fmt: skip
+    stdout = _run(capsys, argv)
+    z = np.load(out)
+    dim = EmbeddingStore(demo.store / "val").image_dim
+    assert z.shape == (2, dim) and z.dtype == np.float32 and np.isfinite(z).all()
+    assert f"wrote (2, {dim}) embeddings" in stdout
+    lines = stdout.splitlines()
+    for text in texts:
+        i = lines.index(f"{text}:")
+        neighbours = lines[i + 1 : i + 4]
+        assert all(line.startswith("  ") and line.strip().endswith(".png") for line in neighbours)
+        scores = [float(line.split()[0]) for line in neighbours]
+        assert scores == sorted(scores, reverse=True)
+
+    # The same seed gives the same embeddings.
+    _run(capsys, [*argv[:6], "--out", str(tmp_path / "again.npy"), "--n-samples", "2"])
+    np.testing.assert_array_equal(np.load(tmp_path / "again.npy"), z)
+
+
+def test_translate_image_with_a_text2image_checkpoint(
+    demo: Demo, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image = next((demo.out / "world" / "val" / "images").glob("*.png"))
+    argv = ["translate", str(demo.checkpoint("text2image", "ridge")), "--image", str(image)]
+    _error(capsys, argv, "translates text to image", "--text")
+
+
+def test_translate_image2text(demo: Demo, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                              ) -> None:
+    images = sorted((demo.out / "world" / "val" / "images").glob("*.png"))[:2]
+    argv = ["translate", str(demo.checkpoint("image2text", "ridge")), "--image", str(images[0]),
+            "--image", str(images[1]), "--gallery", str(demo.store), "--k", "2"]  # fmt: skip
+    lines = _run(capsys, argv).splitlines()
+    assert lines[0] == f"{images[0]}:" and len(lines) == 6
+    _error(capsys, [*argv[:2], "--text", "a red circle"], "translates image to text", "--image")
+    _error(capsys, [*argv[:2], "--image", str(tmp_path / "no.png")], "not found", "no.png")
+
+
+def test_translate_missing_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _error(capsys, ["translate", str(tmp_path), "--text", "x"], "not a translator checkpoint")
