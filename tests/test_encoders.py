@@ -311,3 +311,31 @@ def test_mixed_pair_store(clip_encoder: Any, minilm: Any, val_data: Any, tmp_pat
     np.testing.assert_allclose(
         store.text_embeddings[0], minilm.encode_texts([first])[0].numpy(), atol=1e-5
     )
+
+
+def test_conv_clip_world_encoder_round_trips_through_hf(tiny_world, tmp_path) -> None:
+    """The convolutional world CLIP saves with save_pretrained and loads through hf:."""
+    from modtrans.data.coco import read_coco_captions
+    from modtrans.encoders import build_encoder
+    from modtrans.encoders.world_clip import (
+        WorldClipConfig,
+        fit_world_clip_from_world,
+        load_images,
+        pixel_values,
+    )
+
+    config = WorldClipConfig(vision="cnn", channels=(8, 16), text_width=32, heads=2,
+                             text_layers=1, projection_dim=16, epochs=1, batch_size=32)
+    fit_world_clip_from_world(tiny_world, tmp_path / "cnn", config=config,
+                              accelerator="cpu", progress=False)
+    encoder = build_encoder(f"hf:{tmp_path / 'cnn'}")
+    assert encoder.dim == 16
+    data = read_coco_captions(Path(tiny_world) / "val" / "captions.json")
+    images = load_images(data.image_paths[:4], 64)
+    with torch.no_grad():
+        direct = encoder.model.get_image_features(pixel_values=pixel_values(images)).pooler_output
+    via_hf = encoder.encode_images(images)
+    torch.testing.assert_close(via_hf, torch.nn.functional.normalize(direct, dim=-1),
+                               atol=1e-5, rtol=1e-4)
+    text = encoder.encode_texts(["a red circle", "a blue square"])
+    assert text.shape == (2, 16) and not torch.allclose(text[0], text[1])

@@ -93,7 +93,9 @@ class HFClipEncoder:
         dtype: torch.dtype,
         normalize: bool,
     ) -> None:
-        from transformers import AutoConfig, AutoTokenizer, CLIPImageProcessorPil, CLIPModel
+        from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPImageProcessorPil
+
+        from modtrans.encoders import conv_clip  # registers the world CLIP's model type
 
         self.spec = f"hf:{argument}"
         source = resolve_hf_source(argument, self.spec)
@@ -101,13 +103,14 @@ class HFClipEncoder:
             config = AutoConfig.from_pretrained(source, local_files_only=True)
         except OSError as e:
             raise FileNotFoundError(_cache_hint(argument, self.spec)) from e
-        if config.model_type != "clip":
+        if config.model_type not in ("clip", conv_clip.MODEL_TYPE):
             raise ValueError(
                 f"encoder spec {self.spec!r}: model_type {config.model_type!r} is not a CLIP "
-                "model; hf: currently loads CLIPModel checkpoints (model_type 'clip')"
+                f"model; hf: loads CLIP checkpoints (model_type 'clip' or "
+                f"'{conv_clip.MODEL_TYPE}')"
             )
         try:
-            self.model = CLIPModel.from_pretrained(source, local_files_only=True, dtype=dtype)
+            self.model = AutoModel.from_pretrained(source, local_files_only=True, dtype=dtype)
             self.tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
             self.processor = CLIPImageProcessorPil.from_pretrained(source, local_files_only=True)
         except (OSError, ValueError) as e:
@@ -116,8 +119,9 @@ class HFClipEncoder:
         self.device, self.dtype, self.normalize = device, dtype, normalize
         self.name = Path(argument).name or argument
         self.dim = int(config.projection_dim)
-        self.max_length = int(config.text_config.max_position_embeddings)
-        self._check_tokenizer(config.text_config.vocab_size)
+        text_config = self.model.text_model.config
+        self.max_length = int(text_config.max_position_embeddings)
+        self._check_tokenizer(text_config.vocab_size)
 
     def _check_tokenizer(self, vocab_size: int) -> None:
         """Refuse a tokenizer that loaded empty or mismatched (offline loads can fail silently)."""

@@ -1,7 +1,9 @@
-"""The world CLIP: a small transformers ``CLIPModel`` trained contrastively on the world.
+"""The world CLIP: a small CLIP trained contrastively on the world, in transformers format.
 
-It is saved with ``save_pretrained`` (model, word-level tokenizer, image processor) and then
-loaded only through the ``hf:`` spec, exactly like a real CLIP.
+The default is a plain ``CLIPModel`` (ViT image tower); ``vision="cnn"`` swaps in a small
+convolutional image tower (:mod:`modtrans.encoders.conv_clip`). Either is saved with
+``save_pretrained`` (model, word-level tokenizer, image processor) and then loaded only
+through the ``hf:`` spec, exactly like a real CLIP.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ class WorldClipConfig(Config):
     The default trains on 20,000 world images in a few minutes on a 2-core CPU.
     """
 
+    vision: str = "vit"
+    channels: tuple[int, ...] = (32, 64, 128, 128)
     image_size: int = 64
     patch_size: int = 8
     vision_width: int = 96
@@ -48,13 +52,18 @@ class WorldClipConfig(Config):
     projection_dim: int = 128
     max_length: int = 32
     epochs: int = 8
-    batch_size: int = 256
-    lr: float = 2e-3
+    batch_size: int = 128
+    lr: float = 1e-3
     weight_decay: float = 0.1
     warmup_fraction: float = 0.05
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.vision not in ("cnn", "vit"):
+            raise ValueError(f"vision must be 'cnn' or 'vit', got {self.vision!r}")
+        self.channels = tuple(self.channels)
+        if not self.channels or min(self.channels) < 1:
+            raise ValueError(f"channels must be positive, got {self.channels}")
         if self.image_size % self.patch_size:
             raise ValueError(
                 f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}"
@@ -104,9 +113,11 @@ def build_tokenizer(captions: list[str]):
     )
 
 
-def build_clip_config(config: WorldClipConfig, tokenizer):
-    """The ``CLIPConfig`` of the world CLIP for a given tokenizer."""
-    from transformers import CLIPConfig
+def build_model(config: WorldClipConfig, tokenizer):
+    """A fresh world CLIP (``ConvClipModel`` or ``CLIPModel``) for a given tokenizer."""
+    from transformers import CLIPConfig, CLIPModel
+
+    from modtrans.encoders.conv_clip import ConvClipConfig, ConvClipModel
 
     text = dict(
         vocab_size=len(tokenizer),
@@ -127,7 +138,11 @@ def build_clip_config(config: WorldClipConfig, tokenizer):
         num_hidden_layers=config.vision_layers,
         num_attention_heads=config.heads,
     )
-    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=config.projection_dim)
+    if config.vision == "cnn":
+        return ConvClipModel(ConvClipConfig(text_config=text, channels=config.channels,
+                                            projection_dim=config.projection_dim))
+    return CLIPModel(CLIPConfig(text_config=text, vision_config=vision,
+                                projection_dim=config.projection_dim))
 
 
 def build_image_processor(image_size: int):
@@ -214,15 +229,13 @@ def fit_world_clip(
     Returns:
         A summary: pairs, epochs, steps, seconds, final loss.
     """
-    from transformers import CLIPModel
-
     from modtrans.training.contrastive import ContrastiveModule
 
     config = config or WorldClipConfig()
     out_dir = Path(out_dir)
     L.seed_everything(config.seed, verbose=False)
     tokenizer = build_tokenizer([c for caps in train.captions for c in caps])
-    model = CLIPModel(build_clip_config(config, tokenizer))
+    model = build_model(config, tokenizer)
     images = load_images(train.image_paths, config.image_size)
     loader = DataLoader(
         _PairDataset(train.captions),

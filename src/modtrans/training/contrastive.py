@@ -1,14 +1,16 @@
-"""CLIP-style contrastive training of a transformers ``CLIPModel`` with Lightning."""
+"""CLIP-style contrastive training of a transformers dual encoder with Lightning."""
 
 from __future__ import annotations
 
 import lightning as L
 import torch
-from transformers import CLIPModel, get_cosine_schedule_with_warmup
+from transformers import PreTrainedModel, get_cosine_schedule_with_warmup
 
 
 class ContrastiveModule(L.LightningModule):
-    """Wraps a ``CLIPModel`` with the symmetric InfoNCE loss, AdamW and a cosine schedule.
+    """Wraps a CLIP-like model (``CLIPModel``, ``ConvClipModel``: called with
+    ``return_loss=True`` it returns the symmetric InfoNCE loss, and it has ``logit_scale``)
+    with AdamW and a cosine schedule.
 
     Batches are dicts with ``pixel_values`` (B, 3, H, W), ``input_ids`` and
     ``attention_mask`` (B, L).
@@ -16,7 +18,7 @@ class ContrastiveModule(L.LightningModule):
 
     def __init__(
         self,
-        model: CLIPModel,
+        model: PreTrainedModel,
         *,
         lr: float,
         weight_decay: float,

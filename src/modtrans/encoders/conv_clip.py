@@ -1,0 +1,114 @@
+"""A CLIP with a small convolutional image tower, as a transformers model (``hf:`` loads it).
+
+Why: on the 64×64 world a tiny ViT has no locality prior; trained as a supervised
+classifier of the main object's shape for 300 steps it stays at chance while a 4-block CNN
+reaches 72% (measured on 5,000 world images). The text tower here *is* CLIP's
+(``CLIPTextModel``); the image tower is a VGG-style CNN. The class is registered with
+``AutoConfig``/``AutoModel``, saved with ``save_pretrained`` and loaded through the same
+``hf:`` path as any CLIP.
+"""
+
+from __future__ import annotations
+
+from itertools import pairwise
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    CLIPTextConfig,
+    CLIPTextModel,
+    PretrainedConfig,
+    PreTrainedModel,
+)
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.models.clip.modeling_clip import CLIPOutput, image_text_contrastive_loss
+
+MODEL_TYPE = "modtrans_conv_clip"
+
+
+class ConvClipConfig(PretrainedConfig):
+    """Config of :class:`ConvClipModel`.
+
+    Args:
+        text_config: a ``CLIPTextConfig`` as a dict.
+        channels: output channels of the image tower's conv blocks (each halves the size).
+        projection_dim: size of the shared embedding space.
+        logit_scale_init_value: initial log inverse temperature (CLIP: log(1/0.07)).
+    """
+
+    model_type = MODEL_TYPE
+
+    def __init__(
+        self,
+        text_config: dict | None = None,
+        channels: tuple[int, ...] | list[int] = (32, 64, 128, 128),
+        projection_dim: int = 128,
+        logit_scale_init_value: float = 2.6592,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.text_config = dict(text_config or {})
+        self.channels = list(channels)
+        self.projection_dim = projection_dim
+        self.logit_scale_init_value = logit_scale_init_value
+
+
+def _block(c_in: int, c_out: int) -> nn.Sequential:
+    """conv3×3 → BatchNorm → ReLU → 2×2 max-pool."""
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(), nn.MaxPool2d(2)
+    )
+
+
+class ConvClipModel(PreTrainedModel):
+    """CLIP's text transformer and a CNN image tower, both projected to ``projection_dim``.
+
+    ``get_image_features`` / ``get_text_features`` return ``BaseModelOutputWithPooling``
+    whose ``pooler_output`` is the projected embedding, like ``CLIPModel``'s.
+    """
+
+    config_class = ConvClipConfig
+    main_input_name = "pixel_values"
+
+    def __init__(self, config: ConvClipConfig) -> None:
+        super().__init__(config)
+        text_config = CLIPTextConfig(**config.text_config)
+        self.text_model = CLIPTextModel(text_config)
+        channels = [3, *config.channels]
+        self.vision_model = nn.Sequential(*(_block(a, b) for a, b in pairwise(channels)))
+        self.visual_projection = nn.Linear(channels[-1], config.projection_dim, bias=False)
+        self.text_projection = nn.Linear(text_config.hidden_size, config.projection_dim,
+                                         bias=False)
+        self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
+        self.post_init()
+
+    def get_image_features(self, pixel_values: torch.Tensor) -> BaseModelOutputWithPooling:
+        hidden = self.vision_model(pixel_values)  # (B, C, h, w)
+        pooled = hidden.mean(dim=(2, 3))  # (B, C)
+        return BaseModelOutputWithPooling(last_hidden_state=hidden,
+                                          pooler_output=self.visual_projection(pooled))
+
+    def get_text_features(self, input_ids: torch.Tensor,
+                          attention_mask: torch.Tensor | None = None
+                          ) -> BaseModelOutputWithPooling:
+        out = self.text_model(input_ids=input_ids, attention_mask=attention_mask)
+        return BaseModelOutputWithPooling(last_hidden_state=out.last_hidden_state,
+                                          pooler_output=self.text_projection(out.pooler_output))
+
+    def forward(self, input_ids: torch.Tensor, pixel_values: torch.Tensor,
+                attention_mask: torch.Tensor | None = None, return_loss: bool = False,
+                **kwargs) -> CLIPOutput:
+        image = F.normalize(self.get_image_features(pixel_values).pooler_output, dim=-1)
+        text = F.normalize(self.get_text_features(input_ids, attention_mask).pooler_output,
+                           dim=-1)
+        logits_per_text = self.logit_scale.exp() * text @ image.T  # (B, B)
+        loss = image_text_contrastive_loss(logits_per_text) if return_loss else None
+        return CLIPOutput(loss=loss, logits_per_image=logits_per_text.T,
+                          logits_per_text=logits_per_text, text_embeds=text, image_embeds=image)
+
+
+AutoConfig.register(MODEL_TYPE, ConvClipConfig)
+AutoModel.register(ConvClipConfig, ConvClipModel)
