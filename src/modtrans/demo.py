@@ -36,18 +36,18 @@ class DemoConfig(Config):
     """
 
     n_images: int = 20_000
-    clip: dict[str, Any] = dataclasses.field(default_factory=dict)
+    clip: dict[str, Any] = dataclasses.field(default_factory=lambda: {"epochs": 4})
     methods: list[str] = dataclasses.field(default_factory=lambda: [
         "identity", "mean-shift", "ridge", "knn", "mlp", "ced-paper", "ced"])
     method_params: dict[str, dict[str, Any]] = dataclasses.field(default_factory=lambda: {
         "ced-paper": {"width": 512, "depth": 4, "emb_dim": 256},
     })
     method_train: dict[str, dict[str, Any]] = dataclasses.field(default_factory=lambda: {
-        "mlp": {"epochs": 4},
-        "ced": {"epochs": 4},
-        "ced-paper": {"epochs": 1, "max_time": "00:00:00:45"},
+        "mlp": {"epochs": 3},
+        "ced": {"epochs": 3},
+        "ced-paper": {"epochs": 1, "max_time": "00:00:00:40"},
     })
-    eval_images: int = 500
+    eval_images: int = 400
     eval_splits: list[str] = dataclasses.field(default_factory=lambda: ["val", "novel"])
     n_samples: int = 4
 
