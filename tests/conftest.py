@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 # Everything runs offline: a hub lookup must fail fast instead of trying the network. Set at
 # import, before huggingface_hub reads them, and kept for the whole session.
@@ -25,6 +28,25 @@ TINY_CLIP: dict[str, Any] = {
     "epochs": 1,
     "batch_size": 32,
 }
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread() -> Iterator[None]:
+    """Tiny tensors: one thread is faster, and steady on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _quiet_lightning() -> Iterator[None]:
+    """Lightning's per-fit banners are noise in a test log."""
+    logger = logging.getLogger("lightning.pytorch")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    yield
+    logger.setLevel(level)
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 
 from modtrans.cli import main
 from modtrans.data.store import EmbeddingStore, StoreWriter
@@ -38,15 +37,6 @@ class Demo:
 
     def checkpoint(self, direction: str, method: str) -> Path:
         return self.out / "translators" / direction / method
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    """Tiny tensors: one thread is faster, and steady on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)

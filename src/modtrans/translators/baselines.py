@@ -62,6 +62,19 @@ def ridge_solutions(cn: Tensor, zn: Tensor, lambdas: list[float]) -> list[Tensor
     return [(evecs @ (proj / (evals + lam * n).unsqueeze(1))).float() for lam in lambdas]
 
 
+def select_ridge(translator: Translator, cn: Tensor, zn: Tensor, val_cn: Tensor,
+                 val_zn: Tensor, lambdas: list[float]) -> tuple[Tensor, float, dict]:
+    """The ridge solution whose λ gives the best val Sim.
+
+    Returns:
+        (W (Dc, D), the chosen λ, val Sim for every λ).
+    """
+    solutions = ridge_solutions(cn, zn, lambdas)
+    sims = [translator.val_similarity(val_cn @ w, val_zn) for w in solutions]
+    best = max(range(len(lambdas)), key=sims.__getitem__)
+    return solutions[best], lambdas[best], dict(zip(lambdas, sims, strict=True))
+
+
 @register_translator
 class RidgeTranslator(Translator):
     """ẑ = c·W with W the ridge solution in normalised space; λ chosen by val Sim."""
@@ -76,12 +89,9 @@ class RidgeTranslator(Translator):
         self.register_buffer("weight", torch.zeros(config.cond_dim, config.target_dim))
 
     def prepare(self, cn: Tensor, zn: Tensor, val_cn: Tensor, val_zn: Tensor) -> dict[str, Any]:
-        lambdas = list(self.params["lambdas"])
-        solutions = ridge_solutions(cn, zn, lambdas)
-        sims = [self.val_similarity(val_cn @ w, val_zn) for w in solutions]
-        best = max(range(len(lambdas)), key=sims.__getitem__)
-        self.weight.copy_(solutions[best])
-        return {"lambda": lambdas[best], "val_sim_by_lambda": dict(zip(lambdas, sims, strict=True))}
+        weight, lam, sims = select_ridge(self, cn, zn, val_cn, val_zn, self.params["lambdas"])
+        self.weight.copy_(weight)
+        return {"lambda": lam, "val_sim_by_lambda": sims}
 
     def _translate(self, cn: Tensor, **kwargs: Any) -> Tensor:
         return cn @ self.weight

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from modtrans.translators.base import Mode, Translator, TranslatorConfig, register_translator
-from modtrans.translators.baselines import ridge_solutions
+from modtrans.translators.baselines import select_ridge
 from modtrans.translators.denoisers import ConditionalMLP, DenoiserConfig
 from modtrans.translators.diffusion import diffusion_loss, randn
 from modtrans.translators.samplers import ddim_sample, get_sampler
@@ -73,16 +73,14 @@ class CEDTranslator(Translator):
         return cn @ self.mapping
 
     def prepare(self, cn: Tensor, zn: Tensor, val_cn: Tensor, val_zn: Tensor) -> dict[str, Any]:
-        lambdas = list(self.params["ridge_lambdas"])
-        solutions = ridge_solutions(cn, zn, lambdas)
-        sims = [self.val_similarity(val_cn @ w, val_zn) for w in solutions]
-        best = max(range(len(lambdas)), key=sims.__getitem__)
-        self.mapping.copy_(solutions[best])
+        weight, lam, _ = select_ridge(self, cn, zn, val_cn, val_zn,
+                                      self.params["ridge_lambdas"])
+        self.mapping.copy_(weight)
         residual = zn - self.mapped(cn)
         self.residual_scale.fill_(float(residual.std()))
         gamma = self.params["gamma"]
         self.gamma.fill_(float(residual.norm(dim=-1).mean()) if gamma is None else gamma)
-        return {"ridge_lambda": lambdas[best], "gamma": float(self.gamma),
+        return {"ridge_lambda": lam, "gamma": float(self.gamma),
                 "residual_scale": float(self.residual_scale)}
 
     def _drop_mask(self, n: int, device: torch.device) -> Tensor:
