@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import typer
+from cli_helpers import assert_cli_error
 
 import modtrans.cli
 from modtrans.cli import main
@@ -40,19 +41,6 @@ def _json_documents(text: str) -> list[Any]:
         while pos < len(text) and text[pos].isspace():
             pos += 1
     return docs
-
-
-def _assert_error(capsys: pytest.CaptureFixture[str], argv: list[str], *needles: str) -> str:
-    """``main(argv)`` exits 2 with a one-line ``Error: ...`` as the last line on stderr."""
-    code = main(argv)
-    out, err = capsys.readouterr()
-    assert code == 2, (out, err)
-    assert "Traceback" not in err
-    last = err.rstrip().splitlines()[-1]
-    assert last.startswith("Error: "), err
-    for needle in needles:
-        assert needle in last, last
-    return last
 
 
 # --- help ----------------------------------------------------------------------------------
@@ -146,7 +134,7 @@ def test_embed_captions_file_and_resume(
     assert opened.n_images == summary["images_written"] > 0
     assert len(opened.manifest["shards"]) == -(-opened.n_images // 3)
 
-    _assert_error(capsys, argv, str(store), "--resume")
+    assert_cli_error(capsys, argv, str(store), "--resume")
     assert main([*argv, "--resume"]) == 0
     (again,) = _json_documents(capsys.readouterr().out)
     assert again["images_written"] == 0
@@ -172,7 +160,7 @@ def test_unknown_encoder_spec(
     tiny_world: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     argv = ["embed", str(tiny_world), "--out", str(tmp_path / "s"), "--encoder", "nope:x"]
-    _assert_error(capsys, argv, "nope", "known kinds", "hf", "sbert")
+    assert_cli_error(capsys, argv, "nope", "known kinds", "hf", "sbert")
     assert not (tmp_path / "s").exists()
 
 
@@ -181,14 +169,14 @@ def test_missing_model_dir(
 ) -> None:
     missing = tmp_path / "no-such-model"
     argv = ["embed", str(tiny_world), "--out", str(tmp_path / "s"), "--encoder", f"hf:{missing}"]
-    _assert_error(capsys, argv, str(missing), "fit-encoder")
+    assert_cli_error(capsys, argv, str(missing), "fit-encoder")
 
 
 def test_embed_needs_an_encoder(
     tiny_world: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     argv = ["embed", str(tiny_world), "--out", str(tmp_path / "s"), "--image-encoder", "hf:x"]
-    _assert_error(capsys, argv, "--encoder")
+    assert_cli_error(capsys, argv, "--encoder")
 
 
 @pytest.mark.parametrize("kind", ["absent", "empty_dir"])
@@ -199,7 +187,7 @@ def test_embed_source_neither_captions_nor_world(
     if kind == "empty_dir":
         source.mkdir()
     argv = ["embed", str(source), "--out", str(tmp_path / "s"), "--encoder", tiny_clip.spec]
-    _assert_error(capsys, argv, str(source), "neither", "modtrans world")
+    assert_cli_error(capsys, argv, str(source), "neither", "modtrans world")
 
 
 @pytest.mark.parametrize(
@@ -213,7 +201,7 @@ def test_embed_file_that_is_not_a_captions_file(
     source = tmp_path / "notes.json"
     source.write_text(content)
     argv = ["embed", str(source), "--out", str(tmp_path / "s"), "--encoder", tiny_clip.spec]
-    _assert_error(capsys, argv, needle)
+    assert_cli_error(capsys, argv, needle)
 
 
 def test_embed_missing_split_of_world(
@@ -221,7 +209,7 @@ def test_embed_missing_split_of_world(
 ) -> None:
     argv = ["embed", str(tiny_world), "--split", "nope", "--out", str(tmp_path / "s"),
             "--encoder", tiny_clip.spec]  # fmt: skip
-    _assert_error(capsys, argv, "'nope'", "train")
+    assert_cli_error(capsys, argv, "'nope'", "train")
 
 
 @pytest.mark.parametrize(
@@ -238,21 +226,21 @@ def test_world_bad_holdout(
 ) -> None:
     out = tmp_path / "world"
     argv = ["world", str(out), "--n", "10", "--workers", "1", "--holdout", holdout]
-    _assert_error(capsys, argv, needle)
+    assert_cli_error(capsys, argv, needle)
     assert not (out / "world.json").exists()
 
 
 def test_world_refuses_non_empty_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "keep.txt").write_text("mine")
-    _assert_error(capsys, ["world", str(tmp_path), "--n", "10", "--workers", "1"], "not empty")
+    assert_cli_error(capsys, ["world", str(tmp_path), "--n", "10", "--workers", "1"], "not empty")
     assert (tmp_path / "keep.txt").read_text() == "mine"
 
 
 def test_fit_encoder_missing_world(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["fit-encoder", str(tmp_path / "no-world"), "--out", str(tmp_path / "clip")]
-    _assert_error(capsys, argv, "modtrans world")
+    assert_cli_error(capsys, argv, "modtrans world")
     assert not (tmp_path / "clip").exists()
 
 
 def test_eval_encoder_missing_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    _assert_error(capsys, ["eval-encoder", str(tmp_path / "none")], "modtrans embed")
+    assert_cli_error(capsys, ["eval-encoder", str(tmp_path / "none")], "modtrans embed")

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from cli_helpers import assert_cli_error as _error
 
 from modtrans.cli import main
 from modtrans.data.store import EmbeddingStore, StoreWriter
@@ -63,19 +64,6 @@ def _run(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
     out, err = capsys.readouterr()
     assert code == 0, (out, err)
     return out
-
-
-def _error(capsys: pytest.CaptureFixture[str], argv: list[str], *needles: str) -> str:
-    """``main(argv)`` exits 2 with a one-line ``Error: ...`` and no traceback."""
-    code = main(argv)
-    out, err = capsys.readouterr()
-    assert code == 2, (out, err)
-    assert "Traceback" not in err
-    last = err.rstrip().splitlines()[-1]
-    assert last.startswith("Error: "), err
-    for needle in needles:
-        assert needle in last, last
-    return last
 
 
 # --- the demo ------------------------------------------------------------------------------
