@@ -106,7 +106,8 @@ def _curves(folder: Path) -> str:
     for ax, title in zip(axes, ("world CLIP loss", "translator loss", "val Sim"), strict=True):
         ax.set_title(title)
         ax.set_xlabel("step")
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     axes[1].set_yscale("log")
     return _png(fig)
 
