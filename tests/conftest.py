@@ -40,6 +40,16 @@ def _one_torch_thread() -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """The CLI reconfigures the root logger; give the next test the logging it had."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.fixture(autouse=True)
 def _quiet_lightning() -> Iterator[None]:
     """Lightning's per-fit banners are noise in a test log."""
     logger = logging.getLogger("lightning.pytorch")

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +16,6 @@ from modtrans.data.store import EmbeddingStore
 
 modtrans.cli._register_verbs()
 VERBS = sorted(typer.main.get_command(modtrans.cli.app).commands)
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """The CLI reconfigures the root logger; give the next test the logging it had."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 def _json_documents(text: str) -> list[Any]:

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,16 +36,6 @@ class Demo:
 
     def checkpoint(self, direction: str, method: str) -> Path:
         return self.out / "translators" / direction / method
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """The CLI reconfigures the root logger; give the next test the logging it had."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 @pytest.fixture(scope="module")
