@@ -82,7 +82,7 @@ def test_hf_hub_id_not_in_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert "huggingface-cli download someone/missing-model" in message
 
 
-def test_hf_rejects_non_clip_model(tmp_path: Path) -> None:
+def test_hf_text_model_without_tokenizer_is_refused(tmp_path: Path) -> None:
     from transformers import BertConfig, BertModel
 
     config = BertConfig(
@@ -90,7 +90,7 @@ def test_hf_rejects_non_clip_model(tmp_path: Path) -> None:
         intermediate_size=16, max_position_embeddings=16,
     )  # fmt: skip
     BertModel(config).save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match="not a CLIP model"):
+    with pytest.raises(ValueError, match="tokenizer did not load correctly"):
         build_encoder(f"hf:{tmp_path}")
 
 

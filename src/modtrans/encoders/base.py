@@ -8,9 +8,10 @@ A spec is ``<kind>:<argument>``: ``hf:/path/to/clip`` or ``hf:openai/clip-vit-ba
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 ImageBatch = Sequence[Image.Image] | torch.Tensor
@@ -26,15 +27,25 @@ class Encoder(Protocol):
 
     Encoders that handle one modality only raise :class:`ModalityError` for the other;
     ``modalities`` says which they handle.
+
+    Image encoding is split in two so that decoding and preprocessing can run in DataLoader
+    workers: ``image_transform`` (picklable; one PIL image → one pixel tensor, exactly the
+    model's own preprocessing) and ``encode_pixels`` (a stacked batch → embeddings, on the
+    encoder's device). ``encode_images`` is the two in sequence.
     """
 
     spec: str
     name: str
     dim: int
     modalities: frozenset[str]
+    image_transform: Callable[[Image.Image], torch.Tensor] | None
 
     def encode_images(self, images: ImageBatch, *, batch_size: int = 64) -> torch.Tensor:
         """Embed images (PIL images, or a uint8 tensor (N, H, W, 3)) → float tensor (N, dim)."""
+        ...
+
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Embed a batch of ``image_transform`` outputs stacked → float tensor (N, dim), on CPU."""
         ...
 
     def encode_texts(self, texts: Sequence[str], *, batch_size: int = 256) -> torch.Tensor:
@@ -129,6 +140,79 @@ def to_pil_list(images: ImageBatch) -> list[Image.Image]:
             )
         return [Image.fromarray(a) for a in images.cpu().numpy()]
     return [im.convert("RGB") for im in images]
+
+
+def split_options(argument: str, spec: str, allowed: dict[str, tuple[str, ...]]
+                  ) -> tuple[str, dict[str, str]]:
+    """Split ``<argument>?key=value&...`` into the argument and validated options.
+
+    Args:
+        argument: what follows ``<kind>:`` in the spec.
+        spec: the whole spec, for error messages.
+        allowed: option name → its allowed values.
+    """
+    base, sep, query = argument.partition("?")
+    options: dict[str, str] = {}
+    for item in query.split("&") if sep else ():
+        key, eq, value = item.partition("=")
+        if not eq or key not in allowed or value not in allowed[key]:
+            choices = "; ".join(f"{k}={'|'.join(v)}" for k, v in allowed.items()) or "none"
+            raise ValueError(f"encoder spec {spec!r}: bad option {item!r}; options: {choices}")
+        options[key] = value
+    return base, options
+
+
+def finish(features: torch.Tensor, normalize: bool) -> torch.Tensor:
+    """float32 on CPU, L2-normalised when ``normalize``."""
+    features = features.float().cpu()
+    return F.normalize(features, dim=-1) if normalize else features
+
+
+class ProcessorTransform:
+    """A transformers image processor as a picklable ``PIL image → (C, H, W) tensor``."""
+
+    def __init__(self, processor: Any) -> None:
+        self.processor = processor
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return self.processor(images=image, return_tensors="pt")["pixel_values"][0]
+
+
+class ImageEncoderBase:
+    """``encode_images`` for encoders that define ``image_transform`` and ``encode_pixels``."""
+
+    dim: int
+    image_transform: Callable[[Image.Image], torch.Tensor]
+
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def encode_images(self, images: ImageBatch, *, batch_size: int = 64) -> torch.Tensor:
+        out = [
+            self.encode_pixels(torch.stack([self.image_transform(im) for im in chunk]))
+            for chunk in batches(to_pil_list(images), batch_size)
+        ]
+        return torch.cat(out) if out else torch.empty(0, self.dim)
+
+
+class TextOnlyEncoderBase:
+    """The image half of a text-only encoder: every image call raises :class:`ModalityError`."""
+
+    spec: str
+    modalities = frozenset({"text"})
+    image_transform = None
+
+    def _no_images(self) -> ModalityError:
+        return ModalityError(
+            f"{self.spec} encodes text only; pair it with an image encoder "
+            "(e.g. --image-encoder hf:<clip-dir>)"
+        )
+
+    def encode_images(self, images: ImageBatch, *, batch_size: int = 64) -> torch.Tensor:
+        raise self._no_images()
+
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        raise self._no_images()
 
 
 def _import_builtin_kinds() -> None:

@@ -1,7 +1,17 @@
-"""``hf:<dir-or-id>`` — transformers CLIP models, loaded from a directory or the local cache only.
+"""``hf:<dir-or-id>`` — transformers models, loaded from a directory or the local cache only.
+
+The model's config decides what the spec builds:
+
+- a CLIP (``model_type`` ``clip``, or the world CLIP's ``modtrans_conv_clip``) encodes images
+  and texts into its shared projection space;
+- any other model with a vocabulary (BERT-like) is a text encoder, pooled by the mean of its
+  token states (``hf:<dir>?pool=cls`` for the first token);
+- any other model with an ``image_size`` (DINOv2-like, ViT) is an image encoder, pooled by
+  its CLS token (``?pool=mean`` for the mean of the patch tokens).
 
 The world CLIP that ``modtrans fit-encoder`` trains is saved in the same format and loaded
-through this same code, so it exercises exactly the path a real CLIP takes.
+through this same code, so it exercises exactly the path a real CLIP takes. Images are
+preprocessed by the model's own saved image processor (resize, crop, mean/std), PIL backend.
 """
 
 from __future__ import annotations
@@ -12,14 +22,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from modtrans.encoders.base import (
-    ImageBatch,
+    ImageEncoderBase,
+    ModalityError,
+    ProcessorTransform,
+    TextOnlyEncoderBase,
     batches,
     check_texts,
+    finish,
     register_encoder,
-    to_pil_list,
+    split_options,
 )
 
 logger = logging.getLogger(__name__)
@@ -80,48 +93,21 @@ def _load_error(argument: str, spec: str, source: str, error: Exception) -> Exce
     return error
 
 
-class HFClipEncoder:
-    """A transformers ``CLIPModel`` with its tokenizer and image processor."""
+def _load(source: str, argument: str, spec: str, loader, **kwargs):
+    """``loader.from_pretrained(source, local_files_only=True)`` with modtrans' error messages."""
+    try:
+        return loader.from_pretrained(source, local_files_only=True, **kwargs)
+    except (OSError, ValueError) as e:
+        raise _load_error(argument, spec, source, e) from e
 
-    modalities = frozenset({"image", "text"})
 
-    def __init__(
-        self,
-        argument: str,
-        *,
-        device: torch.device,
-        dtype: torch.dtype,
-        normalize: bool,
-    ) -> None:
-        from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPImageProcessorPil
+class _Texts:
+    """Tokenisation and tokenizer checks shared by the CLIP and the text-only encoders."""
 
-        from modtrans.encoders import conv_clip  # registers the world CLIP's model type
-
-        self.spec = f"hf:{argument}"
-        source = resolve_hf_source(argument, self.spec)
-        try:
-            config = AutoConfig.from_pretrained(source, local_files_only=True)
-        except OSError as e:
-            raise FileNotFoundError(_cache_hint(argument, self.spec)) from e
-        if config.model_type not in ("clip", conv_clip.MODEL_TYPE):
-            raise ValueError(
-                f"encoder spec {self.spec!r}: model_type {config.model_type!r} is not a CLIP "
-                f"model; hf: loads CLIP checkpoints (model_type 'clip' or "
-                f"'{conv_clip.MODEL_TYPE}')"
-            )
-        try:
-            self.model = AutoModel.from_pretrained(source, local_files_only=True, dtype=dtype)
-            self.tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
-            self.processor = CLIPImageProcessorPil.from_pretrained(source, local_files_only=True)
-        except (OSError, ValueError) as e:
-            raise _load_error(argument, self.spec, source, e) from e
-        self.model.to(device).eval()
-        self.device, self.dtype, self.normalize = device, dtype, normalize
-        self.name = Path(argument).name or argument
-        self.dim = int(config.projection_dim)
-        text_config = self.model.text_model.config
-        self.max_length = int(text_config.max_position_embeddings)
-        self._check_tokenizer(text_config.vocab_size)
+    spec: str
+    tokenizer: object
+    device: torch.device
+    max_length: int
 
     def _check_tokenizer(self, vocab_size: int) -> None:
         """Refuse a tokenizer that loaded empty or mismatched (offline loads can fail silently)."""
@@ -135,36 +121,147 @@ class HFClipEncoder:
                 f"{vocab_size}); make sure the model directory holds its tokenizer files"
             )
 
-    def _finish(self, features: torch.Tensor) -> torch.Tensor:
-        features = features.float()
-        return F.normalize(features, dim=-1) if self.normalize else features
+    def _tokens(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        return self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.max_length,
+            return_tensors="pt",
+        ).to(self.device)
+
+
+class HFClipEncoder(ImageEncoderBase, _Texts):
+    """A transformers ``CLIPModel`` (or the world CLIP) with its tokenizer and image processor."""
+
+    modalities = frozenset({"image", "text"})
+
+    def __init__(self, source: str, argument: str, *, spec: str, device: torch.device,
+                 dtype: torch.dtype, normalize: bool) -> None:
+        from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
+
+        self.spec = spec
+        self.model = _load(source, argument, self.spec, AutoModel, dtype=dtype)
+        self.tokenizer = _load(source, argument, self.spec, AutoTokenizer)
+        processor = _load(source, argument, self.spec, AutoImageProcessor, backend="pil")
+        self.image_transform = ProcessorTransform(processor)
+        self.model.to(device).eval()
+        self.device, self.dtype, self.normalize = device, dtype, normalize
+        self.name = Path(argument).name or argument
+        self.dim = int(self.model.config.projection_dim)
+        text_config = self.model.text_model.config
+        self.max_length = int(text_config.max_position_embeddings)
+        self._check_tokenizer(text_config.vocab_size)
 
     @torch.inference_mode()
-    def encode_images(self, images: ImageBatch, *, batch_size: int = 64) -> torch.Tensor:
-        pil = to_pil_list(images)
-        out = []
-        for chunk in batches(pil, batch_size):
-            pixels = self.processor(images=list(chunk), return_tensors="pt")["pixel_values"]
-            pixels = pixels.to(self.device, self.dtype)
-            out.append(self._finish(self.model.get_image_features(pixel_values=pixels).pooler_output))
-        return torch.cat(out).cpu() if out else torch.empty(0, self.dim)
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        pixels = pixels.to(self.device, self.dtype)
+        return finish(self.model.get_image_features(pixel_values=pixels).pooler_output,
+                      self.normalize)
 
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str], *, batch_size: int = 256) -> torch.Tensor:
         check_texts(texts)
         out = []
         for chunk in batches(list(texts), batch_size):
-            tokens = self.tokenizer(
-                list(chunk), padding=True, truncation=True, max_length=self.max_length,
-                return_tensors="pt",
-            ).to(self.device)
+            tokens = self._tokens(chunk)
             features = self.model.get_text_features(
                 input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]
             ).pooler_output
-            out.append(self._finish(features))
-        return torch.cat(out).cpu() if out else torch.empty(0, self.dim)
+            out.append(finish(features, self.normalize))
+        return torch.cat(out) if out else torch.empty(0, self.dim)
 
 
-@register_encoder("hf", "transformers CLIPModel from a local directory or the local HF cache")
+def _mean_pool(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of the token states where ``mask`` is 1: (B, L, D), (B, L) → (B, D)."""
+    mask = mask.unsqueeze(-1).to(states.dtype)
+    return (states * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+
+class HFTextEncoder(TextOnlyEncoderBase, _Texts):
+    """A BERT-like ``AutoModel`` text encoder, mean- or CLS-pooled (as sentence-transformers)."""
+
+    def __init__(self, source: str, argument: str, *, spec: str, pool: str, device: torch.device,
+                 dtype: torch.dtype, normalize: bool) -> None:
+        from transformers import AutoModel, AutoTokenizer
+
+        self.spec = spec
+        self.model = _load(source, argument, self.spec, AutoModel, dtype=dtype).to(device).eval()
+        self.tokenizer = _load(source, argument, self.spec, AutoTokenizer)
+        self.device, self.dtype, self.normalize, self.pool = device, dtype, normalize, pool
+        self.name = Path(argument).name or argument
+        self.dim = int(self.model.config.hidden_size)
+        self.max_length = min(int(getattr(self.model.config, "max_position_embeddings", 512)),
+                              self.tokenizer.model_max_length)
+        self._check_tokenizer(self.model.config.vocab_size)
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: Sequence[str], *, batch_size: int = 256) -> torch.Tensor:
+        check_texts(texts)
+        out = []
+        for chunk in batches(list(texts), batch_size):
+            tokens = self._tokens(chunk)
+            states = self.model(**tokens).last_hidden_state
+            pooled = (states[:, 0] if self.pool == "cls"
+                      else _mean_pool(states, tokens["attention_mask"]))
+            out.append(finish(pooled, self.normalize))
+        return torch.cat(out) if out else torch.empty(0, self.dim)
+
+
+class HFImageEncoder(ImageEncoderBase):
+    """A DINOv2/ViT-like ``AutoModel`` image encoder, CLS- or mean-pooled."""
+
+    modalities = frozenset({"image"})
+
+    def __init__(self, source: str, argument: str, *, spec: str, pool: str, device: torch.device,
+                 dtype: torch.dtype, normalize: bool) -> None:
+        from transformers import AutoImageProcessor, AutoModel
+
+        self.spec = spec
+        self.model = _load(source, argument, self.spec, AutoModel, dtype=dtype).to(device).eval()
+        processor = _load(source, argument, self.spec, AutoImageProcessor, backend="pil")
+        self.image_transform = ProcessorTransform(processor)
+        self.device, self.dtype, self.normalize, self.pool = device, dtype, normalize, pool
+        self.name = Path(argument).name or argument
+        self.dim = int(self.model.config.hidden_size)
+
+    @torch.inference_mode()
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        states = self.model(pixel_values=pixels.to(self.device, self.dtype)).last_hidden_state
+        pooled = states[:, 0] if self.pool == "cls" else states[:, 1:].mean(1)
+        return finish(pooled, self.normalize)
+
+    def encode_texts(self, texts: Sequence[str], *, batch_size: int = 256) -> torch.Tensor:
+        raise ModalityError(
+            f"{self.spec} encodes images only; pair it with a text encoder "
+            "(e.g. --text-encoder sbert:minilm)"
+        )
+
+
+@register_encoder(
+    "hf",
+    "transformers model from a local directory or the local HF cache: CLIP (both modalities), "
+    "BERT-like text or DINOv2-like image AutoModel (?pool=cls|mean)",
+)
 def _build_hf(argument: str, *, device: torch.device, dtype: torch.dtype, normalize: bool):
-    return HFClipEncoder(argument, device=device, dtype=dtype, normalize=normalize)
+    from transformers import AutoConfig
+
+    from modtrans.encoders import conv_clip  # registers the world CLIP's model type
+
+    spec = f"hf:{argument}"
+    base, options = split_options(argument, spec, {"pool": ("cls", "mean")})
+    source = resolve_hf_source(base, spec)
+    try:
+        config = AutoConfig.from_pretrained(source, local_files_only=True)
+    except OSError as e:
+        raise FileNotFoundError(_cache_hint(base, spec)) from e
+    common = dict(spec=spec, device=device, dtype=dtype, normalize=normalize)
+    if config.model_type in ("clip", conv_clip.MODEL_TYPE):
+        if options:
+            raise ValueError(f"encoder spec {spec!r}: a CLIP takes no ?pool option")
+        return HFClipEncoder(source, base, **common)
+    if hasattr(config, "vocab_size"):
+        return HFTextEncoder(source, base, pool=options.get("pool", "mean"), **common)
+    if hasattr(config, "image_size"):
+        return HFImageEncoder(source, base, pool=options.get("pool", "cls"), **common)
+    raise ValueError(
+        f"encoder spec {spec!r}: model_type {config.model_type!r} is neither a CLIP, a text "
+        "model (no vocab_size) nor an image model (no image_size); hf: cannot encode with it"
+    )

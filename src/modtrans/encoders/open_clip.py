@@ -10,9 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 
-from modtrans.encoders.base import ImageBatch, batches, check_texts, register_encoder, to_pil_list
+from modtrans.encoders.base import ImageEncoderBase, batches, check_texts, finish, register_encoder
 
 INSTALL_HINT = (
     "open_clip is not installed (it is an optional extra that needs torchvision): "
@@ -21,7 +20,7 @@ INSTALL_HINT = (
 )
 
 
-class OpenClipEncoder:
+class OpenClipEncoder(ImageEncoderBase):
     """An OpenCLIP model with its own preprocessing and tokenizer."""
 
     modalities = frozenset({"image", "text"})
@@ -50,32 +49,26 @@ class OpenClipEncoder:
                 f"locally ({e}); pass a checkpoint file path as <pretrained>"
             ) from e
         self.model = model.eval()
-        self.preprocess = preprocess
+        self.image_transform = preprocess
         self.tokenizer = open_clip.get_tokenizer(arch)
         self.device, self.dtype, self.normalize = device, dtype, normalize
         self.name = argument
         self.dim = int(model.text_projection.shape[1])
 
-    def _finish(self, features: torch.Tensor) -> torch.Tensor:
-        features = features.float()
-        return F.normalize(features, dim=-1) if self.normalize else features
-
     @torch.inference_mode()
-    def encode_images(self, images: ImageBatch, *, batch_size: int = 64) -> torch.Tensor:
-        out = []
-        for chunk in batches(to_pil_list(images), batch_size):
-            pixels = torch.stack([self.preprocess(im) for im in chunk]).to(self.device, self.dtype)
-            out.append(self._finish(self.model.encode_image(pixels)))
-        return torch.cat(out).cpu() if out else torch.empty(0, self.dim)
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        pixels = pixels.to(self.device, self.dtype)
+        return finish(self.model.encode_image(pixels), self.normalize)
 
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str], *, batch_size: int = 256) -> torch.Tensor:
         check_texts(texts)
         out = [
-            self._finish(self.model.encode_text(self.tokenizer(list(chunk)).to(self.device)))
+            finish(self.model.encode_text(self.tokenizer(list(chunk)).to(self.device)),
+                   self.normalize)
             for chunk in batches(list(texts), batch_size)
         ]
-        return torch.cat(out).cpu() if out else torch.empty(0, self.dim)
+        return torch.cat(out) if out else torch.empty(0, self.dim)
 
 
 def _precision(dtype: torch.dtype) -> str:

