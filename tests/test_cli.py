@@ -175,7 +175,7 @@ def test_embed_source_neither_captions_nor_world(
     if kind == "empty_dir":
         source.mkdir()
     argv = ["embed", str(source), "--out", str(tmp_path / "s"), "--encoder", tiny_clip.spec]
-    assert_cli_error(capsys, argv, str(source), "neither", "modtrans world")
+    assert_cli_error(capsys, argv, str(source), "modtrans world", "webdataset", ".txt captions")
 
 
 @pytest.mark.parametrize(

@@ -157,12 +157,13 @@ def test_resume_after_interruption(
     out = tmp_path / "store"
     calls = {"n": 0}
     if where == "encode":
-        # the 2nd shard's captions fail to encode, after its images were encoded
+        # batches of 5, shards of 10: the 3rd batch's captions fail to encode, after its
+        # images were encoded and the first shard was written
         real = clip_encoder.encode_texts
 
         def flaky(texts: Any, **kwargs: Any) -> Any:
             calls["n"] += 1
-            if calls["n"] == 2:
+            if calls["n"] == 3:
                 raise Interrupted("killed while encoding")
             return real(texts, **kwargs)
 
@@ -180,7 +181,7 @@ def test_resume_after_interruption(
 
         monkeypatch.setattr(store_mod, "_write_table", flaky_write)
     with pytest.raises(Interrupted):
-        _embed(train_data, clip_encoder, out, shard_size=10)
+        _embed(train_data, clip_encoder, out, shard_size=10, batch_size=5)
     monkeypatch.undo()
 
     partial = json.loads((out / "manifest.json").read_text())

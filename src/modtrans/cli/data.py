@@ -12,6 +12,8 @@ from modtrans.cli import app
 
 logger = logging.getLogger(__name__)
 
+SPLIT_FORMATS = ("world", "karpathy")  # sources with splits: one store per split, OUT/<split>
+
 
 def parse_holdout(text: str) -> tuple[tuple[str, str], ...]:
     """``"green star,red ring"`` → ``(("green", "star"), ("red", "ring"))``."""
@@ -56,47 +58,42 @@ def world(
     typer.echo(json.dumps(summary, indent=2))
 
 
-def _captions_files(source: Path, split: str | None) -> dict[str, Path]:
-    """Map split name → captions file for a COCO captions file or a world folder."""
-    if source.is_file():
-        return {split or source.stem: source}
-    if (source / "world.json").is_file():
-        found = {p.parent.name: p for p in sorted(source.glob("*/captions.json"))}
-        if split:
-            if split not in found:
-                raise FileNotFoundError(
-                    f"world {source} has no split {split!r}; it has {sorted(found)}"
-                )
-            return {split: found[split]}
-        return found
-    raise FileNotFoundError(
-        f"{source} is neither a COCO captions JSON file nor a world folder (with world.json); "
-        "pass e.g. annotations/captions_val2017.json --images val2017/, or a folder made by "
-        "`modtrans world`"
-    )
-
-
 @app.command()
 def embed(
     source: Path = typer.Argument(
-        ..., help="A COCO captions JSON file, or a world folder (every split is embedded)."
+        ..., help="What to embed: a world folder (every split), a COCO captions JSON "
+        "(2014/2017 layout), a Karpathy-split JSON (every split), a CSV/parquet of image paths "
+        "and captions, a folder of webdataset .tar shards (img2dataset), or a folder of "
+        "images with .txt captions."
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Store folder (one sub-folder per split "
-                             "when SOURCE is a world)."),
+                             "for a world or a Karpathy JSON)."),
     encoder: str = typer.Option(
         None, help="Encoder spec for both modalities, e.g. hf:runs/world_clip."
     ),
-    image_encoder: str = typer.Option(None, help="Image encoder spec (overrides --encoder)."),
+    image_encoder: str = typer.Option(None, help="Image encoder spec (overrides --encoder), "
+                                      "e.g. hf:facebook/dinov2-small."),
     text_encoder: str = typer.Option(
         None, help="Text encoder spec (overrides --encoder), e.g. sbert:minilm."
     ),
     images: Path = typer.Option(
-        None, help="Image folder of a COCO captions file (default: beside the file)."
+        None, help="Image folder of a COCO/Karpathy JSON or a table (default: found beside it)."
     ),
-    split: str = typer.Option(None, help="Split name (default: from the file or every split)."),
+    split: str = typer.Option(None, help="Embed only this split (world, Karpathy), or name the "
+                              "split of a single-split source."),
+    image_column: str = typer.Option(None, help="A table's image-path column (default: "
+                                     "image, image_path, filepath, ...)."),
+    caption_column: str = typer.Option(None, help="A table's caption column (default: "
+                                       "caption, text, title, ...)."),
     dtype: str = typer.Option("float16", help="On-disk dtype: float16 or float32."),
+    model_dtype: str = typer.Option(
+        "float32", help="Encoder weights dtype: float32, float16 or bfloat16 (half on GPU)."
+    ),
     shard_size: int = typer.Option(10_000, help="Images per shard."),
     batch_size: int = typer.Option(256, help="Encoder batch size."),
+    workers: int = typer.Option(
+        2, help="DataLoader workers that read, decode and preprocess images (0: in-process)."
+    ),
     device: str = typer.Option("cpu", help="Device for the encoders, e.g. cpu or cuda:0."),
     resume: bool = typer.Option(False, help="Continue an interrupted run in OUT."),
     strict: bool = typer.Option(
@@ -104,24 +101,34 @@ def embed(
         "skipping, counting and listing it."
     ),
 ) -> None:
-    """Encode images and captions into an embedding store (clip-retrieval layout + manifest)."""
-    from modtrans.data.coco import read_coco_captions
+    """Encode images and captions into an embedding store (clip-retrieval layout + manifest).
+
+    Interrupted? Run the same command with --resume: it continues after the last complete
+    shard, with no duplicate and no gap. Bad images are skipped and listed in manifest.json.
+    """
+    import torch
+
     from modtrans.data.embed import embed_captioned_images, load_sidecar_metadata
+    from modtrans.data.sources import open_sources
     from modtrans.encoders import build_encoder
 
     image_spec, text_spec = image_encoder or encoder, text_encoder or encoder
     if not image_spec or not text_spec:
         raise ValueError("give --encoder SPEC, or both --image-encoder and --text-encoder")
-    files = _captions_files(source, split)
-    image_enc = build_encoder(image_spec, device=device)
-    text_enc = image_enc if text_spec == image_spec else build_encoder(text_spec, device=device)
-    world_source = source.is_dir()
-    for name, captions in files.items():
-        data = read_coco_captions(captions, None if world_source else images)
+    dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    if model_dtype not in dtypes:
+        raise ValueError(f"--model-dtype must be one of {sorted(dtypes)}, got {model_dtype!r}")
+    sources = open_sources(source, images=images, split=split, image_column=image_column,
+                           caption_column=caption_column)
+    kwargs = dict(device=device, dtype=dtypes[model_dtype])
+    image_enc = build_encoder(image_spec, **kwargs)
+    text_enc = image_enc if text_spec == image_spec else build_encoder(text_spec, **kwargs)
+    for name, (data, info) in sources.items():
+        captions = Path(info.get("captions", source))
         summary = embed_captioned_images(
-            data, image_enc, text_enc, out / name if world_source else out,
-            split=name, source={"captions": str(captions.resolve())},
-            sidecar=load_sidecar_metadata(captions), shard_size=shard_size, dtype=dtype,
-            batch_size=batch_size, resume=resume, strict=strict,
+            data, image_enc, text_enc, out / name if info["format"] in SPLIT_FORMATS else out,
+            split=name, source=info, sidecar=load_sidecar_metadata(captions),
+            shard_size=shard_size, dtype=dtype, batch_size=batch_size, workers=workers,
+            resume=resume, strict=strict,
         )
         typer.echo(json.dumps(summary, indent=2))

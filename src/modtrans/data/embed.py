@@ -1,18 +1,28 @@
-"""Encode captioned images with an encoder pair and write an embedding store, shard by shard."""
+"""Encode captioned images with an encoder pair and write an embedding store, shard by shard.
+
+DataLoader workers read, decode and preprocess images (each encoder's own
+``image_transform``); the main process runs the models and writes shards atomically. Every
+reader (world, COCO, folder, table, webdataset) goes through this one path.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image, UnidentifiedImageError
+import torch
+from PIL import UnidentifiedImageError
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm.auto import tqdm
 
-from modtrans.data.coco import CaptionedImages
+from modtrans.data.sources import CaptionSource, Record
 from modtrans.data.store import StoreWriter
 from modtrans.encoders.base import Encoder
 
@@ -21,11 +31,6 @@ logger = logging.getLogger(__name__)
 
 class BadInputError(ValueError):
     """An unreadable image or an empty caption met with ``strict=True``."""
-
-
-def _read_image(path: Path) -> Image.Image:
-    with Image.open(path) as im:
-        return im.convert("RGB")
 
 
 def load_sidecar_metadata(captions_file: Path) -> dict[int, dict]:
@@ -40,30 +45,98 @@ def load_sidecar_metadata(captions_file: Path) -> dict[int, dict]:
     return {int(r["image_id"]): {k: v for k, v in r.items() if k != "image_id"} for r in rows}
 
 
+class _DecodedRecords(IterableDataset):
+    """Each worker reads its part of the source and yields ``(record, pixels, error)``.
+
+    Records already in the store (``done``) are passed over; image bytes are dropped after
+    decoding so only pixels travel back to the main process.
+    """
+
+    def __init__(self, source: CaptionSource, transform: Any, done: frozenset) -> None:
+        self.source, self.transform, self.done = source, transform, done
+
+    def __iter__(self) -> Iterator[tuple[Record, torch.Tensor | None, str | None]]:
+        info = get_worker_info()
+        worker, n_workers = (info.id, info.num_workers) if info else (0, 1)
+        for record in self.source.records(worker, n_workers):
+            if record.image_id in self.done:
+                continue
+            pixels, error = None, record.error
+            if error is None:
+                try:
+                    pixels = self.transform(record.open_image())
+                except FileNotFoundError:
+                    error = "missing"
+                except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+                    error = f"unreadable ({e})"
+            if isinstance(record.image, bytes):
+                record = dataclasses.replace(record, image=b"")
+            yield record, pixels, error
+
+
+def _collate(items: list[tuple[Record, torch.Tensor | None, str | None]]) -> dict[str, Any]:
+    """Stack the decoded images (in the worker); keep the failures apart."""
+    good = [(r, p) for r, p, e in items if e is None]
+    return {
+        "records": [r for r, _ in good],
+        "pixels": torch.stack([p for _, p in good]) if good else None,
+        "failed": [(r, e) for r, _, e in items if e is not None],
+    }
+
+
+class _ShardBuffer:
+    """Embedded images waiting to be written, one entry per image."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[np.ndarray, np.ndarray, dict, list[dict]]] = []
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def add(self, image_vec: np.ndarray, text_vecs: np.ndarray, image_meta: dict,
+            text_meta: list[dict]) -> None:
+        self.items.append((image_vec, text_vecs, image_meta, text_meta))
+
+    def write(self, writer: StoreWriter, n: int) -> None:
+        """Write the first ``n`` images as one shard."""
+        taken, self.items = self.items[:n], self.items[n:]
+        text_meta = [
+            {**meta, "image_index": i} for i, item in enumerate(taken) for meta in item[3]
+        ]
+        writer.write_shard(
+            np.stack([item[0] for item in taken]).astype(np.float32),
+            np.concatenate([item[1] for item in taken]).astype(np.float32),
+            pa.Table.from_pylist([item[2] for item in taken]),
+            pa.Table.from_pylist(text_meta),
+        )
+
+
 def embed_captioned_images(
-    data: CaptionedImages,
+    data: CaptionSource,
     image_encoder: Encoder,
     text_encoder: Encoder,
     out_dir: str | Path,
     *,
     split: str,
     source: dict,
-    sidecar: dict[int, dict] | None = None,
+    sidecar: dict[Any, dict] | None = None,
     shard_size: int = 10_000,
     dtype: str = "float16",
     batch_size: int = 256,
+    workers: int = 0,
     resume: bool = False,
     strict: bool = False,
     progress: bool = True,
 ) -> dict:
-    """Embed every image and caption of ``data`` into a store at ``out_dir``.
+    """Embed every image and caption of a source into a store at ``out_dir``.
 
-    A missing or unreadable image, or an empty caption, is skipped, counted and listed in
-    the manifest and the returned summary (or raises :class:`BadInputError` when ``strict``).
-    With ``resume`` an interrupted run continues after its last complete shard.
+    A missing, corrupt or truncated image, or an empty caption, is skipped, counted and
+    listed in the manifest and the returned summary (or raises :class:`BadInputError` when
+    ``strict``). With ``resume`` an interrupted run continues after its last complete shard:
+    images already stored are passed over, so there is no duplicate and no gap.
 
     Args:
-        data: the captioned images (e.g. from :func:`read_coco_captions`).
+        data: the captioned images, any reader of :mod:`modtrans.data.sources`.
         image_encoder, text_encoder: the pair; they may come from different specs.
         out_dir: the store directory.
         split: recorded in the manifest (train, val, ...).
@@ -71,19 +144,23 @@ def embed_captioned_images(
         sidecar: extra per-image metadata keyed by image id (e.g. the world's ground truth).
         shard_size: images per shard.
         dtype: "float16" or "float32" on disk.
-        batch_size: encoder batch size.
+        batch_size: images per encoder batch (and per DataLoader batch).
+        workers: DataLoader worker processes that read, decode and preprocess (0: in-process).
         resume: continue an existing store instead of refusing to overwrite it.
         strict: fail on the first bad image or caption instead of skipping it.
-        progress: show a progress bar.
+        progress: show a progress bar (rate and ETA).
 
     Returns:
         A summary: images and captions written, skipped items with reasons, seconds.
     """
     if shard_size < 1:
         raise ValueError(f"shard_size must be at least 1, got {shard_size}")
+    if workers < 0:
+        raise ValueError(f"workers must be at least 0, got {workers}")
+    if image_encoder.image_transform is None:
+        raise ValueError(f"{image_encoder.spec} cannot encode images; give an image encoder")
     sidecar = sidecar or {}
     start = time.perf_counter()
-    written_images = written_captions = 0
     with StoreWriter(
         out_dir,
         split=split,
@@ -95,45 +172,29 @@ def embed_captioned_images(
         source=source,
         resume=resume,
     ) as writer:
-        done = set(writer.done_image_ids)
-        pending = [i for i, image_id in enumerate(data.image_ids) if image_id not in done]
+        done = frozenset(writer.done_image_ids)
+        before = writer.n_images_done, writer.n_captions_done
         if done:
-            logger.info("resuming: %d images already embedded, %d to go", len(done), len(pending))
-        bar = tqdm(total=len(pending), desc=f"embed {split}", unit="img", disable=not progress)
-        for first in range(0, len(pending), shard_size):
-            rows = pending[first : first + shard_size]
-            images, image_meta, captions, text_meta = [], [], [], []
-            for row in rows:
-                kept = _collect(data, row, writer, strict)
-                if kept is None:
-                    continue
-                image, texts, ids = kept
-                local = len(images)
-                images.append(image)
-                image_meta.append({
-                    "image_id": data.image_ids[row],
-                    "image_path": str(data.image_paths[row]),
-                    "caption": texts[0],
-                    **sidecar.get(data.image_ids[row], {}),
-                })
-                captions.extend(texts)
-                text_meta.extend(
-                    {"image_index": local, "caption": t, "caption_id": c}
-                    for t, c in zip(texts, ids, strict=True)
-                )
-            if images:
-                img_emb = image_encoder.encode_images(images, batch_size=batch_size).numpy()
-                txt_emb = text_encoder.encode_texts(captions, batch_size=batch_size).numpy()
-                writer.write_shard(
-                    img_emb.astype(np.float32),
-                    txt_emb.astype(np.float32),
-                    pa.Table.from_pylist(image_meta),
-                    pa.Table.from_pylist(text_meta),
-                )
-                written_images += len(images)
-                written_captions += len(captions)
-            bar.update(len(rows))
-        bar.close()
+            logger.info("resuming: %d images already embedded", len(done))
+        loader = DataLoader(
+            _DecodedRecords(data, image_encoder.image_transform, done),
+            batch_size=batch_size, num_workers=workers, collate_fn=_collate,
+        )  # fmt: skip
+        buffer = _ShardBuffer()
+        total = max(len(data) - len(done), 0) or None
+        with tqdm(total=total, desc=f"embed {split}", unit="img", disable=not progress) as bar:
+            for batch in loader:
+                for record, reason in batch["failed"]:
+                    _skip(writer, record.location, reason, strict)
+                _embed_batch(batch, image_encoder, text_encoder, buffer, writer, sidecar,
+                             batch_size, strict)
+                while len(buffer) >= shard_size:
+                    buffer.write(writer, shard_size)
+                bar.update(len(batch["records"]) + len(batch["failed"]))
+        if len(buffer):
+            buffer.write(writer, len(buffer))
+        written_images = writer.n_images_done - before[0]
+        written_captions = writer.n_captions_done - before[1]
         skipped = list(writer.skipped)
     summary = {
         "store": str(out_dir),
@@ -149,31 +210,45 @@ def embed_captioned_images(
     return summary
 
 
-def _collect(
-    data: CaptionedImages, row: int, writer: StoreWriter, strict: bool
-) -> tuple[Image.Image, list[str], list[int]] | None:
-    """Read one image and its non-empty captions; record and skip what is bad."""
-    path = data.image_paths[row]
-    try:
-        image = _read_image(path)
-    except (FileNotFoundError, UnidentifiedImageError, OSError) as e:
-        reason = "missing" if isinstance(e, FileNotFoundError) else f"unreadable ({e})"
-        if strict:
-            raise BadInputError(f"image {path} is {reason}; fix or remove it, or drop --strict "
-                                "to skip bad images") from e
-        writer.record_skipped(str(path), reason)
-        return None
-    texts, ids = [], []
-    for text, cid in zip(data.captions[row], data.caption_ids[row], strict=True):
-        if text.strip():
-            texts.append(text)
-            ids.append(cid)
-            continue
-        if strict:
-            raise BadInputError(f"caption {cid} of image {path} is empty; remove it from the "
-                                "captions file, or drop --strict to skip empty captions")
-        writer.record_skipped(f"caption:{cid}", "empty caption")
-    if not texts:
-        writer.record_skipped(str(path), "no non-empty caption")
-        return None
-    return image, texts, ids
+def _skip(writer: StoreWriter, item: str, reason: str, strict: bool, of: str = "") -> None:
+    """Record a skipped item, or raise :class:`BadInputError` naming it (and ``of``, its image)."""
+    if strict:
+        where = f"{item} of {of}" if of else item
+        raise BadInputError(f"{where}: {reason}; fix or remove it, or drop --strict to skip bad "
+                            "images and empty captions")
+    writer.record_skipped(item, reason)
+
+
+def _embed_batch(batch: dict[str, Any], image_encoder: Encoder, text_encoder: Encoder,
+                 buffer: _ShardBuffer, writer: StoreWriter, sidecar: dict[Any, dict],
+                 batch_size: int, strict: bool) -> None:
+    """Embed one decoded batch and add its images (with non-empty captions) to the buffer."""
+    keep, texts = [], []
+    for row, record in enumerate(batch["records"]):
+        captions = []
+        for text, cid in zip(record.captions, record.caption_ids, strict=True):
+            if text.strip():
+                captions.append((text, cid))
+            else:
+                _skip(writer, f"caption:{cid}", "empty caption", strict, of=record.location)
+        if captions:
+            keep.append((row, record, captions))
+            texts.extend(t for t, _ in captions)
+        else:
+            _skip(writer, record.location, "no non-empty caption", strict)
+    if not keep:
+        return
+    image_vecs = image_encoder.encode_pixels(batch["pixels"][[row for row, _, _ in keep]]).numpy()
+    text_vecs = text_encoder.encode_texts(texts, batch_size=batch_size).numpy()
+    first = 0
+    for vec, (_, record, captions) in zip(image_vecs, keep, strict=True):
+        image_meta = {
+            "image_id": record.image_id,
+            "image_path": record.location,
+            "caption": captions[0][0],
+            **record.meta,
+            **sidecar.get(record.image_id, {}),
+        }
+        text_meta = [{"caption": t, "caption_id": c} for t, c in captions]
+        buffer.add(vec, text_vecs[first : first + len(captions)], image_meta, text_meta)
+        first += len(captions)
