@@ -1,4 +1,4 @@
-"""hf: with non-CLIP AutoModels: a tiny BERT text encoder, a tiny DINOv2 image encoder, mixed pairs."""
+"""hf: with non-CLIP AutoModels: a tiny BERT (text), a tiny DINOv2 (images), mixed pairs."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def save_tiny_dinov2(path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    words = " ".join(TEXTS).split() + ["photo", "of", "green", "ring", "the"]
+    words = [*" ".join(TEXTS).split(), "photo", "of", "green", "ring", "the"]
     return save_tiny_bert(tmp_path_factory.mktemp("bert") / "bert", words)
 
 
