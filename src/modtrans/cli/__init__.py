@@ -53,7 +53,12 @@ def _hide_library_info(record: logging.LogRecord) -> bool:
 
 
 def _register_verbs() -> None:
-    from modtrans.cli import data, encoders, translate  # noqa: F401  (modules add their verbs)
+    from modtrans.cli import (  # noqa: F401  (modules add their verbs)
+        data,
+        encoders,
+        retrieval,
+        translate,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

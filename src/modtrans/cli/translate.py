@@ -168,28 +168,21 @@ def translate(
     """Translate texts or images into the other space; save them and show neighbours."""
     import numpy as np
     import torch
-    from PIL import Image
 
+    from modtrans.cli.retrieval import encode_queries
     from modtrans.data.store import open_store
-    from modtrans.encoders import build_encoder
     from modtrans.io import save_npy
     from modtrans.translators.base import load_translator
 
     model = load_translator(checkpoint)
     cfg = model.config
-    if cfg.direction == "text2image":
-        if not text or image:
-            raise ValueError(f"{checkpoint} translates text to image: give --text")
-        c = build_encoder(cfg.text_encoder).encode_texts(list(text))
-        labels = list(text)
-    else:
-        if not image or text:
-            raise ValueError(f"{checkpoint} translates image to text: give --image")
-        missing = [str(p) for p in image if not p.is_file()]
-        if missing:
-            raise FileNotFoundError(f"image file(s) not found: {', '.join(missing)}")
-        c = build_encoder(cfg.image_encoder).encode_images([Image.open(p) for p in image])
-        labels = [str(p) for p in image]
+    wrong = image if cfg.cond_modality == "text" else text
+    if wrong:
+        flag = "--text" if cfg.cond_modality == "text" else "--image"
+        raise ValueError(f"{checkpoint} translates {cfg.cond_modality} to "
+                         f"{cfg.target_modality}: give {flag}")
+    _, c, labels = encode_queries(text, image, image_spec=cfg.image_encoder,
+                                  text_spec=cfg.text_encoder)
     z = model.translate(c, mode=mode, n_samples=n_samples,
                         generator=torch.Generator().manual_seed(seed))
     if out:

@@ -422,6 +422,15 @@ def class_embeddings_from_prompts(prompt_emb: Tensor) -> Tensor:
     return F.normalize(mean, dim=-1).to(prompt_emb.dtype)
 
 
+def zero_shot_predict(image_emb: Tensor, class_emb: Tensor) -> Tensor:
+    """(N,) index of each image's most cosine-similar class (ties: the lower index)."""
+    _check_embeddings("image_emb", image_emb)
+    _check_embeddings("class_emb", class_emb, "(C, D)")
+    _check_same_dim("image_emb", image_emb, "class_emb", class_emb)
+    logits = F.normalize(image_emb.double(), dim=-1) @ F.normalize(class_emb.double(), dim=-1).T
+    return logits.argmax(dim=1)
+
+
 def zero_shot_accuracy(image_emb: Tensor, class_emb: Tensor, labels: Tensor) -> float:
     """Accuracy of classifying each image as its most cosine-similar class embedding.
 
@@ -433,12 +442,8 @@ def zero_shot_accuracy(image_emb: Tensor, class_emb: Tensor, labels: Tensor) -> 
     Returns:
         Fraction of images classified correctly (ties go to the lower class index).
     """
-    _check_embeddings("image_emb", image_emb)
-    _check_embeddings("class_emb", class_emb, "(C, D)")
-    _check_same_dim("image_emb", image_emb, "class_emb", class_emb)
+    predicted = zero_shot_predict(image_emb, class_emb)  # (N,)
     _check_index(
         "labels", labels, length=image_emb.shape[0], high=class_emb.shape[0], shape_doc="(N,)"
     )
-    logits = F.normalize(image_emb.double(), dim=-1) @ F.normalize(class_emb.double(), dim=-1).T
-    predicted = logits.argmax(dim=1)  # (N,)
     return (predicted == labels.to(predicted.device)).double().mean().item()
