@@ -84,6 +84,14 @@ def _collate(items: list[tuple[Record, torch.Tensor | None, str | None]]) -> dic
     }
 
 
+def decoded_batches(data: CaptionSource, transform: Any, *, batch_size: int, workers: int,
+                    done: frozenset = frozenset()) -> DataLoader:
+    """Batches ``{"records", "pixels", "failed"}`` of a source, read, decoded and
+    preprocessed by ``workers`` DataLoader processes; images in ``done`` are passed over."""
+    return DataLoader(_DecodedRecords(data, transform, done), batch_size=batch_size,
+                      num_workers=workers, collate_fn=_collate)
+
+
 class _ShardBuffer:
     """Embedded images waiting to be written, one entry per image."""
 
@@ -176,10 +184,8 @@ def embed_captioned_images(
         before = writer.n_images_done, writer.n_captions_done
         if done:
             logger.info("resuming: %d images already embedded", len(done))
-        loader = DataLoader(
-            _DecodedRecords(data, image_encoder.image_transform, done),
-            batch_size=batch_size, num_workers=workers, collate_fn=_collate,
-        )  # fmt: skip
+        loader = decoded_batches(data, image_encoder.image_transform, batch_size=batch_size,
+                                 workers=workers, done=done)
         buffer = _ShardBuffer()
         total = max(len(data) - len(done), 0) or None
         with tqdm(total=total, desc=f"embed {split}", unit="img", disable=not progress) as bar:
