@@ -56,11 +56,13 @@ class ConvClipConfig(PretrainedConfig):
         self.logit_scale_init_value = logit_scale_init_value
 
 
-def _block(c_in: int, c_out: int) -> nn.Sequential:
-    """conv3×3 → BatchNorm → ReLU → 2×2 max-pool."""
-    return nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(), nn.MaxPool2d(2)
-    )
+def conv_block(c_in: int, c_out: int, convs: int = 1) -> nn.Sequential:
+    """``convs`` × (conv3×3 → BatchNorm → ReLU), then a 2×2 max-pool."""
+    layers: list[nn.Module] = []
+    for i in range(convs):
+        layers += [nn.Conv2d(c_in if i == 0 else c_out, c_out, 3, padding=1),
+                   nn.BatchNorm2d(c_out), nn.ReLU()]
+    return nn.Sequential(*layers, nn.MaxPool2d(2))
 
 
 class ConvClipModel(PreTrainedModel):
@@ -78,7 +80,7 @@ class ConvClipModel(PreTrainedModel):
         text_config = CLIPTextConfig(**config.text_config)
         self.text_model = CLIPTextModel(text_config)
         channels = [3, *config.channels]
-        self.vision_model = nn.Sequential(*(_block(a, b) for a, b in pairwise(channels)))
+        self.vision_model = nn.Sequential(*(conv_block(a, b) for a, b in pairwise(channels)))
         self.visual_projection = nn.Linear(channels[-1], config.projection_dim, bias=False)
         self.text_projection = nn.Linear(text_config.hidden_size, config.projection_dim,
                                          bias=False)

@@ -1,0 +1,79 @@
+"""The attribute recogniser: targets from ground truth, training, held-out report, save/load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from modtrans.data.captions import SHAPES
+from modtrans.eval.recogniser import (
+    COLOUR_NAMES,
+    PAIRS,
+    AttributeRecogniser,
+    RecogniserConfig,
+    attribute_targets,
+    fit_recogniser,
+)
+
+TINY = RecogniserConfig(channels=(8, 16), epochs=1, batch_size=16)
+
+
+def _obj(shape: str, colour: str, area: float) -> dict:
+    return {"shape": shape, "colour": colour, "size": "small", "x": 0.5, "y": 0.5,
+            "rotation": 0.0, "area": area}
+
+
+def test_targets_mark_visible_objects_only() -> None:
+    rows = [
+        {"n_objects": 2, "objects": [_obj("star", "red", 100.0), _obj("ring", "blue", 50.0)]},
+        {"n_objects": 2, "objects": [_obj("star", "red", 100.0), _obj("heart", "pink", 3.0)]},
+    ]
+    t = attribute_targets(rows, min_area=12.0)
+    assert t["count"].tolist() == [1, 1]
+    star, ring, heart = (SHAPES.index(s) for s in ("star", "ring", "heart"))
+    assert t["shapes"][0, star] == t["shapes"][0, ring] == 1 and t["shapes"][0].sum() == 2
+    assert t["shapes"][1, heart] == 0 and t["shapes"][1].sum() == 1  # 3 px: hidden
+    assert t["colours"][0, COLOUR_NAMES.index("blue")] == 1
+    assert t["pairs"][0, PAIRS.index(("red", "star"))] == 1
+    assert t["pairs"][0, PAIRS.index(("red", "ring"))] == 0  # binding, not bag of words
+    assert t["pairs"][0].sum() == 2
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_world: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("recogniser") / "judge"
+    report = fit_recogniser(tiny_world, out, TINY, accelerator="cpu", progress=False)
+    return out, report
+
+
+def test_fit_reports_held_out_accuracy(trained: tuple[Path, dict]) -> None:
+    out, report = trained
+    assert report["split"] == "test" and report["n_images"] > 0
+    for key in ("shapes_presence_accuracy", "colours_presence_accuracy",
+                "pairs_presence_accuracy", "shapes_set_exact", "count_accuracy"):
+        assert 0.0 <= report[key] <= 1.0
+    assert (out / "recogniser_report.json").is_file()
+
+
+def test_save_load_round_trip(trained: tuple[Path, dict], tiny_world: Path) -> None:
+    out, _ = trained
+    model = AttributeRecogniser.load(out)
+    assert model.config == TINY
+    images = torch.randint(0, 256, (5, 64, 64, 3), dtype=torch.uint8)
+    again = AttributeRecogniser.load(out).predict(images)
+    first = model.predict(images)
+    for key in ("shapes", "colours", "pairs", "count"):
+        assert torch.equal(first[key], again[key])
+    assert first["pairs"].shape == (5, 64) and first["count"].min() >= 1
+
+
+def test_load_missing_says_how_to_train(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="fit-recogniser"):
+        AttributeRecogniser.load(tmp_path)
+
+
+def test_fit_needs_a_world(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="modtrans world"):
+        fit_recogniser(tmp_path, tmp_path / "out", TINY, progress=False)
