@@ -127,3 +127,21 @@ def minilm() -> Any:
     from modtrans.encoders import build_encoder
 
     return build_encoder("sbert:minilm")
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tiny_world: Path, clip_encoder: Any, tmp_path_factory: pytest.TempPathFactory
+               ) -> Path:
+    """Every split of ``tiny_world`` embedded with the tiny CLIP (float32): a store root."""
+    from modtrans.data.coco import read_coco_captions
+    from modtrans.data.embed import embed_captioned_images, load_sidecar_metadata
+
+    root = tmp_path_factory.mktemp("tiny_store") / "store"
+    for captions in sorted(tiny_world.glob("*/captions.json")):
+        split = captions.parent.name
+        embed_captioned_images(
+            read_coco_captions(captions), clip_encoder, clip_encoder, root / split,
+            split=split, source={}, sidecar=load_sidecar_metadata(captions), dtype="float32",
+            progress=False,
+        )  # fmt: skip
+    return root

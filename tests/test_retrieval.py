@@ -91,12 +91,8 @@ def test_empty_gallery_and_bad_k() -> None:
 
 
 @pytest.fixture(scope="module")
-def world_store(tiny_world: Path, tiny_clip: Any, tmp_path_factory: pytest.TempPathFactory
-                ) -> Path:
-    out = tmp_path_factory.mktemp("retrieval") / "store"
-    assert main(["embed", str(tiny_world), "--out", str(out), "--encoder", tiny_clip.spec,
-                 "--dtype", "float32", "--workers", "0"]) == 0
-    return out
+def world_store(tiny_store: Path) -> Path:
+    return tiny_store
 
 
 def test_index_store_writes_info_and_reloads(world_store: Path, tmp_path: Path) -> None:

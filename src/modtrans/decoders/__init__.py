@@ -1,0 +1,1 @@
+"""Decoders from embeddings back to a modality: images (conditional VAE) and captions."""

@@ -1,0 +1,330 @@
+"""Caption decoder: an embedding → prefix mapping network and a GPT-2 (ClipCap / CapDec).
+
+The mapping network (an MLP, or ClipCap's small transformer) turns an L2-normalised
+embedding into ``prefix_length`` token embeddings; a causal language model (transformers'
+GPT-2: a small config trained from scratch on the captions with a word-level tokenizer, or a
+real GPT-2 directory) continues the prefix with the caption.
+
+Two training modes:
+
+- ``clipcap`` — image embeddings with their captions (Mokady et al., 2021);
+- ``capdec`` — text only: each caption's own text embedding plus Gaussian noise of variance
+  ``noise_variance`` (Nukrai et al., 2022), so that at inference a *translated* text
+  embedding, which lands near but not on real text embeddings, decodes well.
+
+Decoding: greedy or beam search through ``generate``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from modtrans.config import Config
+from modtrans.data.store import EmbeddingStore
+from modtrans.io import write_json
+
+logger = logging.getLogger(__name__)
+
+MODES = ("clipcap", "capdec")
+MAPPINGS = ("mlp", "transformer")
+MAPPING_WEIGHTS, CONFIG, LM_DIR = "mapping.safetensors", "caption_decoder.json", "lm"
+
+
+@dataclasses.dataclass
+class CaptionDecoderConfig(Config):
+    """The caption decoder and its recipe.
+
+    Attributes:
+        mode: ``clipcap`` (image embeddings) or ``capdec`` (noisy text embeddings).
+        noise_variance: CapDec's noise variance on the normalised text embedding.
+        embed_dim: width of the conditioning embedding (set from the store).
+        prefix_length: prefix tokens the mapping network produces.
+        mapping: ``mlp`` or ``transformer`` (ClipCap's two mapping networks).
+        width, layers, heads: the GPT-2 trained from scratch (ignored with ``gpt2``).
+        max_length: caption tokens kept in training and generated at most.
+        gpt2: a directory holding a real GPT-2 and its tokenizer (optional).
+        epochs, batch_size, lr, seed: the recipe.
+        image_encoder, text_encoder: the store's encoder specs (checked at use).
+    """
+
+    mode: str = "clipcap"
+    noise_variance: float = 0.016
+    embed_dim: int = 0
+    prefix_length: int = 4
+    mapping: str = "mlp"
+    width: int = 128
+    layers: int = 2
+    heads: int = 4
+    max_length: int = 32
+    gpt2: str | None = None
+    epochs: int = 4
+    batch_size: int = 128
+    lr: float = 2e-3
+    seed: int = 0
+    image_encoder: str = "unknown"
+    text_encoder: str = "unknown"
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.mapping not in MAPPINGS:
+            raise ValueError(f"mapping must be one of {MAPPINGS}, got {self.mapping!r}")
+        if self.noise_variance < 0 or self.prefix_length < 1 or self.max_length < 2:
+            raise ValueError("noise_variance ≥ 0, prefix_length ≥ 1 and max_length ≥ 2 needed")
+
+    @property
+    def condition(self) -> str:
+        """The modality of the embeddings it decodes."""
+        return "image" if self.mode == "clipcap" else "text"
+
+
+class TransformerMapper(nn.Module):
+    """ClipCap's transformer mapping: the embedding as ``prefix_length`` tokens plus as many
+    learned constants, through a transformer encoder; the constants' outputs are the prefix."""
+
+    def __init__(self, embed_dim: int, width: int, prefix_length: int, layers: int = 2,
+                 heads: int = 4) -> None:
+        super().__init__()
+        self.prefix_length, self.width = prefix_length, width
+        self.project = nn.Linear(embed_dim, prefix_length * width)
+        self.constants = nn.Parameter(torch.randn(prefix_length, width) * 0.02)
+        layer = nn.TransformerEncoderLayer(width, heads, 4 * width, batch_first=True,
+                                           norm_first=True)
+        self.transformer = nn.TransformerEncoder(layer, layers)
+
+    def forward(self, e: torch.Tensor) -> torch.Tensor:
+        x = self.project(e).view(len(e), self.prefix_length, self.width)
+        x = torch.cat([x, self.constants.expand(len(e), -1, -1)], dim=1)
+        return self.transformer(x)[:, self.prefix_length:]
+
+
+def _mlp_mapper(embed_dim: int, width: int, prefix_length: int) -> nn.Module:
+    out = prefix_length * width
+    return nn.Sequential(nn.Linear(embed_dim, (embed_dim + out) // 2), nn.Tanh(),
+                         nn.Linear((embed_dim + out) // 2, out))
+
+
+class CaptionDecoder(nn.Module):
+    """Mapping network + causal LM; ``loss`` for training, ``generate`` for captions."""
+
+    def __init__(self, config: CaptionDecoderConfig, lm: nn.Module, tokenizer: Any) -> None:
+        super().__init__()
+        if config.embed_dim < 1:
+            raise ValueError("embed_dim must be set (the width of the conditioning embedding)")
+        self.config, self.lm, self.tokenizer = config, lm, tokenizer
+        width = lm.config.n_embd
+        self.mapping = (
+            _mlp_mapper(config.embed_dim, width, config.prefix_length) if config.mapping == "mlp"
+            else TransformerMapper(config.embed_dim, width, config.prefix_length)
+        )
+
+    def prefix(self, e: torch.Tensor, noise: bool = False) -> torch.Tensor:
+        """(N, D) embeddings → (N, prefix_length, width); CapDec noise while training."""
+        e = F.normalize(e.float(), dim=-1)
+        if noise and self.config.noise_variance > 0:
+            e = e + torch.randn_like(e) * self.config.noise_variance ** 0.5
+        return self.mapping(e).view(len(e), self.config.prefix_length, -1)
+
+    def tokenize(self, captions: list[str]) -> dict[str, torch.Tensor]:
+        """Token ids ending with the end-of-text token, padded, at most ``max_length``."""
+        eos = self.tokenizer.eos_token_id
+        rows = []
+        for text in captions:
+            ids = self.tokenizer(text, add_special_tokens=True)["input_ids"]
+            if not ids or ids[-1] != eos:
+                ids = [*ids, eos]
+            if len(ids) > self.config.max_length:
+                ids = [*ids[: self.config.max_length - 1], eos]
+            rows.append(ids)
+        n = max(len(r) for r in rows)
+        ids = torch.full((len(rows), n), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros(len(rows), n, dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = torch.tensor(row)
+            mask[i, : len(row)] = 1
+        return {"input_ids": ids, "attention_mask": mask}
+
+    def loss(self, e: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+             ) -> torch.Tensor:
+        """Next-token cross-entropy of the captions after the prefix."""
+        prefix = self.prefix(e, noise=self.config.mode == "capdec" and self.training)
+        tokens = self.lm.get_input_embeddings()(input_ids)
+        p = prefix.shape[1]
+        ones = torch.ones(len(e), p, dtype=attention_mask.dtype, device=attention_mask.device)
+        labels = torch.where(attention_mask.bool(), input_ids, -100)
+        labels = torch.cat([torch.full_like(ones, -100), labels], dim=1)
+        out = self.lm(inputs_embeds=torch.cat([prefix, tokens], dim=1),
+                      attention_mask=torch.cat([ones, attention_mask], dim=1), labels=labels)
+        return out.loss
+
+    @torch.no_grad()
+    def generate(self, e: torch.Tensor, *, num_beams: int = 1, batch_size: int = 256
+                 ) -> list[str]:
+        """One caption per embedding: greedy (``num_beams=1``) or beam search."""
+        was_training = self.training
+        self.eval()
+        captions: list[str] = []
+        for chunk in e.split(batch_size):
+            prefix = self.prefix(chunk)
+            out = self.lm.generate(
+                inputs_embeds=prefix,
+                attention_mask=torch.ones(prefix.shape[:2], dtype=torch.long),
+                max_new_tokens=self.config.max_length, num_beams=num_beams, do_sample=False,
+                eos_token_id=self.tokenizer.eos_token_id,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )  # fmt: skip
+            captions += [t.strip() for t in
+                         self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+        self.train(was_training)
+        return captions
+
+    def save(self, out_dir: str | Path) -> Path:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.lm.save_pretrained(out_dir / LM_DIR)
+        self.tokenizer.save_pretrained(out_dir / LM_DIR)
+        tmp = out_dir / f".{MAPPING_WEIGHTS}.tmp"
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.mapping.state_dict().items()},
+                  tmp)
+        tmp.replace(out_dir / MAPPING_WEIGHTS)
+        self.config.save(out_dir / CONFIG)
+        return out_dir
+
+    @classmethod
+    def load(cls, path: str | Path) -> CaptionDecoder:
+        from transformers import AutoTokenizer, GPT2LMHeadModel
+
+        path = Path(path)
+        if not (path / MAPPING_WEIGHTS).is_file():
+            raise FileNotFoundError(
+                f"{path} holds no caption decoder ({MAPPING_WEIGHTS}); train one with "
+                "`modtrans fit-decoder caption --data STORE --out DIR`"
+            )
+        config = CaptionDecoderConfig.load(path / CONFIG)
+        lm = GPT2LMHeadModel.from_pretrained(path / LM_DIR, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(path / LM_DIR, local_files_only=True)
+        model = cls(config, lm, tokenizer)
+        model.mapping.load_state_dict(load_file(path / MAPPING_WEIGHTS))
+        return model.eval()
+
+
+def build_caption_decoder(config: CaptionDecoderConfig, captions: list[str]) -> CaptionDecoder:
+    """A fresh decoder: a real GPT-2 from ``config.gpt2``, or a small one from scratch with a
+    word-level tokenizer over ``captions``."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    from modtrans.encoders.world_clip import build_tokenizer
+
+    if config.gpt2:
+        source = Path(config.gpt2)
+        if not (source / "config.json").is_file():
+            raise FileNotFoundError(f"--gpt2 {source} is not a saved GPT-2 directory")
+        lm = GPT2LMHeadModel.from_pretrained(source, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return CaptionDecoder(config, lm, tokenizer)
+    tokenizer = build_tokenizer(captions)
+    lm = GPT2LMHeadModel(GPT2Config(
+        vocab_size=len(tokenizer), n_positions=config.prefix_length + config.max_length + 8,
+        n_embd=config.width, n_layer=config.layers, n_head=config.heads,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    ))  # fmt: skip
+    return CaptionDecoder(config, lm, tokenizer)
+
+
+def caption_pairs(store: EmbeddingStore, condition: str, max_images: int | None = None
+                  ) -> tuple[torch.Tensor, list[str]]:
+    """(embeddings, captions), one row per caption: its image's embedding (``image``) or its
+    own (``text``), for the first ``max_images`` images."""
+    owner = np.asarray(store.caption_image_index)
+    n = store.n_images if max_images is None else min(max_images, store.n_images)
+    rows = np.flatnonzero(owner < n)
+    captions = store.text_metadata().column("caption").to_pylist()
+    texts = [captions[i] for i in rows]
+    e = store.image_embeddings[owner[rows]] if condition == "image" else store.text_embeddings[rows]
+    return torch.from_numpy(np.asarray(e, dtype=np.float32)), texts
+
+
+class _Captions(Dataset):
+    def __init__(self, e: torch.Tensor, captions: list[str]) -> None:
+        self.e, self.captions = e, captions
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, str]:
+        return self.e[i], self.captions[i]
+
+
+class _CaptionModule(L.LightningModule):
+    def __init__(self, model: CaptionDecoder) -> None:
+        super().__init__()
+        self.model = model
+
+    def _loss(self, batch: tuple[torch.Tensor, list[str]]) -> torch.Tensor:
+        e, captions = batch
+        tokens = self.model.tokenize(list(captions))
+        return self.model.loss(e, tokens["input_ids"].to(e.device),
+                               tokens["attention_mask"].to(e.device))
+
+    def training_step(self, batch: tuple[torch.Tensor, list[str]], batch_idx: int):
+        loss = self._loss(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch[1]))
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, list[str]], batch_idx: int) -> None:
+        self.log("val/loss", self._loss(batch), prog_bar=True, batch_size=len(batch[1]))
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.model.parameters(), lr=self.model.config.lr)
+
+
+def fit_caption_decoder(train: EmbeddingStore, val: EmbeddingStore, out_dir: str | Path,
+                        config: CaptionDecoderConfig | None = None, *,
+                        accelerator: str = "auto", max_val_images: int = 500,
+                        progress: bool = True) -> dict[str, Any]:
+    """Train a caption decoder on a store's captions; validate its loss on ``val``.
+
+    Returns:
+        A summary (pairs, seconds, final losses), also in ``summary.json``.
+    """
+    config = dataclasses.replace(config or CaptionDecoderConfig(),
+                                 image_encoder=train.image_encoder,
+                                 text_encoder=train.text_encoder)
+    config.embed_dim = train.image_dim if config.condition == "image" else train.text_dim
+    L.seed_everything(config.seed, verbose=False)
+    e, captions = caption_pairs(train, config.condition)
+    val_e, val_captions = caption_pairs(val, config.condition, max_val_images)
+    model = build_caption_decoder(config, captions)
+    loader = DataLoader(_Captions(e, captions), batch_size=config.batch_size, shuffle=True)
+    val_loader = DataLoader(_Captions(val_e, val_captions), batch_size=512)
+    out_dir = Path(out_dir)
+    trainer = L.Trainer(
+        accelerator=accelerator, devices=1, max_epochs=config.epochs,
+        logger=L.pytorch.loggers.CSVLogger(out_dir, name="logs", version=""),
+        enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
+    )  # fmt: skip
+    start = time.perf_counter()
+    trainer.fit(_CaptionModule(model), loader, val_loader)
+    model.cpu().eval()
+    model.save(out_dir)
+    metrics = {k: round(float(v), 3) for k, v in trainer.callback_metrics.items()}
+    summary = {"pairs": len(captions), "mode": config.mode,
+               "seconds": round(time.perf_counter() - start, 1), **metrics}
+    write_json(out_dir / "summary.json", summary)
+    logger.info("caption decoder trained: %s", summary)
+    return summary
