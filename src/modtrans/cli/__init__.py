@@ -55,6 +55,7 @@ def _hide_library_info(record: logging.LogRecord) -> bool:
 def _register_verbs() -> None:
     from modtrans.cli import (  # noqa: F401  (modules add their verbs)
         data,
+        decoders,
         encoders,
         retrieval,
         translate,

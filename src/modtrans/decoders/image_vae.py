@@ -22,6 +22,7 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -181,6 +182,19 @@ class ConditionalVAE(nn.Module):
         model = cls(ImageDecoderConfig.load(path / CONFIG))
         model.load_state_dict(load_file(path / WEIGHTS))
         return model.eval()
+
+
+def image_grid(images: torch.Tensor, rows: int, pad: int = 2) -> Image.Image:
+    """uint8 images (rows·cols, H, W, 3), row-major, as one picture with ``pad`` px gutters."""
+    n, h, w, _ = images.shape
+    if rows < 1 or n % rows:
+        raise ValueError(f"{n} images do not fill {rows} rows")
+    cols = n // rows
+    grid = Image.new("RGB", (cols * (w + pad) + pad, rows * (h + pad) + pad), (255, 255, 255))
+    for i, array in enumerate(images.numpy()):
+        r, c = divmod(i, cols)
+        grid.paste(Image.fromarray(array), (pad + c * (w + pad), pad + r * (h + pad)))
+    return grid
 
 
 def decoder_pairs(store: EmbeddingStore, condition: str, max_images: int | None = None

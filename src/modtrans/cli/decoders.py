@@ -1,0 +1,178 @@
+"""Decoder verbs: ``fit-decoder`` (image VAE or caption decoder), ``generate`` (text → image),
+``caption`` (image → text) and ``fit-recogniser`` (the judge of generated world images)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from pathlib import Path
+
+import typer
+
+from modtrans.cli import app
+
+
+def _overrides(config_cls, config_file: Path | None, **values):
+    cfg = config_cls.load(config_file) if config_file else config_cls()
+    return config_cls.from_dict({**cfg.to_dict(),
+                                 **{k: v for k, v in values.items() if v is not None}})
+
+
+@app.command("fit-decoder")
+def fit_decoder(
+    kind: str = typer.Argument(..., help="image (conditional VAE) or caption (ClipCap/CapDec)."),
+    data: Path = typer.Option(..., help="Store root with train and val splits."),
+    out: Path = typer.Option(..., "--out", "-o", help="Decoder directory to write."),
+    condition: str = typer.Option(
+        None, help="image: train on image embeddings (default; for use after a text2image "
+        "translator) or text (the direct route)."
+    ),
+    mode: str = typer.Option(
+        None, help="caption: clipcap (image embeddings, default) or capdec (text-only, noisy "
+        "text embeddings; for use after an image2text translator)."
+    ),
+    noise_variance: float = typer.Option(None, help="caption: CapDec noise variance."),
+    gpt2: Path = typer.Option(None, help="caption: a real GPT-2 directory to fine-tune."),
+    epochs: int = typer.Option(None, help="Override the config's epochs."),
+    config: Path = typer.Option(None, help="YAML/JSON file of the decoder's config options."),
+    accelerator: str = typer.Option("auto", help="Lightning accelerator: auto, cpu, gpu."),
+) -> None:
+    """Train a decoder from embeddings back to images or captions on a store's train split."""
+    from modtrans.data.store import open_store
+
+    train, val = open_store(data, "train"), open_store(data, "val")
+    with contextlib.redirect_stdout(sys.stderr):
+        if kind == "image":
+            from modtrans.decoders.image_vae import ImageDecoderConfig, fit_image_decoder
+
+            cfg = _overrides(ImageDecoderConfig, config, condition=condition, epochs=epochs)
+            summary = fit_image_decoder(train, val, out, cfg, accelerator=accelerator)
+        elif kind == "caption":
+            from modtrans.decoders.caption import CaptionDecoderConfig, fit_caption_decoder
+
+            cfg = _overrides(CaptionDecoderConfig, config, mode=mode, epochs=epochs,
+                             noise_variance=noise_variance,
+                             gpt2=str(gpt2) if gpt2 else None)
+            summary = fit_caption_decoder(train, val, out, cfg, accelerator=accelerator)
+        else:
+            raise ValueError(f"decoder kind must be 'image' or 'caption', got {kind!r}")
+    typer.echo(json.dumps(summary, indent=2))
+
+
+def _check_encoders(what: str, trained: tuple[str, str], given: tuple[str, str]) -> None:
+    if trained != given:
+        raise ValueError(
+            f"{what} was trained on {trained[0]}/{trained[1]} embeddings but the translator "
+            f"uses {given[0]}/{given[1]}; train them on the same store"
+        )
+
+
+@app.command()
+def generate(
+    translator: Path = typer.Argument(
+        None, help="A text2image translator; omit it for the direct route (a decoder trained "
+        "on text embeddings)."
+    ),
+    decoder: Path = typer.Option(..., help="Image decoder directory (fit-decoder image)."),
+    text: list[str] = typer.Option(..., help="Prompt (repeat for several rows)."),
+    n: int = typer.Option(8, "-n", help="Images per prompt."),
+    out: Path = typer.Option(Path("generated.png"), "--out", "-o", help="PNG grid to write."),
+    mode: str = typer.Option("sample", help="Translator mode: sample, mean or best-of-k."),
+    seed: int = typer.Option(0, help="Seed of the translator's draws and the decoder's latents."),
+) -> None:
+    """Text → embedding → translator → image embedding → decoder → a PNG grid (rows: prompts)."""
+    import torch
+
+    from modtrans.decoders.image_vae import ConditionalVAE, image_grid
+    from modtrans.encoders import build_encoder
+    from modtrans.io import atomic_path
+    from modtrans.translators.base import load_translator
+
+    vae = ConditionalVAE.load(decoder)
+    cfg = vae.config
+    generator = torch.Generator().manual_seed(seed)
+    if translator is not None:
+        model = load_translator(translator)
+        tcfg = model.config
+        if tcfg.direction != "text2image" or cfg.condition != "image":
+            raise ValueError(
+                f"generate needs a text2image translator ({translator} is {tcfg.direction}) "
+                f"and a decoder trained on image embeddings ({decoder} uses {cfg.condition})"
+            )
+        _check_encoders(f"decoder {decoder}", (cfg.image_encoder, cfg.text_encoder),
+                        (tcfg.image_encoder, tcfg.text_encoder))
+        c = build_encoder(tcfg.text_encoder).encode_texts(list(text)).repeat_interleave(n, 0)
+        e = model.translate(c, mode=mode, generator=generator)
+    else:
+        if cfg.condition != "text":
+            raise ValueError(f"decoder {decoder} was trained on image embeddings: give a "
+                             "text2image translator, or use a decoder trained on text embeddings")
+        e = build_encoder(cfg.text_encoder).encode_texts(list(text)).repeat_interleave(n, 0)
+    images = vae.generate(e, generator=generator)
+    if out.suffix.lower() != ".png":
+        raise ValueError(f"--out must be a .png file, got {out}")
+    with atomic_path(out) as tmp:
+        image_grid(images, rows=len(text)).save(tmp, format="PNG")
+    typer.echo(f"wrote {len(images)} images ({len(text)} prompts × {n}) to {out}")
+
+
+@app.command()
+def caption(
+    translator: Path = typer.Argument(
+        None, help="An image2text translator; omit it for the direct route (--decoder trained "
+        "on image embeddings, ClipCap)."
+    ),
+    decoder: Path = typer.Option(..., help="Caption decoder directory (fit-decoder caption)."),
+    image: list[Path] = typer.Option(..., help="Image file (repeat for several)."),
+    beams: int = typer.Option(3, help="Beam width (1: greedy)."),
+    mode: str = typer.Option("mean", help="Translator mode: sample, mean or best-of-k."),
+    seed: int = typer.Option(0, help="Seed of the translator's draws."),
+) -> None:
+    """Image → embedding → translator → text embedding → caption decoder → a caption."""
+    import torch
+
+    from modtrans.cli.retrieval import encode_queries
+    from modtrans.decoders.caption import CaptionDecoder
+    from modtrans.translators.base import load_translator
+
+    model = CaptionDecoder.load(decoder)
+    cfg = model.config
+    if translator is not None:
+        tr = load_translator(translator)
+        tcfg = tr.config
+        if tcfg.direction != "image2text" or cfg.condition != "text":
+            raise ValueError(
+                f"caption needs an image2text translator ({translator} is {tcfg.direction}) "
+                f"and a decoder trained on text embeddings ({decoder} is {cfg.mode})"
+            )
+        _check_encoders(f"decoder {decoder}", (cfg.image_encoder, cfg.text_encoder),
+                        (tcfg.image_encoder, tcfg.text_encoder))
+        _, z, labels = encode_queries(None, image, image_spec=tcfg.image_encoder,
+                                      text_spec=tcfg.text_encoder)
+        e = tr.translate(z, mode=mode, generator=torch.Generator().manual_seed(seed))
+    else:
+        if cfg.condition != "image":
+            raise ValueError(f"decoder {decoder} was trained on text embeddings (CapDec): give "
+                             "an image2text translator, or use a ClipCap decoder")
+        _, e, labels = encode_queries(None, image, image_spec=cfg.image_encoder,
+                                      text_spec=cfg.text_encoder)
+    for label, text in zip(labels, model.generate(e, num_beams=beams), strict=True):
+        typer.echo(f"{label}\t{text}")
+
+
+@app.command("fit-recogniser")
+def fit_recogniser_cmd(
+    world: Path = typer.Argument(..., help="A world folder made by `modtrans world`."),
+    out: Path = typer.Option(..., "--out", "-o", help="Recogniser directory to write."),
+    epochs: int = typer.Option(None, help="Override the config's epochs."),
+    accelerator: str = typer.Option("auto", help="Lightning accelerator: auto, cpu, gpu."),
+) -> None:
+    """Train the attribute recogniser (judge of generated images) and report its held-out
+    accuracy on the world's test split."""
+    from modtrans.eval.recogniser import RecogniserConfig, fit_recogniser
+
+    cfg = _overrides(RecogniserConfig, None, epochs=epochs)
+    with contextlib.redirect_stdout(sys.stderr):
+        report = fit_recogniser(world, out, cfg, accelerator=accelerator)
+    typer.echo(json.dumps(report, indent=2))

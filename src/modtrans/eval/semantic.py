@@ -1,0 +1,111 @@
+"""Semantic scores of generated outputs on the world, where the truth is known.
+
+- text → image: the colour–shape pairs a prompt names, looked for by the attribute
+  recogniser in the generated image (recall), and pairs it finds that the prompt does not
+  name (hallucination; only for prompts that describe the whole scene, so that anything else
+  is excluded);
+- image → text: the pairs, shapes and colours a generated caption names, against the image's
+  ground truth (precision and recall).
+
+And the Fréchet distance of generated images to real ones in an image encoder's feature
+space (torchmetrics' FID with that encoder as the feature extractor).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from modtrans.data.captions import parse_caption
+from modtrans.eval.recogniser import PAIRS, AttributeRecogniser
+
+
+def _visible_pairs(row: dict[str, Any], min_area: float) -> set[tuple[str, str]]:
+    return {(o["colour"], o["shape"]) for o in row["objects"] if o["area"] >= min_area}
+
+
+def image_semantic_scores(recogniser: AttributeRecogniser, images: torch.Tensor,
+                          prompts: Sequence[str], exhaustive: Sequence[bool]) -> dict[str, float]:
+    """Recall and hallucination of the colour–shape pairs named by each image's prompt.
+
+    Args:
+        recogniser: the judge.
+        images: uint8 (N, 64, 64, 3), image i generated from ``prompts[i]``.
+        prompts: the prompts.
+        exhaustive: whether prompt i describes every object (then any other pair found is a
+            hallucination); other prompts count towards recall only.
+
+    Returns:
+        ``recall`` (named pairs found / named pairs), ``hallucination`` (found pairs not
+        named / found pairs, exhaustive prompts), ``n_prompts``.
+    """
+    found = recogniser.predict(images)["pairs"]
+    named_total = named_found = extra = found_total = 0
+    for i, prompt in enumerate(prompts):
+        named = {PAIRS.index(p) for p in parse_caption(prompt)["pairs"] if p in PAIRS}
+        seen = set(found[i].nonzero().flatten().tolist())
+        named_total += len(named)
+        named_found += len(named & seen)
+        if exhaustive[i]:
+            extra += len(seen - named)
+            found_total += len(seen)
+    return {
+        "recall": named_found / named_total if named_total else float("nan"),
+        "hallucination": extra / found_total if found_total else 0.0,
+        "n_prompts": len(prompts),
+    }
+
+
+def caption_semantic_scores(captions: Sequence[str], rows: Sequence[dict[str, Any]],
+                            min_area: float = 12.0) -> dict[str, float]:
+    """Precision and recall of what captions name against their images' ground truth.
+
+    Micro-averaged over captions for colour–shape ``pairs``, ``shapes`` and ``colours``.
+    """
+    if len(captions) != len(rows):
+        raise ValueError(f"{len(captions)} captions for {len(rows)} ground-truth rows")
+    out: dict[str, float] = {}
+    for key in ("pairs", "shapes", "colours"):
+        named_total = named_true = true_total = true_named = 0
+        for caption, row in zip(captions, rows, strict=True):
+            pairs = _visible_pairs(row, min_area)
+            truth = {"pairs": pairs, "shapes": {s for _, s in pairs},
+                     "colours": {c for c, _ in pairs}}[key]
+            named = parse_caption(caption)[key]
+            named_total += len(named)
+            named_true += len(named & truth)
+            true_total += len(truth)
+            true_named += len(truth & named)
+        out[f"{key}_precision"] = named_true / named_total if named_total else 0.0
+        out[f"{key}_recall"] = true_named / true_total if true_total else float("nan")
+    return out
+
+
+class EncoderFeatures(nn.Module):
+    """An image encoder as torchmetrics' FID feature extractor: uint8 (N, 3, H, W) → (N, D)."""
+
+    def __init__(self, encoder: Any) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.num_features = encoder.dim
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.encoder.encode_images(images.permute(0, 2, 3, 1).contiguous()).double()
+
+
+def image_fd(encoder: Any, real: torch.Tensor, generated: torch.Tensor) -> float:
+    """Fréchet distance between real and generated uint8 (N, H, W, 3) images in the
+    encoder's embedding space (torchmetrics' FID with the encoder as feature extractor)."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    if min(len(real), len(generated)) < 2:
+        raise ValueError("the Fréchet distance needs at least 2 real and 2 generated images")
+    fid = FrechetInceptionDistance(feature=EncoderFeatures(encoder), normalize=False)
+    for images, is_real in ((real, True), (generated, False)):
+        for chunk in images.split(512):
+            fid.update(chunk.permute(0, 3, 1, 2).contiguous(), real=is_real)
+    return float(np.float64(fid.compute()))
