@@ -15,6 +15,7 @@ from modtrans.decoders.caption import (
     fit_caption_decoder,
 )
 from modtrans.decoders.image_vae import ConditionalVAE, ImageDecoderConfig, fit_image_decoder
+from modtrans.eval.recogniser import AttributeRecogniser
 
 TINY_VAE = dict(latent_dim=4, channels=(8, 8, 16, 16), cond_proj=8, epochs=1, batch_size=16)
 TINY_CAPTION = dict(width=16, layers=1, heads=2, prefix_length=2, epochs=1, batch_size=32)
@@ -101,3 +102,93 @@ def test_caption_decoder_learns_to_echo_a_caption(stores: tuple[EmbeddingStore, 
         optimizer.step()
     assert model.generate(e) == captions
     assert model.generate(e, num_beams=2) == captions
+
+
+# --- the CLI -------------------------------------------------------------------------------
+
+
+def _ok(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    from modtrans.cli import main
+
+    code = main(argv)
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    return captured.out
+
+
+@pytest.fixture(scope="module")
+def cli_models(tiny_store: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Decoders and translators trained through the CLI on the tiny store."""
+    import yaml
+
+    from modtrans.cli import main
+
+    root = tmp_path_factory.mktemp("cli_decoders")
+    (root / "vae.yaml").write_text(yaml.safe_dump(TINY_VAE))
+    (root / "cap.yaml").write_text(yaml.safe_dump(TINY_CAPTION))
+    runs = {
+        "vae_image": ["fit-decoder", "image", "--config", str(root / "vae.yaml")],
+        "vae_text": ["fit-decoder", "image", "--condition", "text", "--config",
+                     str(root / "vae.yaml")],
+        "clipcap": ["fit-decoder", "caption", "--config", str(root / "cap.yaml")],
+        "capdec": ["fit-decoder", "caption", "--mode", "capdec", "--config",
+                   str(root / "cap.yaml")],
+        "t2i": ["train", "--direction", "text2image", "--method", "ridge"],
+        "i2t": ["train", "--direction", "image2text", "--method", "ridge"],
+    }
+    for name, argv in runs.items():
+        assert main([*argv, "--data", str(tiny_store), "--out", str(root / name)]) == 0
+    return {name: root / name for name in runs}
+
+
+def test_generate_through_a_translator_and_direct(
+    cli_models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from PIL import Image
+
+    out = tmp_path / "grid.png"
+    _ok(capsys, ["generate", str(cli_models["t2i"]), "--decoder", str(cli_models["vae_image"]),
+                 "--text", "a red circle", "--text", "two blue stars", "-n", "3", "-o", str(out)])
+    assert Image.open(out).size == (3 * 66 + 2, 2 * 66 + 2)
+    _ok(capsys, ["generate", "--decoder", str(cli_models["vae_text"]), "--text", "a red circle",
+                 "-n", "2", "-o", str(tmp_path / "direct.png")])
+    assert Image.open(tmp_path / "direct.png").size == (2 * 66 + 2, 66 + 2)
+
+
+def test_generate_errors(cli_models: dict[str, Path], tmp_path: Path,
+                         capsys: pytest.CaptureFixture[str]) -> None:
+    from cli_helpers import assert_cli_error
+
+    assert_cli_error(capsys, ["generate", "--decoder", str(cli_models["vae_image"]), "--text",
+                              "x", "-o", str(tmp_path / "a.png")], "text2image translator")
+    assert_cli_error(capsys, ["generate", str(cli_models["i2t"]), "--decoder",
+                              str(cli_models["vae_image"]), "--text", "x"], "image2text")
+    assert not (tmp_path / "a.png").exists()
+
+
+def test_caption_through_a_translator_and_direct(
+    cli_models: dict[str, Path], tiny_world: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cli_helpers import assert_cli_error
+
+    images = sorted((tiny_world / "val" / "images").glob("*.png"))[:2]
+    argv = [arg for p in images for arg in ("--image", str(p))]
+    out = _ok(capsys, ["caption", str(cli_models["i2t"]), "--decoder",
+                       str(cli_models["capdec"]), *argv])
+    assert [line.split("\t")[0] for line in out.splitlines()] == [str(p) for p in images]
+    direct = _ok(capsys, ["caption", "--decoder", str(cli_models["clipcap"]), "--beams", "1",
+                          *argv])
+    assert len(direct.splitlines()) == 2
+    assert_cli_error(capsys, ["caption", "--decoder", str(cli_models["capdec"]), *argv],
+                     "CapDec", "image2text translator")
+
+
+def test_fit_recogniser_cli(tiny_world: Path, tmp_path: Path,
+                            capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    out = _ok(capsys, ["fit-recogniser", str(tiny_world), "--out", str(tmp_path / "judge"),
+                       "--epochs", "1"])
+    report = json.loads(out)
+    assert report["split"] == "test" and 0 <= report["pairs_presence_accuracy"] <= 1
+    assert AttributeRecogniser.load(tmp_path / "judge").config.epochs == 1
