@@ -192,3 +192,9 @@ def test_fit_recogniser_cli(tiny_world: Path, tmp_path: Path,
     report = json.loads(out)
     assert report["split"] == "test" and 0 <= report["pairs_presence_accuracy"] <= 1
     assert AttributeRecogniser.load(tmp_path / "judge").config.epochs == 1
+
+
+def test_e2e_needs_a_demo_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from cli_helpers import assert_cli_error
+
+    assert_cli_error(capsys, ["e2e", str(tmp_path)], "no world/", "modtrans demo")

@@ -119,8 +119,32 @@ def test_report_verb_regenerates_the_page(
     out = _run(capsys, ["report", str(demo.out)])
     assert str(demo.report) in out
     page = demo.report.read_text()
-    assert "<h2>WorldBench</h2>" in page
-    assert page.count("<table>") == before.count("<table>") == len(SPLITS)
+    assert "<h2>WorldBench</h2>" in page and "<h2>Generation (end to end)</h2>" in page
+    generation_tables = 2 * len({split for _, split in SPLITS})  # t2i and i2t per split
+    assert page.count("<table>") == before.count("<table>") == len(SPLITS) + generation_tables
+    assert "Prompts → samples" in page and "Images → captions" in page
+
+
+def test_tiny_demo_evaluates_generation_end_to_end(demo: Demo) -> None:
+    import json
+
+    results = json.loads((demo.out / "e2e" / "results.json").read_text())
+    assert set(results["text_to_image"]) == set(results["image_to_text"]) == {"val", "novel"}
+    for routes in results["text_to_image"].values():
+        assert set(routes) == {"ced", "ridge", "direct"}
+        for route in routes.values():
+            assert route["fd"] >= 0
+            for scores in route["by_objects"].values():
+                assert 0 <= scores["recall"] <= 1 and 0 <= scores["hallucination"] <= 1
+    for routes in results["image_to_text"].values():
+        assert set(routes) == {"ced", "ridge", "clipcap"}
+        assert all(0 <= r["BLEU-1"] <= 1 and r["CIDEr"] >= 0 for r in routes.values())
+    assert 0 <= results["recogniser"]["pairs_presence_accuracy"] <= 1
+    from PIL import Image
+
+    grid = Image.open(demo.out / "e2e" / "text2image.png")
+    n_prompts = len(results["examples"]["prompts"])
+    assert grid.size == (18 * 66 + 2, n_prompts * 66 + 2)  # 6 samples × 3 routes per row
 
 
 def test_report_verb_missing_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

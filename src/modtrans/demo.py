@@ -33,6 +33,8 @@ class DemoConfig(Config):
         eval_images: images of each evaluation split used (their captions included).
         eval_splits: splits evaluated.
         n_samples: draws averaged in mean mode.
+        generation: EndToEndConfig overrides to also train the decoders and the judge and
+            evaluate generation end to end (text → image, image → text); None: skipped.
     """
 
     n_images: int = 20_000
@@ -50,6 +52,7 @@ class DemoConfig(Config):
     eval_images: int = 400
     eval_splits: list[str] = dataclasses.field(default_factory=lambda: ["val", "novel"])
     n_samples: int = 4
+    generation: dict[str, Any] | None = None
 
 
 PRESETS: dict[str, DemoConfig] = {
@@ -66,6 +69,16 @@ PRESETS: dict[str, DemoConfig] = {
         method_train={m: {"epochs": 1} for m in ("mlp", "ced", "ced-paper")},
         eval_images=40,
         n_samples=2,
+        generation={
+            "prompts_per_group": 4, "images": 8,
+            "recogniser": {"channels": [8, 16], "epochs": 1},
+            "vae_image": {"channels": [8, 8, 16, 16], "latent_dim": 4, "cond_proj": 16,
+                          "epochs": 1},
+            "vae_text": {"channels": [8, 8, 16, 16], "latent_dim": 4, "cond_proj": 16,
+                         "epochs": 1},
+            "clipcap": {"width": 16, "layers": 1, "heads": 2, "epochs": 1},
+            "capdec": {"width": 16, "layers": 1, "heads": 2, "epochs": 1},
+        },
     ),
 }
 
@@ -109,6 +122,12 @@ def run_demo(out: str | Path, config: DemoConfig | None = None, *, progress: boo
             stage(f"eval {direction} {split}", result.is_file(),
                   lambda d=direction, s=split, r=result: _evaluate(stores, out, d, s, r,
                                                                    config, spec))
+    if config.generation is not None:
+        from modtrans.eval.endtoend import EndToEndConfig, run_end_to_end
+
+        stage("end-to-end", (out / "e2e" / "results.json").is_file(),
+              lambda: run_end_to_end(out, EndToEndConfig.from_dict(config.generation),
+                                     progress=progress))
     from modtrans.eval.report import write_report
 
     return write_report(out)

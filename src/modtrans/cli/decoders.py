@@ -176,3 +176,22 @@ def fit_recogniser_cmd(
     with contextlib.redirect_stdout(sys.stderr):
         report = fit_recogniser(world, out, cfg, accelerator=accelerator)
     typer.echo(json.dumps(report, indent=2))
+
+
+@app.command("e2e")
+def end_to_end(
+    folder: Path = typer.Argument(..., help="A demo folder (world, CLIP, store, translators)."),
+    config: Path = typer.Option(None, help="YAML/JSON file of EndToEndConfig options."),
+) -> None:
+    """Train the decoders and the judge in FOLDER/e2e and evaluate generation end to end:
+    text → image (recogniser recall, hallucination, FD) and image → text (caption metrics,
+    semantic precision/recall), through ced, ridge and the direct routes."""
+    from modtrans.eval.endtoend import EndToEndConfig, run_end_to_end
+    from modtrans.eval.report import write_report
+
+    cfg = EndToEndConfig.load(config) if config else EndToEndConfig()
+    with contextlib.redirect_stdout(sys.stderr):
+        results = run_end_to_end(folder, cfg)
+    typer.echo(json.dumps({k: results[k] for k in ("text_to_image", "image_to_text")},
+                          indent=2))
+    typer.echo(f"report: {write_report(folder)}")

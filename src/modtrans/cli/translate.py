@@ -209,14 +209,23 @@ def demo(
     out: Path = typer.Option(Path("modtrans_demo"), "--out", "-o", help="Output folder."),
     preset: str = typer.Option("default", help="default (20,000 images) or tiny (tests)."),
     config: Path = typer.Option(None, help="YAML/JSON file of DemoConfig options."),
+    generation: bool = typer.Option(
+        None, "--generation/--no-generation", help="Also train decoders and the judge and "
+        "evaluate generation end to end (adds about 20 minutes on a 2-core CPU; default: "
+        "the preset's choice, off for default, on for tiny)."
+    ),
 ) -> None:
     """The embedded default end to end: world → world CLIP → embed → train every translator
     in both directions → evaluate → OUT/report.html. Resumes if interrupted."""
+    import dataclasses
+
     from modtrans.demo import PRESETS, DemoConfig, run_demo
 
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     cfg = DemoConfig.load(config) if config else PRESETS[preset]
+    if generation is not None:
+        cfg = dataclasses.replace(cfg, generation=(cfg.generation or {}) if generation else None)
     report = run_demo(out, cfg)
     typer.echo(f"report: {report}")
 

@@ -124,10 +124,73 @@ def _world_samples(folder: Path, n: int = 12) -> str:
     for image in data["images"][:n]:
         raw = (captions.parent / "images" / image["file_name"]).read_bytes()
         caps = "<br>".join(html.escape(c) for c in by_image.get(image["id"], []))
-        figures.append(f'<figure><img width="128" style="image-rendering:pixelated" '
-                       f'src="data:image/png;base64,{base64.b64encode(raw).decode()}">'
-                       f"<figcaption>{caps}</figcaption></figure>")
+        figures.append(f"<figure>{_image_tag(raw, 128)}<figcaption>{caps}</figcaption></figure>")
     return f'<div class="grid">{"".join(figures)}</div>'
+
+
+def _image_tag(raw: bytes, width: int | None = None) -> str:
+    size = f' width="{width}"' if width else ""
+    return (f'<img{size} style="image-rendering:pixelated" '
+            f'src="data:image/png;base64,{base64.b64encode(raw).decode()}">')
+
+
+def _simple_table(header: list[str], rows: list[list[Any]]) -> str:
+    def cell(v: Any) -> str:
+        return html.escape(f"{v:.3f}" if isinstance(v, float) else str(v))
+
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>"
+                   for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _generation(folder: Path) -> list[str]:
+    """The end-to-end section: the judge, the scores, the example grid and captions."""
+    path = folder / "e2e" / "results.json"
+    if not path.is_file():
+        return []
+    res = json.loads(path.read_text())
+    judge = res["recogniser"]
+    parts = ["<h2>Generation (end to end)</h2>",
+             f"<p>Judge: the attribute recogniser, on {judge['n_images']} held-out "
+             f"{html.escape(judge['split'])} images: shape presence "
+             f"{judge['shapes_presence_accuracy']:.3f}, colour presence "
+             f"{judge['colours_presence_accuracy']:.3f}, colour–shape pairs "
+             f"{judge['pairs_presence_accuracy']:.3f}, count {judge['count_accuracy']:.3f}.</p>"]
+    for split, routes in res["text_to_image"].items():
+        rows = [[route, *(v["by_objects"].get(f"{n}_objects", {}).get(k, float("nan"))
+                          for n in (1, 2, 3) for k in ("recall", "hallucination")), v["fd"]]
+                for route, v in routes.items()]
+        header = ["route", *(f"{n} obj. {k}" for n in (1, 2, 3)
+                             for k in ("recall", "halluc.")), "FD"]
+        parts += [f"<h3>text → image — {html.escape(split)}</h3>", _simple_table(header, rows)]
+    keys = ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "pairs_precision", "pairs_recall")
+    for split, routes in res["image_to_text"].items():
+        rows = [[route, *(v[k] for k in keys)] for route, v in routes.items()]
+        parts += [f"<h3>image → text — {html.escape(split)}</h3>",
+                  _simple_table(["route", *keys], rows)]
+    grid = folder / "e2e" / "text2image.png"
+    if grid.is_file():
+        ex = res.get("examples", {})
+        prompts = "".join(f"<li>{html.escape(p)}</li>" for p in ex.get("prompts", []))
+        parts += ["<h3>Prompts → samples</h3>",
+                  f"<p>Rows: <ol>{prompts}</ol> Columns: "
+                  f"{html.escape(', '.join(ex.get('columns', [])))}.</p>",
+                  _image_tag(grid.read_bytes())]
+    captioned = folder / "e2e" / "image2text.json"
+    if captioned.is_file():
+        cap = json.loads(captioned.read_text())
+        figures = []
+        for i, image in enumerate(cap["images"]):
+            path = Path(image)
+            if not path.is_file():
+                continue
+            lines = "".join(f"<br><b>{html.escape(route)}</b>: {html.escape(texts[i])}"
+                            for route, texts in cap["captions"].items())
+            figures.append(f"<figure>{_image_tag(path.read_bytes(), 128)}"
+                           f"<figcaption>{lines}</figcaption></figure>")
+        parts += ["<h3>Images → captions</h3>", f'<div class="grid">{"".join(figures)}</div>']
+    return parts
 
 
 def write_report(folder: str | Path) -> Path:
@@ -152,6 +215,7 @@ def write_report(folder: str | Path) -> Path:
         parts += ["<h3>Sim and R@1 by method</h3>", _bars(results),
                   "<h3>Distribution of cos(ẑ, z)</h3>",
                   "".join(_histograms(r) for r in results)]
+    parts += _generation(folder)
     curves = _curves(folder)
     if curves:
         parts += ["<h2>Training curves</h2>", curves]

@@ -1,0 +1,234 @@
+"""End-to-end generation on the world, judged: text → image and image → text.
+
+Works in a demo folder (world, world CLIP, store, translators) and adds ``e2e/``:
+
+- trains (or reuses) the attribute recogniser (the judge; held-out accuracy first), the image
+  VAE on image embeddings (after a text2image translator) and on text embeddings (direct),
+  ClipCap on image embeddings and CapDec on noisy text embeddings;
+- text → image, through ``ced`` (one draw), ``ridge`` and direct: the recogniser's recall of
+  the colour–shape pairs each prompt names and its hallucinations, for "full" prompts (every
+  object named) with one, two and three objects; image FD against the split's real images in
+  the world CLIP's image space;
+- image → text, through ``ced`` + CapDec, ``ridge`` + CapDec and ClipCap directly:
+  BLEU/METEOR/ROUGE-L/CIDEr against the five references and semantic precision/recall
+  against the ground truth.
+
+Everything is written to ``e2e/results.json``, with ``e2e/text2image.png`` (a grid: one row
+per example prompt, six samples per route) and ``e2e/image2text.json`` (captions of example
+images per route) for people to look at.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from modtrans.config import Config
+from modtrans.data.coco import read_coco_captions
+from modtrans.data.store import open_store
+from modtrans.data.world import load_ground_truth
+from modtrans.decoders.caption import CaptionDecoder, CaptionDecoderConfig, fit_caption_decoder
+from modtrans.decoders.image_vae import (
+    ConditionalVAE,
+    ImageDecoderConfig,
+    fit_image_decoder,
+    image_grid,
+)
+from modtrans.encoders import build_encoder
+from modtrans.encoders.world_clip import load_images
+from modtrans.eval.captioning import caption_metrics
+from modtrans.eval.recogniser import AttributeRecogniser, RecogniserConfig, fit_recogniser
+from modtrans.eval.semantic import caption_semantic_scores, image_fd, image_semantic_scores
+from modtrans.io import atomic_path, read_json, write_json
+from modtrans.translators.base import load_translator
+
+logger = logging.getLogger(__name__)
+
+T2I_ROUTES = ("ced", "ridge", "direct")
+I2T_ROUTES = ("ced", "ridge", "clipcap")
+EXAMPLE_SAMPLES = 6
+
+
+@dataclasses.dataclass
+class EndToEndConfig(Config):
+    """What the end-to-end evaluation trains and measures.
+
+    Attributes:
+        prompts_per_group: prompts with 1, 2 and 3 objects each, per split.
+        images: images captioned per split.
+        splits: splits evaluated.
+        recogniser, vae_image, vae_text, clipcap, capdec: config overrides of each model
+            (e.g. ``{"epochs": 2}``).
+        beams: beam width of the caption decoders.
+        seed: seeds prompt choice, draws and latents.
+    """
+
+    prompts_per_group: int = 150
+    images: int = 300
+    splits: list[str] = dataclasses.field(default_factory=lambda: ["val", "novel"])
+    recogniser: dict[str, Any] = dataclasses.field(default_factory=lambda: {"epochs": 6})
+    vae_image: dict[str, Any] = dataclasses.field(default_factory=lambda: {"epochs": 10})
+    vae_text: dict[str, Any] = dataclasses.field(default_factory=lambda: {"epochs": 2})
+    clipcap: dict[str, Any] = dataclasses.field(default_factory=lambda: {"epochs": 3})
+    capdec: dict[str, Any] = dataclasses.field(default_factory=lambda: {"epochs": 3})
+    beams: int = 3
+    seed: int = 0
+
+
+def train_models(folder: Path, config: EndToEndConfig, progress: bool = True) -> dict[str, Any]:
+    """Train (or reuse, when already in ``folder/e2e``) the judge and the four decoders."""
+    e2e, stores = folder / "e2e", folder / "store"
+    train, val = open_store(stores, "train"), open_store(stores, "val")
+    summaries: dict[str, Any] = {}
+    report = e2e / "recogniser" / "recogniser_report.json"
+    if not report.is_file():
+        fit_recogniser(folder / "world", e2e / "recogniser",
+                       RecogniserConfig(**config.recogniser), progress=progress)
+    summaries["recogniser"] = read_json(report)
+    jobs = {
+        "vae_image": (fit_image_decoder,
+                      ImageDecoderConfig(**{"condition": "image", **config.vae_image})),
+        "vae_text": (fit_image_decoder,
+                     ImageDecoderConfig(**{"condition": "text", **config.vae_text})),
+        "clipcap": (fit_caption_decoder,
+                    CaptionDecoderConfig(**{"mode": "clipcap", **config.clipcap})),
+        "capdec": (fit_caption_decoder,
+                   CaptionDecoderConfig(**{"mode": "capdec", **config.capdec})),
+    }
+    for name, (fit, model_config) in jobs.items():
+        if not (e2e / name / "summary.json").is_file():
+            fit(train, val, e2e / name, model_config, progress=progress)
+        summaries[name] = read_json(e2e / name / "summary.json")
+    return summaries
+
+
+def full_prompts(world_split: Path, per_group: int, seed: int) -> dict[int, list[str]]:
+    """A random choice of "full" captions (every object named) of images with 1, 2 and 3
+    distinct colour–shape pairs: group → prompts."""
+    data = read_coco_captions(world_split / "captions.json")
+    rows = {r["image_id"]: r for r in load_ground_truth(world_split)}
+    groups: dict[int, list[str]] = {1: [], 2: [], 3: []}
+    for image_id, caps, extra in zip(data.image_ids, data.captions, data.extra, strict=True):
+        n = len({(o["colour"], o["shape"]) for o in rows[image_id]["objects"]})
+        full = [c for c, e in zip(caps, extra, strict=True) if e.get("kind") == "full"]
+        if n in groups and full:
+            groups[n].append(full[0])
+    rng = np.random.default_rng(seed)
+    return {n: [items[j] for j in rng.permutation(len(items))[:per_group]]
+            for n, items in groups.items()}
+
+
+class _Generator:
+    """Images from prompts through each text → image route, seeded."""
+
+    def __init__(self, folder: Path, clip: Any, seed: int) -> None:
+        e2e = folder / "e2e"
+        self.vae_image = ConditionalVAE.load(e2e / "vae_image")
+        self.vae_text = ConditionalVAE.load(e2e / "vae_text")
+        self.translators = {m: load_translator(folder / "translators" / "text2image" / m)
+                            for m in T2I_ROUTES if m != "direct"}
+        self.clip, self.seed = clip, seed
+
+    def __call__(self, route: str, prompts: list[str]) -> torch.Tensor:
+        text_emb = self.clip.encode_texts(prompts)
+        generator = torch.Generator().manual_seed(self.seed)
+        if route == "direct":
+            return self.vae_text.generate(text_emb, generator=generator)
+        e = self.translators[route].translate(text_emb, mode="sample", generator=generator)
+        return self.vae_image.generate(e, generator=generator)
+
+
+def text_to_image(folder: Path, split: str, config: EndToEndConfig, judge: AttributeRecogniser,
+                  clip: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor], list[str]]:
+    """Semantic scores and FD per route; example images and their prompts."""
+    groups = full_prompts(folder / "world" / split, config.prompts_per_group, config.seed)
+    generate = _Generator(folder, clip, config.seed)
+    world = read_coco_captions(folder / "world" / split / "captions.json")
+    real = load_images(world.image_paths[:2000], 64)
+    examples_prompts = [prompts[0] for prompts in groups.values() if prompts]
+    results: dict[str, Any] = {}
+    examples: dict[str, torch.Tensor] = {}
+    for route in T2I_ROUTES:
+        by_objects, generated = {}, []
+        for n, prompts in groups.items():
+            if prompts:
+                images = generate(route, prompts)
+                generated.append(images)
+                by_objects[f"{n}_objects"] = image_semantic_scores(
+                    judge, images, prompts, [True] * len(prompts))
+        results[route] = {"by_objects": by_objects,
+                          "fd": image_fd(clip, real, torch.cat(generated))}
+        examples[route] = generate(
+            route, [p for p in examples_prompts for _ in range(EXAMPLE_SAMPLES)])
+    return results, examples, examples_prompts
+
+
+def image_to_text(folder: Path, split: str, config: EndToEndConfig
+                  ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Caption metrics and semantic scores per route; example captions."""
+    store = open_store(folder / "store", split)
+    n = min(config.images, store.n_images)
+    image_emb = torch.from_numpy(store.image_embeddings[:n].astype(np.float32))
+    meta = store.image_metadata()
+    rows_by_id = {r["image_id"]: r for r in load_ground_truth(folder / "world" / split)}
+    rows = [rows_by_id[i] for i in meta.column("image_id").to_pylist()[:n]]
+    owner = np.asarray(store.caption_image_index)
+    captions = store.text_metadata().column("caption").to_pylist()
+    references = [[captions[j] for j in np.flatnonzero(owner == i)] for i in range(n)]
+    e2e = folder / "e2e"
+    capdec, clipcap = CaptionDecoder.load(e2e / "capdec"), CaptionDecoder.load(e2e / "clipcap")
+    results: dict[str, Any] = {}
+    outputs: dict[str, list[str]] = {}
+    for route in I2T_ROUTES:
+        if route == "clipcap":
+            predicted = clipcap.generate(image_emb, num_beams=config.beams)
+        else:
+            translator = load_translator(folder / "translators" / "image2text" / route)
+            e = translator.translate(image_emb, mode="mean", n_samples=8,
+                                     generator=torch.Generator().manual_seed(config.seed))
+            predicted = capdec.generate(e, num_beams=config.beams)
+        outputs[route] = predicted
+        results[route] = {**caption_metrics(predicted, references),
+                          **caption_semantic_scores(predicted, rows)}
+    paths = meta.column("image_path").to_pylist()[:n]
+    examples = {"images": paths[:8], "references": references[:8],
+                "captions": {route: out[:8] for route, out in outputs.items()}}
+    return results, examples
+
+
+def run_end_to_end(folder: str | Path, config: EndToEndConfig | None = None, *,
+                   progress: bool = True) -> dict[str, Any]:
+    """Train what is missing, evaluate every route, write ``folder/e2e/``; returns results."""
+    config = config or EndToEndConfig()
+    folder = Path(folder)
+    for needed in ("world", "world_clip", "store", "translators"):
+        if not (folder / needed).is_dir():
+            raise FileNotFoundError(
+                f"{folder} has no {needed}/; end-to-end evaluation runs in a demo folder "
+                f"(`modtrans demo --out {folder}` first)"
+            )
+    summaries = train_models(folder, config, progress)
+    judge = AttributeRecogniser.load(folder / "e2e" / "recogniser")
+    clip = build_encoder(f"hf:{(folder / 'world_clip').resolve()}")
+    results: dict[str, Any] = {"recogniser": summaries["recogniser"], "training": summaries,
+                               "text_to_image": {}, "image_to_text": {}}
+    for i, split in enumerate(config.splits):
+        results["text_to_image"][split], examples, prompts = text_to_image(
+            folder, split, config, judge, clip)
+        results["image_to_text"][split], captioned = image_to_text(folder, split, config)
+        if i == 0:
+            stacked = torch.cat([examples[r].view(len(prompts), EXAMPLE_SAMPLES, 64, 64, 3)
+                                 for r in T2I_ROUTES], dim=1)
+            with atomic_path(folder / "e2e" / "text2image.png") as tmp:
+                image_grid(stacked.reshape(-1, 64, 64, 3), rows=len(prompts)).save(
+                    tmp, format="PNG")
+            write_json(folder / "e2e" / "image2text.json", {"split": split, **captioned})
+            results["examples"] = {"split": split, "prompts": prompts,
+                                   "columns": [f"{EXAMPLE_SAMPLES} × {r}" for r in T2I_ROUTES]}
+    write_json(folder / "e2e" / "results.json", results)
+    return results
