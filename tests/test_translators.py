@@ -310,11 +310,53 @@ def test_ced_best_of_k_returns_the_draw_closest_to_the_mapping(
         z_hat = model.combine(cn.repeat(k, 1), residual).view(k, len(c), D)  # (K, N, D)
         score = F.cosine_similarity(z_hat, model.mapped(cn).unsqueeze(0), dim=-1)  # (K, N)
         draws = model.target_norm.inverse(z_hat)
-    torch.testing.assert_close(mean, model.target_norm.inverse(z_hat.mean(0)))
     distance = (draws - best.unsqueeze(0)).norm(dim=-1)  # (K, N)
     assert distance.min(0).values.max() < 1e-4  # every row is one of the draws...
     assert torch.equal(distance.argmin(0), score.argmax(0))  # ...the one closest to c·M
     assert len(set(score.argmax(0).tolist())) > 1  # not always the same draw index
+    assert not torch.allclose(mean, model.target_norm.inverse(z_hat.mean(0)), atol=1e-4)
+
+
+def _antithetic_mean_by_hand(model, c: torch.Tensor, k: int, seed: int) -> torch.Tensor:
+    from modtrans.translators.diffusion import randn
+
+    with torch.no_grad():
+        cn = model.cond_norm(c)
+        noise = randn((k, len(c), D), generator=seeded(seed), device=cn.device, dtype=cn.dtype)
+        half = (k + 1) // 2
+        noise = torch.cat([noise[:half], -noise[:half]])[:k].reshape(k * len(c), D)
+        residual = model.sample_residual(cn.repeat(k, 1), noise=noise)
+        z_hat = model.combine(cn.repeat(k, 1), residual).view(k, len(c), D)
+        return model.target_norm.inverse(z_hat.mean(0))
+
+
+@pytest.mark.parametrize("k", [4, 5])
+def test_ced_mean_averages_antithetic_draws(fitted: dict, data: tuple[PairedSplit, ...],
+                                            k: int) -> None:
+    model = fitted["ced"][0]
+    c = data[1].cond[:30]
+    mean = model.translate(c, mode="mean", n_samples=k, generator=seeded(3))
+    torch.testing.assert_close(mean, _antithetic_mean_by_hand(model, c, k, 3))
+
+
+def test_antithetic_mean_varies_less_than_independent_draws(
+    fitted: dict, data: tuple[PairedSplit, ...]
+) -> None:
+    """Across seeds, the antithetic mean of 4 draws moves less than the mean of 4 independent
+    draws: the variance reduction the mean mode relies on."""
+    model = fitted["ced"][0]
+    c, k = data[1].cond[:50], 4
+    antithetic = torch.stack([model.translate(c, mode="mean", n_samples=k,
+                                              generator=seeded(s)) for s in range(6)])
+    with torch.no_grad():
+        cn = model.cond_norm(c)
+        independent = []
+        for s in range(6):
+            residual = model.sample_residual(cn.repeat(k, 1), generator=seeded(100 + s))
+            z_hat = model.combine(cn.repeat(k, 1), residual).view(k, len(c), D)
+            independent.append(model.target_norm.inverse(z_hat.mean(0)))
+    spread = antithetic.var(dim=0).mean()
+    assert spread < 0.8 * torch.stack(independent).var(dim=0).mean()
 
 
 def test_ced_sampler_options_override_the_defaults(

@@ -49,9 +49,9 @@ class DemoConfig(Config):
         "ced": {"epochs": 3},
         "ced-paper": {"epochs": 1, "max_time": "00:00:00:40"},
     })
-    eval_images: int = 400
+    eval_images: int = 300
     eval_splits: list[str] = dataclasses.field(default_factory=lambda: ["val", "novel"])
-    n_samples: int = 4
+    n_samples: int = 8
     generation: dict[str, Any] | None = None
 
 

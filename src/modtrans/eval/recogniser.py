@@ -43,13 +43,15 @@ class RecogniserConfig(Config):
     """Architecture and recipe of the attribute recogniser.
 
     Attributes:
-        channels: conv blocks (conv → BN → ReLU → 2×2 max-pool), two convs per block.
+        channels: conv blocks (``convs`` × (conv → BN → ReLU), then 2×2 max-pool).
+        convs: convolutions per block.
         min_area: visible pixels an object needs to count as present (a sliver hidden under
             another object is not something a viewer, or a judge, can see).
         epochs, batch_size, lr, weight_decay, seed: the recipe.
     """
 
     channels: tuple[int, ...] = (32, 64, 128, 256)
+    convs: int = 1
     min_area: float = 12.0
     epochs: int = 8
     batch_size: int = 128
@@ -93,7 +95,7 @@ class AttributeRecogniser(nn.Module):
         self.config = config
         channels = [3, *config.channels]
         self.features = nn.Sequential(
-            *(conv_block(a, b, convs=2) for a, b in pairwise(channels))
+            *(conv_block(a, b, convs=config.convs) for a, b in pairwise(channels))
         )
         self.head = nn.Linear(channels[-1], sum(self.HEADS.values()))
 
