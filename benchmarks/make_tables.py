@@ -69,7 +69,10 @@ def worldbench_section() -> list[str]:
            "Mean mode (average of draws) for Sim, cosine suite and retrieval; one draw for FD "
            "and diversity. Queries: every caption (text → image) or every image "
            "(image → text) of the evaluated images.", ""]
-    for table in r["figures"]["tables"]:
+    order = {"text2image": 0, "image2text": 1, "val": 0, "test": 1, "novel": 2}
+    tables = sorted(r["figures"]["tables"],
+                    key=lambda t: (order.get(t["direction"], 9), order.get(t["split"], 9)))
+    for table in tables:
         out += [f"**{table['direction']} — {table['split']}**", "",
                 markdown_table(table["rows"]), ""]
     out += [_source(r), ""]
