@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 import torch
 
-from modtrans.eval.recogniser import PAIRS, AttributeRecogniser, RecogniserConfig
+from modtrans.data.captions import SHAPES
+from modtrans.eval.recogniser import COLOUR_NAMES, PAIRS, AttributeRecogniser, RecogniserConfig
 from modtrans.eval.semantic import caption_semantic_scores, image_fd, image_semantic_scores
 
 needs_java = pytest.mark.skipif(shutil.which("java") is None,
@@ -54,11 +55,16 @@ class _FixedJudge(AttributeRecogniser):
         self.answers = pairs
 
     def predict(self, images: torch.Tensor, batch_size: int = 512) -> dict[str, torch.Tensor]:
-        found = torch.zeros(len(self.answers), len(PAIRS), dtype=torch.bool)
+        n = len(self.answers)
+        found = {"pairs": torch.zeros(n, len(PAIRS), dtype=torch.bool),
+                 "shapes": torch.zeros(n, len(SHAPES), dtype=torch.bool),
+                 "colours": torch.zeros(n, len(COLOUR_NAMES), dtype=torch.bool)}
         for i, pairs in enumerate(self.answers):
-            for p in pairs:
-                found[i, PAIRS.index(p)] = True
-        return {"pairs": found}
+            for colour, shape in pairs:
+                found["pairs"][i, PAIRS.index((colour, shape))] = True
+                found["shapes"][i, SHAPES.index(shape)] = True
+                found["colours"][i, COLOUR_NAMES.index(colour)] = True
+        return found
 
 
 def test_image_semantics_recall_and_hallucination() -> None:
@@ -66,8 +72,10 @@ def test_image_semantics_recall_and_hallucination() -> None:
     prompts = ["a red circle", "a green ring and a white cross"]
     scores = image_semantic_scores(judge, torch.zeros(2, 64, 64, 3, dtype=torch.uint8), prompts,
                                    exhaustive=[True, True])
-    assert scores["recall"] == pytest.approx(2 / 3)
+    assert scores["recall"] == scores["pairs_recall"] == pytest.approx(2 / 3)
     assert scores["hallucination"] == pytest.approx(1 / 3)  # the blue star, of 3 found
+    assert scores["colours_recall"] == pytest.approx(2 / 3)  # red, green of red, green, white
+    assert scores["shapes_hallucination"] == pytest.approx(1 / 3)  # the star
     not_exhaustive = image_semantic_scores(judge, torch.zeros(2, 64, 64, 3, dtype=torch.uint8),
                                            prompts, exhaustive=[False, True])
     assert not_exhaustive["hallucination"] == 0.0

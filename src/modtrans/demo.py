@@ -47,9 +47,9 @@ class DemoConfig(Config):
     method_train: dict[str, dict[str, Any]] = dataclasses.field(default_factory=lambda: {
         "mlp": {"epochs": 3},
         "ced": {"epochs": 3},
-        "ced-paper": {"epochs": 1, "max_time": "00:00:00:40"},
+        "ced-paper": {"epochs": 1, "max_time": "00:00:00:30"},
     })
-    eval_images: int = 300
+    eval_images: int = 250
     eval_splits: list[str] = dataclasses.field(default_factory=lambda: ["val", "novel"])
     n_samples: int = 8
     generation: dict[str, Any] | None = None

@@ -158,11 +158,12 @@ def _generation(folder: Path) -> list[str]:
              f"{judge['colours_presence_accuracy']:.3f}, colour–shape pairs "
              f"{judge['pairs_presence_accuracy']:.3f}, count {judge['count_accuracy']:.3f}.</p>"]
     for split, routes in res["text_to_image"].items():
+        keys = ("pairs_recall", "colours_recall", "shapes_recall", "pairs_hallucination")
         rows = [[route, *(v["by_objects"].get(f"{n}_objects", {}).get(k, float("nan"))
-                          for n in (1, 2, 3) for k in ("recall", "hallucination")), v["fd"]]
+                          for n in (1, 2, 3) for k in keys), v["fd"]]
                 for route, v in routes.items()]
-        header = ["route", *(f"{n} obj. {k}" for n in (1, 2, 3)
-                             for k in ("recall", "halluc.")), "FD"]
+        header = ["route", *(f"{n} obj. {k.replace('_', ' ')}" for n in (1, 2, 3)
+                             for k in keys), "FD"]
         parts += [f"<h3>text → image — {html.escape(split)}</h3>", _simple_table(header, rows)]
     keys = ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "pairs_precision", "pairs_recall")
     for split, routes in res["image_to_text"].items():

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from modtrans.data.captions import parse_caption
-from modtrans.eval.recogniser import PAIRS, AttributeRecogniser
+from modtrans.data.captions import SHAPES, parse_caption
+from modtrans.eval.recogniser import COLOUR_NAMES, PAIRS, AttributeRecogniser
 
 
 def _visible_pairs(row: dict[str, Any], min_area: float) -> set[tuple[str, str]]:
@@ -30,34 +30,38 @@ def _visible_pairs(row: dict[str, Any], min_area: float) -> set[tuple[str, str]]
 
 def image_semantic_scores(recogniser: AttributeRecogniser, images: torch.Tensor,
                           prompts: Sequence[str], exhaustive: Sequence[bool]) -> dict[str, float]:
-    """Recall and hallucination of the colour–shape pairs named by each image's prompt.
+    """Recall and hallucination of what each image's prompt names, as the judge sees it.
 
     Args:
         recogniser: the judge.
         images: uint8 (N, 64, 64, 3), image i generated from ``prompts[i]``.
         prompts: the prompts.
-        exhaustive: whether prompt i describes every object (then any other pair found is a
+        exhaustive: whether prompt i describes every object (then anything else found is a
             hallucination); other prompts count towards recall only.
 
     Returns:
-        ``recall`` (named pairs found / named pairs), ``hallucination`` (found pairs not
-        named / found pairs, exhaustive prompts), ``n_prompts``.
+        For ``pairs`` (colour–shape), ``shapes`` and ``colours``: ``<key>_recall`` (named and
+        found / named) and ``<key>_hallucination`` (found but not named / found, exhaustive
+        prompts); ``recall``/``hallucination`` are the pairs' (binding included); ``n_prompts``.
     """
-    found = recogniser.predict(images)["pairs"]
-    named_total = named_found = extra = found_total = 0
-    for i, prompt in enumerate(prompts):
-        named = {PAIRS.index(p) for p in parse_caption(prompt)["pairs"] if p in PAIRS}
-        seen = set(found[i].nonzero().flatten().tolist())
-        named_total += len(named)
-        named_found += len(named & seen)
-        if exhaustive[i]:
-            extra += len(seen - named)
-            found_total += len(seen)
-    return {
-        "recall": named_found / named_total if named_total else float("nan"),
-        "hallucination": extra / found_total if found_total else 0.0,
-        "n_prompts": len(prompts),
-    }
+    found = recogniser.predict(images)
+    names = {"pairs": PAIRS, "shapes": SHAPES, "colours": COLOUR_NAMES}
+    out: dict[str, float] = {"n_prompts": len(prompts)}
+    parsed = [parse_caption(p) for p in prompts]
+    for key, vocabulary in names.items():
+        named_total = named_found = extra = found_total = 0
+        for i, attributes in enumerate(parsed):
+            named = {vocabulary.index(a) for a in attributes[key] if a in vocabulary}
+            seen = set(found[key][i].nonzero().flatten().tolist())
+            named_total += len(named)
+            named_found += len(named & seen)
+            if exhaustive[i]:
+                extra += len(seen - named)
+                found_total += len(seen)
+        out[f"{key}_recall"] = named_found / named_total if named_total else float("nan")
+        out[f"{key}_hallucination"] = extra / found_total if found_total else 0.0
+    out["recall"], out["hallucination"] = out["pairs_recall"], out["pairs_hallucination"]
+    return out
 
 
 def caption_semantic_scores(captions: Sequence[str], rows: Sequence[dict[str, Any]],
