@@ -41,6 +41,9 @@ def _configure(
     handler.setLevel(level)
     if not verbose:
         handler.addFilter(_hide_library_info)
+        # Lightning logs through handlers of its own ("GPU available: False", tips).
+        for name in ("lightning.pytorch", "lightning.fabric"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     logging.basicConfig(level=level, format="%(message)s", handlers=[handler], force=True)
     # Read by transformers and huggingface_hub on import: no per-load progress bars.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
