@@ -65,3 +65,20 @@ def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
     """Save a numpy array as ``.npy``, atomically."""
     with atomic_open(path, "wb") as f:
         np.save(f, array, allow_pickle=False)
+
+
+def save_weights(path: str | os.PathLike, module: Any, metadata: dict[str, str] | None = None
+                 ) -> None:
+    """Write a torch module's state dict as safetensors (never a pickle), atomically."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+
+
+def load_weights(module: Any, path: str | os.PathLike) -> None:
+    """Load safetensors weights written by :func:`save_weights` into ``module`` (strict)."""
+    from safetensors.torch import load_file
+
+    module.load_state_dict(load_file(str(path)), strict=True)

@@ -27,13 +27,12 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from modtrans.config import Config
 from modtrans.data.store import EmbeddingStore
-from modtrans.io import write_json
+from modtrans.io import load_weights, save_weights, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -195,10 +194,7 @@ class CaptionDecoder(nn.Module):
         out_dir.mkdir(parents=True, exist_ok=True)
         self.lm.save_pretrained(out_dir / LM_DIR)
         self.tokenizer.save_pretrained(out_dir / LM_DIR)
-        tmp = out_dir / f".{MAPPING_WEIGHTS}.tmp"
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.mapping.state_dict().items()},
-                  tmp)
-        tmp.replace(out_dir / MAPPING_WEIGHTS)
+        save_weights(out_dir / MAPPING_WEIGHTS, self.mapping)
         self.config.save(out_dir / CONFIG)
         return out_dir
 
@@ -216,7 +212,7 @@ class CaptionDecoder(nn.Module):
         lm = GPT2LMHeadModel.from_pretrained(path / LM_DIR, local_files_only=True)
         tokenizer = AutoTokenizer.from_pretrained(path / LM_DIR, local_files_only=True)
         model = cls(config, lm, tokenizer)
-        model.mapping.load_state_dict(load_file(path / MAPPING_WEIGHTS))
+        load_weights(model.mapping, path / MAPPING_WEIGHTS)
         return model.eval()
 
 

@@ -23,14 +23,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from modtrans.config import Config
 from modtrans.data.store import EmbeddingStore
 from modtrans.encoders.world_clip import load_images
-from modtrans.io import write_json
+from modtrans.io import load_weights, save_weights, write_json
 from modtrans.translators.base import Normalizer
 
 logger = logging.getLogger(__name__)
@@ -165,9 +164,7 @@ class ConditionalVAE(nn.Module):
     def save(self, out_dir: str | Path) -> Path:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        tmp = out_dir / f".{WEIGHTS}.tmp"
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, tmp)
-        tmp.replace(out_dir / WEIGHTS)
+        save_weights(out_dir / WEIGHTS, self)
         self.config.save(out_dir / CONFIG)
         return out_dir
 
@@ -180,7 +177,7 @@ class ConditionalVAE(nn.Module):
                 "`modtrans fit-decoder image --data STORE --out DIR`"
             )
         model = cls(ImageDecoderConfig.load(path / CONFIG))
-        model.load_state_dict(load_file(path / WEIGHTS))
+        load_weights(model, path / WEIGHTS)
         return model.eval()
 
 

@@ -18,7 +18,6 @@ from typing import Any, ClassVar
 import lightning as L
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -28,7 +27,7 @@ from modtrans.data.coco import read_coco_captions
 from modtrans.data.world import load_ground_truth
 from modtrans.encoders.conv_clip import conv_block
 from modtrans.encoders.world_clip import load_images, pixel_values
-from modtrans.io import write_json
+from modtrans.io import load_weights, save_weights, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -122,9 +121,7 @@ class AttributeRecogniser(nn.Module):
     def save(self, out_dir: str | Path) -> Path:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        tmp = out_dir / f".{WEIGHTS}.tmp"
-        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, tmp)
-        tmp.replace(out_dir / WEIGHTS)
+        save_weights(out_dir / WEIGHTS, self)
         self.config.save(out_dir / CONFIG)
         return out_dir
 
@@ -137,7 +134,7 @@ class AttributeRecogniser(nn.Module):
                 "`modtrans fit-recogniser WORLD --out DIR`"
             )
         model = cls(RecogniserConfig.load(path / CONFIG))
-        model.load_state_dict(load_file(path / WEIGHTS))
+        load_weights(model, path / WEIGHTS)
         return model.eval()
 
 

@@ -17,12 +17,11 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 import modtrans
 from modtrans.config import Config
-from modtrans.io import atomic_path, write_json
+from modtrans.io import load_weights, save_weights, write_json
 
 DIRECTIONS = ("text2image", "image2text")
 MODES = ("sample", "mean", "best-of-k")
@@ -195,9 +194,7 @@ class Translator(nn.Module):
         """Write ``model.safetensors`` and ``config.json`` into directory ``path``."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        with atomic_path(path / "model.safetensors") as tmp:
-            save_file(tensors, str(tmp), metadata={"format": "modtrans-translator"})
+        save_weights(path / "model.safetensors", self, {"format": "modtrans-translator"})
         write_json(path / "config.json", self.config.to_dict())
         return path
 
@@ -236,7 +233,7 @@ def load_translator(path: str | Path, device: str | torch.device = "cpu") -> Tra
         )
     config = TranslatorConfig.from_dict(json.loads(config_file.read_text()))
     model = translator_class(config.method)(config)
-    model.load_state_dict(load_file(str(weights)), strict=True)
+    load_weights(model, weights)
     return model.to(device).eval()
 
 
