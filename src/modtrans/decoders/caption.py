@@ -18,8 +18,6 @@ Decoding: greedy or beam search through ``generate``.
 from __future__ import annotations
 
 import dataclasses
-import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +30,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from modtrans.config import Config
 from modtrans.data.store import EmbeddingStore
-from modtrans.io import load_weights, save_weights, write_json
-
-logger = logging.getLogger(__name__)
+from modtrans.io import load_weights, save_weights
+from modtrans.training.fit import fit_and_save
 
 MODES = ("clipcap", "capdec")
 MAPPINGS = ("mlp", "transformer")
@@ -308,19 +305,6 @@ def fit_caption_decoder(train: EmbeddingStore, val: EmbeddingStore, out_dir: str
     model = build_caption_decoder(config, captions)
     loader = DataLoader(_Captions(e, captions), batch_size=config.batch_size, shuffle=True)
     val_loader = DataLoader(_Captions(val_e, val_captions), batch_size=512)
-    out_dir = Path(out_dir)
-    trainer = L.Trainer(
-        accelerator=accelerator, devices=1, max_epochs=config.epochs,
-        logger=L.pytorch.loggers.CSVLogger(out_dir, name="logs", version=""),
-        enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
-    )  # fmt: skip
-    start = time.perf_counter()
-    trainer.fit(_CaptionModule(model), loader, val_loader)
-    model.cpu().eval()
-    model.save(out_dir)
-    metrics = {k: round(float(v), 3) for k, v in trainer.callback_metrics.items()}
-    summary = {"pairs": len(captions), "mode": config.mode,
-               "seconds": round(time.perf_counter() - start, 1), **metrics}
-    write_json(out_dir / "summary.json", summary)
-    logger.info("caption decoder trained: %s", summary)
-    return summary
+    return fit_and_save(model, _CaptionModule(model), loader, val_loader, out_dir,
+                        epochs=config.epochs, accelerator=accelerator, progress=progress,
+                        info={"pairs": len(captions), "mode": config.mode})

@@ -12,8 +12,6 @@ generator, so a sample does not depend on the batch it was drawn in.
 from __future__ import annotations
 
 import dataclasses
-import logging
-import time
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -29,10 +27,9 @@ from torch.utils.data import DataLoader, TensorDataset
 from modtrans.config import Config
 from modtrans.data.store import EmbeddingStore
 from modtrans.encoders.world_clip import load_images
-from modtrans.io import load_weights, save_weights, write_json
+from modtrans.io import load_weights, save_weights
+from modtrans.training.fit import fit_and_save
 from modtrans.translators.base import Normalizer
-
-logger = logging.getLogger(__name__)
 
 WEIGHTS, CONFIG = "decoder.safetensors", "decoder_config.json"
 CONDITIONS = ("image", "text")
@@ -257,19 +254,6 @@ def fit_image_decoder(train: EmbeddingStore, val: EmbeddingStore, out_dir: str |
     loader = DataLoader(TensorDataset(images, e), batch_size=config.batch_size, shuffle=True,
                         drop_last=len(e) > config.batch_size)
     val_loader = DataLoader(TensorDataset(val_images, val_e), batch_size=512)
-    out_dir = Path(out_dir)
-    trainer = L.Trainer(
-        accelerator=accelerator, devices=1, max_epochs=config.epochs,
-        logger=L.pytorch.loggers.CSVLogger(out_dir, name="logs", version=""),
-        enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
-    )  # fmt: skip
-    start = time.perf_counter()
-    trainer.fit(_VAEModule(model), loader, val_loader)
-    model.cpu().eval()
-    model.save(out_dir)
-    metrics = {k: round(float(v), 3) for k, v in trainer.callback_metrics.items()}
-    summary = {"pairs": len(e), "condition": config.condition,
-               "seconds": round(time.perf_counter() - start, 1), **metrics}
-    write_json(out_dir / "summary.json", summary)
-    logger.info("image decoder trained: %s", summary)
-    return summary
+    return fit_and_save(model, _VAEModule(model), loader, val_loader, out_dir,
+                        epochs=config.epochs, accelerator=accelerator, progress=progress,
+                        info={"pairs": len(e), "condition": config.condition})

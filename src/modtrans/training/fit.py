@@ -1,0 +1,53 @@
+"""Fit a LightningModule with per-epoch validation, save its model, write ``summary.json``.
+
+Shared by the decoders (image VAE, caption decoder): their training differs only in the
+module and the data.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from modtrans.io import write_json
+
+logger = logging.getLogger(__name__)
+
+
+def fit_and_save(model: Any, module: L.LightningModule, loader: DataLoader,
+                 val_loader: DataLoader, out_dir: str | Path, *, epochs: int,
+                 accelerator: str = "auto", progress: bool = True,
+                 info: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train ``module`` (which wraps ``model``), then ``model.save(out_dir)``.
+
+    Args:
+        model: the trained object; it has ``save(out_dir)``.
+        module: the LightningModule that trains it (logging ``train/*`` and ``val/*``).
+        loader, val_loader: training and validation batches.
+        out_dir: where the model, the CSV logs and ``summary.json`` go.
+        epochs, accelerator, progress: Lightning's.
+        info: extra summary fields (pairs, mode, ...).
+
+    Returns:
+        The summary: ``info``, seconds, and the last logged metrics.
+    """
+    out_dir = Path(out_dir)
+    trainer = L.Trainer(
+        accelerator=accelerator, devices=1, max_epochs=epochs,
+        logger=L.pytorch.loggers.CSVLogger(out_dir, name="logs", version=""),
+        enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
+    )  # fmt: skip
+    start = time.perf_counter()
+    trainer.fit(module, loader, val_loader)
+    model.cpu().eval()
+    model.save(out_dir)
+    metrics = {k: round(float(v), 3) for k, v in trainer.callback_metrics.items()}
+    summary = {**(info or {}), "seconds": round(time.perf_counter() - start, 1), **metrics}
+    write_json(out_dir / "summary.json", summary)
+    logger.info("%s trained: %s", type(model).__name__, summary)
+    return summary
