@@ -102,12 +102,15 @@ def _load(source: str, argument: str, spec: str, loader, **kwargs):
 
 
 class _Texts:
-    """Tokenisation and tokenizer checks shared by the CLIP and the text-only encoders."""
+    """Text encoding shared by the CLIP and the text-only encoders: tokenizer checks,
+    tokenisation and the batch loop; each defines ``_text_features`` (its pooling)."""
 
     spec: str
     tokenizer: object
     device: torch.device
     max_length: int
+    normalize: bool
+    dim: int
 
     def _check_tokenizer(self, vocab_size: int) -> None:
         """Refuse a tokenizer that loaded empty or mismatched (offline loads can fail silently)."""
@@ -126,6 +129,17 @@ class _Texts:
             list(texts), padding=True, truncation=True, max_length=self.max_length,
             return_tensors="pt",
         ).to(self.device)
+
+    def _text_features(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Pooled features of a tokenised batch (before normalisation)."""
+        raise NotImplementedError
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: Sequence[str], *, batch_size: int = 256) -> torch.Tensor:
+        check_texts(texts)
+        out = [finish(self._text_features(self._tokens(chunk)), self.normalize)
+               for chunk in batches(list(texts), batch_size)]
+        return torch.cat(out) if out else torch.empty(0, self.dim)
 
 
 class HFClipEncoder(ImageEncoderBase, _Texts):
@@ -156,17 +170,10 @@ class HFClipEncoder(ImageEncoderBase, _Texts):
         return finish(self.model.get_image_features(pixel_values=pixels).pooler_output,
                       self.normalize)
 
-    @torch.inference_mode()
-    def encode_texts(self, texts: Sequence[str], *, batch_size: int = 256) -> torch.Tensor:
-        check_texts(texts)
-        out = []
-        for chunk in batches(list(texts), batch_size):
-            tokens = self._tokens(chunk)
-            features = self.model.get_text_features(
-                input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]
-            ).pooler_output
-            out.append(finish(features, self.normalize))
-        return torch.cat(out) if out else torch.empty(0, self.dim)
+    def _text_features(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.model.get_text_features(
+            input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]
+        ).pooler_output
 
 
 def _mean_pool(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -192,17 +199,9 @@ class HFTextEncoder(TextOnlyEncoderBase, _Texts):
                               self.tokenizer.model_max_length)
         self._check_tokenizer(self.model.config.vocab_size)
 
-    @torch.inference_mode()
-    def encode_texts(self, texts: Sequence[str], *, batch_size: int = 256) -> torch.Tensor:
-        check_texts(texts)
-        out = []
-        for chunk in batches(list(texts), batch_size):
-            tokens = self._tokens(chunk)
-            states = self.model(**tokens).last_hidden_state
-            pooled = (states[:, 0] if self.pool == "cls"
-                      else _mean_pool(states, tokens["attention_mask"]))
-            out.append(finish(pooled, self.normalize))
-        return torch.cat(out) if out else torch.empty(0, self.dim)
+    def _text_features(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        states = self.model(**tokens).last_hidden_state
+        return states[:, 0] if self.pool == "cls" else _mean_pool(states, tokens["attention_mask"])
 
 
 class HFImageEncoder(ImageEncoderBase):
