@@ -50,3 +50,10 @@ class Config:
         if not isinstance(data, dict):
             raise ValueError(f"{path} must hold a mapping of option names to values")
         return cls.from_dict(data)
+
+    @classmethod
+    def with_overrides(cls: type[C], path: str | Path | None = None, **values: Any) -> C:
+        """The config in ``path`` (default: the defaults), with every non-None value set."""
+        base = cls.load(path) if path else cls()
+        return cls.from_dict({**base.to_dict(),
+                              **{k: v for k, v in values.items() if v is not None}})

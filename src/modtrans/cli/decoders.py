@@ -13,12 +13,6 @@ import typer
 from modtrans.cli import app
 
 
-def _overrides(config_cls, config_file: Path | None, **values):
-    cfg = config_cls.load(config_file) if config_file else config_cls()
-    return config_cls.from_dict({**cfg.to_dict(),
-                                 **{k: v for k, v in values.items() if v is not None}})
-
-
 @app.command("fit-decoder")
 def fit_decoder(
     kind: str = typer.Argument(..., help="image (conditional VAE) or caption (ClipCap/CapDec)."),
@@ -46,26 +40,42 @@ def fit_decoder(
         if kind == "image":
             from modtrans.decoders.image_vae import ImageDecoderConfig, fit_image_decoder
 
-            cfg = _overrides(ImageDecoderConfig, config, condition=condition, epochs=epochs)
+            cfg = ImageDecoderConfig.with_overrides(config, condition=condition, epochs=epochs)
             summary = fit_image_decoder(train, val, out, cfg, accelerator=accelerator)
         elif kind == "caption":
             from modtrans.decoders.caption import CaptionDecoderConfig, fit_caption_decoder
 
-            cfg = _overrides(CaptionDecoderConfig, config, mode=mode, epochs=epochs,
-                             noise_variance=noise_variance,
-                             gpt2=str(gpt2) if gpt2 else None)
+            cfg = CaptionDecoderConfig.with_overrides(
+                config, mode=mode, epochs=epochs, noise_variance=noise_variance,
+                gpt2=str(gpt2) if gpt2 else None)
             summary = fit_caption_decoder(train, val, out, cfg, accelerator=accelerator)
         else:
             raise ValueError(f"decoder kind must be 'image' or 'caption', got {kind!r}")
     typer.echo(json.dumps(summary, indent=2))
 
 
-def _check_encoders(what: str, trained: tuple[str, str], given: tuple[str, str]) -> None:
-    if trained != given:
+def _translator_for(translator: Path, decoder: Path, decoder_config, *, verb: str,
+                    direction: str, condition: str):
+    """Load ``translator`` and check it feeds ``decoder``: the direction, the modality the
+    decoder was trained on, and the encoders behind both."""
+    from modtrans.translators.base import load_translator
+
+    model = load_translator(translator)
+    tcfg = model.config
+    if tcfg.direction != direction or decoder_config.condition != condition:
         raise ValueError(
-            f"{what} was trained on {trained[0]}/{trained[1]} embeddings but the translator "
-            f"uses {given[0]}/{given[1]}; train them on the same store"
+            f"{verb} needs a {direction} translator ({translator} is {tcfg.direction}) and a "
+            f"decoder trained on {condition} embeddings ({decoder} uses "
+            f"{decoder_config.condition})"
         )
+    trained = (decoder_config.image_encoder, decoder_config.text_encoder)
+    if trained != (tcfg.image_encoder, tcfg.text_encoder):
+        raise ValueError(
+            f"decoder {decoder} was trained on {trained[0]}/{trained[1]} embeddings but the "
+            f"translator uses {tcfg.image_encoder}/{tcfg.text_encoder}; train them on the same "
+            "store"
+        )
+    return model
 
 
 @app.command()
@@ -87,22 +97,14 @@ def generate(
     from modtrans.decoders.image_vae import ConditionalVAE, image_grid
     from modtrans.encoders import build_encoder
     from modtrans.io import atomic_path
-    from modtrans.translators.base import load_translator
 
     vae = ConditionalVAE.load(decoder)
     cfg = vae.config
     generator = torch.Generator().manual_seed(seed)
     if translator is not None:
-        model = load_translator(translator)
-        tcfg = model.config
-        if tcfg.direction != "text2image" or cfg.condition != "image":
-            raise ValueError(
-                f"generate needs a text2image translator ({translator} is {tcfg.direction}) "
-                f"and a decoder trained on image embeddings ({decoder} uses {cfg.condition})"
-            )
-        _check_encoders(f"decoder {decoder}", (cfg.image_encoder, cfg.text_encoder),
-                        (tcfg.image_encoder, tcfg.text_encoder))
-        c = build_encoder(tcfg.text_encoder).encode_texts(list(text)).repeat_interleave(n, 0)
+        model = _translator_for(translator, decoder, cfg, verb="generate",
+                                direction="text2image", condition="image")
+        c = build_encoder(cfg.text_encoder).encode_texts(list(text)).repeat_interleave(n, 0)
         e = model.translate(c, mode=mode, generator=generator)
     else:
         if cfg.condition != "text":
@@ -134,22 +136,14 @@ def caption(
 
     from modtrans.cli.retrieval import encode_queries
     from modtrans.decoders.caption import CaptionDecoder
-    from modtrans.translators.base import load_translator
 
     model = CaptionDecoder.load(decoder)
     cfg = model.config
     if translator is not None:
-        tr = load_translator(translator)
-        tcfg = tr.config
-        if tcfg.direction != "image2text" or cfg.condition != "text":
-            raise ValueError(
-                f"caption needs an image2text translator ({translator} is {tcfg.direction}) "
-                f"and a decoder trained on text embeddings ({decoder} is {cfg.mode})"
-            )
-        _check_encoders(f"decoder {decoder}", (cfg.image_encoder, cfg.text_encoder),
-                        (tcfg.image_encoder, tcfg.text_encoder))
-        _, z, labels = encode_queries(None, image, image_spec=tcfg.image_encoder,
-                                      text_spec=tcfg.text_encoder)
+        tr = _translator_for(translator, decoder, cfg, verb="caption", direction="image2text",
+                             condition="text")
+        _, z, labels = encode_queries(None, image, image_spec=cfg.image_encoder,
+                                      text_spec=cfg.text_encoder)
         e = tr.translate(z, mode=mode, generator=torch.Generator().manual_seed(seed))
     else:
         if cfg.condition != "image":
@@ -172,7 +166,7 @@ def fit_recogniser_cmd(
     accuracy on the world's test split."""
     from modtrans.eval.recogniser import RecogniserConfig, fit_recogniser
 
-    cfg = _overrides(RecogniserConfig, None, epochs=epochs)
+    cfg = RecogniserConfig.with_overrides(epochs=epochs)
     with contextlib.redirect_stdout(sys.stderr):
         report = fit_recogniser(world, out, cfg, accelerator=accelerator)
     typer.echo(json.dumps(report, indent=2))

@@ -39,11 +39,7 @@ def fit_encoder(
     """
     from modtrans.encoders.world_clip import WorldClipConfig, fit_world_clip_from_world
 
-    cfg = WorldClipConfig.load(config) if config else WorldClipConfig()
-    overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr}
-    cfg = WorldClipConfig.from_dict(
-        {**cfg.to_dict(), **{k: v for k, v in overrides.items() if v is not None}}
-    )
+    cfg = WorldClipConfig.with_overrides(config, epochs=epochs, batch_size=batch_size, lr=lr)
     # Lightning draws its progress bar on stdout; send it to stderr so stdout is the JSON only.
     with contextlib.redirect_stdout(sys.stderr):
         summary = fit_world_clip_from_world(world, out, config=cfg, accelerator=accelerator)

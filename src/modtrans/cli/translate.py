@@ -50,12 +50,9 @@ def train(
     from modtrans.data.store import open_store
     from modtrans.training.translator import TrainConfig, fit_translator
 
-    tc = TrainConfig.load(config) if config else TrainConfig()
-    overrides = dict(epochs=epochs, batch_size=batch_size, max_time=max_time,
-                     precision=precision, accelerator=accelerator, devices=devices,
-                     strategy=strategy, logger=logger, seed=seed)
-    tc = TrainConfig.from_dict({**tc.to_dict(),
-                                **{k: v for k, v in overrides.items() if v is not None}})
+    tc = TrainConfig.with_overrides(
+        config, epochs=epochs, batch_size=batch_size, max_time=max_time, precision=precision,
+        accelerator=accelerator, devices=devices, strategy=strategy, logger=logger, seed=seed)
     train_store, val_store = open_store(data, "train"), open_store(data, "val")
     # Lightning draws its progress bar on stdout; send it to stderr so stdout is the JSON only.
     with contextlib.redirect_stdout(sys.stderr):
