@@ -6,7 +6,8 @@ Runs the demo pipeline (the same code, data and splits as ``modtrans demo``) in 
 the stage timings. ``python benchmarks/make_tables.py`` then renders the README tables.
 
 Usage: ``python benchmarks/bench_worldbench.py [--work benchmarks/work/worldbench]
-[--preset default] [--config demo.yaml]``
+[--preset default] [--config demo.yaml] [--tag NAME]``; ``--tag cnn`` writes
+``worldbench_cnn.json`` and ``world_clip_cnn.json`` (a variant beside the default's).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work", type=Path, default=Path("benchmarks/work/worldbench"))
     parser.add_argument("--preset", default="default", choices=sorted(PRESETS))
     parser.add_argument("--config", type=Path, help="DemoConfig YAML/JSON (overrides preset)")
+    parser.add_argument("--tag", default="", help="suffix of the result files (a variant)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     config = DemoConfig.load(args.config) if args.config else PRESETS[args.preset]
@@ -42,14 +44,15 @@ def main(argv: list[str] | None = None) -> None:
     for res in results:
         for row in res["rows"]:
             row.pop("cos_hist", None)
-    write_result("worldbench", config.to_dict(),
+    suffix = f"_{args.tag}" if args.tag else ""
+    write_result(f"worldbench{suffix}", config.to_dict(),
                  {"tables": results, "train": train_info, "timings_s": timings})
     clip = args.work / "world_clip"
     clip_config = WorldClipConfig.load(clip / "world_clip_config.yaml").to_dict()
-    write_result("world_clip", clip_config | {"n_images": config.n_images},
+    write_result(f"world_clip{suffix}", clip_config | {"n_images": config.n_images},
                  {"report": json.loads((args.work / "encoder_report.json").read_text()),
                   "training": json.loads((clip / "train_summary.json").read_text())})
-    logger.info("wrote worldbench.json and world_clip.json")
+    logger.info("wrote worldbench%s.json and world_clip%s.json", suffix, suffix)
 
 
 if __name__ == "__main__":

@@ -325,9 +325,11 @@ def test_conv_clip_world_encoder_round_trips_through_hf(tiny_world, tmp_path) ->
     )
 
     config = WorldClipConfig(vision="cnn", channels=(8, 16), text_width=32, heads=2,
-                             text_layers=1, projection_dim=16, epochs=1, batch_size=32)
-    fit_world_clip_from_world(tiny_world, tmp_path / "cnn", config=config,
-                              accelerator="cpu", progress=False)
+                             text_layers=1, projection_dim=16, epochs=1, batch_size=32,
+                             warm_start_epochs=1)
+    summary = fit_world_clip_from_world(tiny_world, tmp_path / "cnn", config=config,
+                                        accelerator="cpu", progress=False)
+    assert summary["warm_start_epochs"] == 1 and summary["warm_start_seconds"] >= 0
     encoder = build_encoder(f"hf:{tmp_path / 'cnn'}")
     assert encoder.dim == 16
     data = read_coco_captions(Path(tiny_world) / "val" / "captions.json")
@@ -339,3 +341,41 @@ def test_conv_clip_world_encoder_round_trips_through_hf(tiny_world, tmp_path) ->
                                atol=1e-5, rtol=1e-4)
     text = encoder.encode_texts(["a red circle", "a blue square"])
     assert text.shape == (2, 16) and not torch.allclose(text[0], text[1])
+
+
+def test_warm_start_trains_the_clips_own_image_tower(tiny_world) -> None:
+    """The detector warm start must update the CLIP's tower (not a copy), and only it."""
+    from modtrans.data.coco import read_coco_captions
+    from modtrans.data.world import load_ground_truth
+    from modtrans.encoders.world_clip import (
+        WorldClipConfig,
+        _warm_start,
+        build_model,
+        build_tokenizer,
+        load_images,
+    )
+
+    config = WorldClipConfig(vision="cnn", channels=(8, 16), text_width=32, heads=2,
+                             text_layers=1, projection_dim=16, batch_size=32,
+                             warm_start_epochs=1)
+    train = read_coco_captions(Path(tiny_world) / "train" / "captions.json")
+    rows = {r["image_id"]: r for r in load_ground_truth(Path(tiny_world) / "train")}
+    model = build_model(config, build_tokenizer([c for cs in train.captions for c in cs]))
+    tower = [p.detach().clone() for p in model.vision_model.parameters()]
+    text = [p.detach().clone() for p in model.text_model.parameters()]
+    images = load_images(train.image_paths, 64)
+    _warm_start(model, images, [rows[i] for i in train.image_ids], config,
+                accelerator="cpu", progress=False)
+    assert any(not torch.equal(a, b) for a, b in zip(tower, model.vision_model.parameters(),
+                                                      strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(text, model.text_model.parameters(),
+                                                  strict=True))
+    with pytest.raises(ValueError, match="ground truth"):
+        _warm_start(model, images, None, config)
+
+
+def test_warm_start_needs_the_cnn_tower() -> None:
+    from modtrans.encoders.world_clip import WorldClipConfig
+
+    with pytest.raises(ValueError, match="vision: cnn"):
+        WorldClipConfig(vision="vit", warm_start_epochs=2)

@@ -31,6 +31,10 @@ def fit_encoder(
     epochs: int = typer.Option(None, help="Override the config's number of epochs."),
     batch_size: int = typer.Option(None, help="Override the config's batch size."),
     lr: float = typer.Option(None, help="Override the config's learning rate."),
+    vision: str = typer.Option(None, help="Image tower: vit (CLIPModel) or cnn."),
+    warm_start_epochs: int = typer.Option(
+        None, help="Epochs of training the CNN tower as the world's object detector (on the "
+        "ground truth) before the contrastive epochs; 0 for none."),
     accelerator: str = typer.Option("auto", help="Lightning accelerator: auto, cpu, gpu."),
 ) -> None:
     """Train the world CLIP (a small transformers CLIPModel) on the world's train split.
@@ -39,7 +43,8 @@ def fit_encoder(
     """
     from modtrans.encoders.world_clip import WorldClipConfig, fit_world_clip_from_world
 
-    cfg = WorldClipConfig.with_overrides(config, epochs=epochs, batch_size=batch_size, lr=lr)
+    cfg = WorldClipConfig.with_overrides(config, epochs=epochs, batch_size=batch_size, lr=lr,
+                                         vision=vision, warm_start_epochs=warm_start_epochs)
     # Lightning draws its progress bar on stdout; send it to stderr so stdout is the JSON only.
     with contextlib.redirect_stdout(sys.stderr):
         summary = fit_world_clip_from_world(world, out, config=cfg, accelerator=accelerator)

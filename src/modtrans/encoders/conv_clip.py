@@ -34,7 +34,8 @@ class ConvClipConfig(PretrainedConfig):
 
     Args:
         text_config: a ``CLIPTextConfig`` as a dict.
-        channels: output channels of the image tower's conv blocks (each halves the size).
+        channels: output channels of the image tower's conv blocks (each but the last halves
+            the size: 4 blocks leave an 8×8 map of a 64×64 image, mean-pooled).
         projection_dim: size of the shared embedding space.
         logit_scale_init_value: initial log inverse temperature (CLIP: log(1/0.07)).
     """
@@ -56,13 +57,15 @@ class ConvClipConfig(PretrainedConfig):
         self.logit_scale_init_value = logit_scale_init_value
 
 
-def conv_block(c_in: int, c_out: int, convs: int = 1) -> nn.Sequential:
-    """``convs`` × (conv3×3 → BatchNorm → ReLU), then a 2×2 max-pool."""
+def conv_block(c_in: int, c_out: int, convs: int = 1, pool: bool = True) -> nn.Sequential:
+    """``convs`` × (conv3×3 → BatchNorm → ReLU), then (if ``pool``) a 2×2 max-pool."""
     layers: list[nn.Module] = []
     for i in range(convs):
         layers += [nn.Conv2d(c_in if i == 0 else c_out, c_out, 3, padding=1),
                    nn.BatchNorm2d(c_out), nn.ReLU()]
-    return nn.Sequential(*layers, nn.MaxPool2d(2))
+    if pool:
+        layers.append(nn.MaxPool2d(2))
+    return nn.Sequential(*layers)
 
 
 class ConvClipModel(PreTrainedModel):
@@ -80,7 +83,10 @@ class ConvClipModel(PreTrainedModel):
         text_config = CLIPTextConfig(**config.text_config)
         self.text_model = CLIPTextModel(text_config)
         channels = [3, *config.channels]
-        self.vision_model = nn.Sequential(*(conv_block(a, b) for a, b in pairwise(channels)))
+        last = len(config.channels) - 1
+        self.vision_model = nn.Sequential(*(
+            conv_block(a, b, pool=i < last) for i, (a, b) in enumerate(pairwise(channels))
+        ))
         self.visual_projection = nn.Linear(channels[-1], config.projection_dim, bias=False)
         self.text_projection = nn.Linear(text_config.hidden_size, config.projection_dim,
                                          bias=False)

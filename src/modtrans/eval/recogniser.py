@@ -1,9 +1,16 @@
-"""The judge of generated world images: a CNN that reads which attributes an image shows.
+"""The judge of generated world images: a small CNN detector of the world's objects.
 
-Trained on the world's ground truth (never on generated images), it predicts, per image:
-which shapes, which colours and which colour–shape pairs are present (multi-label), and how
-many objects there are. Its own held-out accuracy is reported with every score it gives:
-a judge that is not measured proves nothing.
+Trained on the world's ground truth (never on generated images). Every cell of an 8×8 grid
+names the shape and colour of the object whose centre falls in it (or "nothing"), and a
+count head reads how many objects the image holds. From the cells it reports, per image,
+which shapes, colours and colour–shape pairs are present, and how many objects there are.
+Its own held-out accuracy is reported with every score it gives: a judge that is not
+measured proves nothing.
+
+Why per-cell targets: trained on image-level labels alone (multi-label BCE over a global
+max-pool, the first version), it read shapes at 84% presence accuracy after 8 epochs and
+named the exact colour–shape set of 5% of images; told *where* each object is, the same
+network reaches 98% and 86% in 2 epochs (both on the world's 1,842 test images).
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ logger = logging.getLogger(__name__)
 COLOUR_NAMES: tuple[str, ...] = tuple(COLOURS)
 PAIRS: tuple[tuple[str, str], ...] = tuple((c, s) for c in COLOUR_NAMES for s in SHAPES)
 MAX_OBJECTS = 4
+IGNORE = -100  # cell target of a hidden object: neither "nothing" nor a class
 WEIGHTS, CONFIG = "recogniser.safetensors", "recogniser_config.json"
 
 
@@ -42,19 +50,22 @@ class RecogniserConfig(Config):
     """Architecture and recipe of the attribute recogniser.
 
     Attributes:
-        channels: conv blocks (``convs`` × (conv → BN → ReLU), then 2×2 max-pool).
+        channels: conv blocks (``convs`` × (conv → BN → ReLU)); every block but the last
+            halves the size with a 2×2 max-pool, so 4 blocks give an 8×8 grid on 64×64.
         convs: convolutions per block.
         min_area: visible pixels an object needs to count as present (a sliver hidden under
             another object is not something a viewer, or a judge, can see).
+        background_weight: loss weight of empty cells (most cells are empty).
         epochs, batch_size, lr, weight_decay, seed: the recipe.
     """
 
-    channels: tuple[int, ...] = (32, 64, 128, 256)
+    channels: tuple[int, ...] = (32, 64, 128, 128)
     convs: int = 1
     min_area: float = 12.0
-    epochs: int = 8
+    background_weight: float = 0.2
+    epochs: int = 6
     batch_size: int = 128
-    lr: float = 2e-3
+    lr: float = 3e-3
     weight_decay: float = 1e-4
     seed: int = 0
 
@@ -83,37 +94,79 @@ def attribute_targets(rows: list[dict[str, Any]], min_area: float) -> dict[str, 
     return out
 
 
-class AttributeRecogniser(nn.Module):
-    """CNN over 64×64 world images with four heads (shapes, colours, pairs, count)."""
+def object_grid(rows: list[dict[str, Any]], grid: int, min_area: float
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ground-truth rows → per-cell class maps ``shape`` and ``colour``, each (N, grid, grid):
+    0 for an empty cell, 1 + the index of the object centred there, :data:`IGNORE` where
+    only a hidden object (under ``min_area``) is centred. Two visible objects in one cell:
+    the larger visible one is the target."""
+    shape = torch.zeros(len(rows), grid, grid, dtype=torch.long)
+    colour = torch.zeros_like(shape)
+    area = torch.zeros(len(rows), grid, grid)
+    for i, row in enumerate(rows):
+        for obj in row["objects"]:
+            y, x = (min(int(obj[k] * grid), grid - 1) for k in ("y", "x"))
+            if obj["area"] < min_area:
+                if area[i, y, x] == 0:
+                    shape[i, y, x] = colour[i, y, x] = IGNORE
+            elif obj["area"] > area[i, y, x]:
+                area[i, y, x] = obj["area"]
+                shape[i, y, x] = SHAPES.index(obj["shape"]) + 1
+                colour[i, y, x] = COLOUR_NAMES.index(obj["colour"]) + 1
+    return shape, colour
 
-    HEADS: ClassVar[dict[str, int]] = {"shapes": len(SHAPES), "colours": len(COLOUR_NAMES),
-                                       "pairs": len(PAIRS), "count": MAX_OBJECTS}
+
+class AttributeRecogniser(nn.Module):
+    """CNN over 64×64 world images: per-cell shape and colour classes, and an object count."""
+
+    HEADS: ClassVar[dict[str, int]] = {"shape": 1 + len(SHAPES), "colour": 1 + len(COLOUR_NAMES)}
 
     def __init__(self, config: RecogniserConfig) -> None:
         super().__init__()
         self.config = config
         channels = [3, *config.channels]
-        self.features = nn.Sequential(
-            *(conv_block(a, b, convs=config.convs) for a, b in pairwise(channels))
-        )
-        self.head = nn.Linear(channels[-1], sum(self.HEADS.values()))
+        last = len(config.channels) - 1
+        self.features = nn.Sequential(*(
+            conv_block(a, b, convs=config.convs, pool=i < last)
+            for i, (a, b) in enumerate(pairwise(channels))
+        ))
+        self.cells = nn.Conv2d(channels[-1], sum(self.HEADS.values()), 1)
+        self.count = nn.Linear(channels[-1], MAX_OBJECTS)
+
+    @property
+    def grid(self) -> int:
+        """Cells per side on a 64×64 image."""
+        return 64 >> (len(self.config.channels) - 1)
 
     def forward(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
-        """CLIP-normalised pixels (N, 3, H, W) → logits per head."""
-        logits = self.head(self.features(pixels).amax(dim=(2, 3)))
-        return dict(zip(self.HEADS, logits.split(list(self.HEADS.values()), dim=1), strict=True))
+        """CLIP-normalised pixels (N, 3, H, W) → ``shape`` (N, 9, g, g) and ``colour``
+        (N, 9, g, g) cell logits, ``count`` (N, 4) logits."""
+        features = self.features(pixels)
+        shape, colour = self.cells(features).split(list(self.HEADS.values()), dim=1)
+        return {"shape": shape, "colour": colour,
+                "count": self.count(features.amax(dim=(2, 3)))}
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, batch_size: int = 512) -> dict[str, torch.Tensor]:
         """uint8 images (N, H, W, 3) → boolean ``shapes``/``colours``/``pairs`` and ``count``
-        (number of objects)."""
+        (number of objects). A cell holds an object when its shape class is not "nothing";
+        the object's colour is the cell's most likely colour."""
         was_training = self.training
         self.eval()
-        parts: dict[str, list[torch.Tensor]] = {k: [] for k in self.HEADS}
+        parts: dict[str, list[torch.Tensor]] = {"shapes": [], "colours": [], "pairs": [],
+                                                "count": []}
+        n_shapes, n_colours = len(SHAPES), len(COLOUR_NAMES)
         for chunk in images.split(batch_size):
             logits = self(pixel_values(chunk))
-            for key in ("shapes", "colours", "pairs"):
-                parts[key].append(logits[key] > 0)
+            shape = logits["shape"].argmax(dim=1).flatten(1)  # (n, cells), 0 = nothing
+            colour = logits["colour"][:, 1:].argmax(dim=1).flatten(1)  # (n, cells)
+            occupied = shape > 0
+            pair = torch.where(occupied, colour * n_shapes + shape - 1, n_colours * n_shapes)
+            parts["shapes"].append(_present(torch.where(occupied, shape - 1, n_shapes),
+                                            n_shapes))
+            parts["colours"].append(_present(torch.where(occupied, colour, n_colours),
+                                             n_colours))
+            parts["pairs"].append(_present(pair, n_colours * n_shapes))
             parts["count"].append(logits["count"].argmax(dim=1) + 1)
         self.train(was_training)
         return {k: torch.cat(v) for k, v in parts.items()}
@@ -138,11 +191,24 @@ class AttributeRecogniser(nn.Module):
         return model.eval()
 
 
-def recogniser_loss(logits: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]
-                    ) -> torch.Tensor:
-    multi = sum(F.binary_cross_entropy_with_logits(logits[k], targets[k])
-                for k in ("shapes", "colours", "pairs"))
-    return multi + F.cross_entropy(logits["count"], targets["count"])
+def _present(labels: torch.Tensor, n: int) -> torch.Tensor:
+    """Per-cell labels (N, cells) in 0..n (n = none) → boolean presence (N, n)."""
+    hot = torch.zeros(len(labels), n + 1, dtype=torch.bool)
+    hot.scatter_(1, labels, True)
+    return hot[:, :n]
+
+
+def recogniser_loss(logits: dict[str, torch.Tensor], targets: dict[str, torch.Tensor],
+                    background_weight: float) -> torch.Tensor:
+    """Cross-entropy of every cell's shape and colour class (empty cells down-weighted,
+    hidden objects ignored) plus the count's."""
+    loss = F.cross_entropy(logits["count"], targets["count"])
+    for key in ("shape", "colour"):
+        weight = torch.ones(logits[key].shape[1], device=logits[key].device)
+        weight[0] = background_weight
+        loss = loss + F.cross_entropy(logits[key], targets[key], weight=weight,
+                                      ignore_index=IGNORE)
+    return loss
 
 
 class _RecogniserModule(L.LightningModule):
@@ -151,10 +217,10 @@ class _RecogniserModule(L.LightningModule):
         self.model, self.total_steps = model, total_steps
 
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
-        images, shapes, colours, pairs, count = batch
+        images, shape, colour, count = batch
         logits = self.model(pixel_values(images))
-        loss = recogniser_loss(logits, {"shapes": shapes, "colours": colours, "pairs": pairs,
-                                        "count": count})
+        loss = recogniser_loss(logits, {"shape": shape, "colour": colour, "count": count},
+                               self.model.config.background_weight)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(images))
         return loss
 
@@ -183,7 +249,9 @@ def recogniser_accuracy(model: AttributeRecogniser, images: torch.Tensor,
     return out
 
 
-def _split(world_dir: Path, split: str) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+def world_split(world_dir: Path, split: str) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+    """A world split's 64×64 images (N, 64, 64, 3) and ground-truth rows, in caption-file
+    order."""
     folder = world_dir / split
     if not (folder / "ground_truth.parquet").is_file():
         raise FileNotFoundError(
@@ -193,6 +261,28 @@ def _split(world_dir: Path, split: str) -> tuple[torch.Tensor, list[dict[str, An
     data = read_coco_captions(folder / "captions.json")
     rows = {r["image_id"]: r for r in load_ground_truth(folder)}
     return load_images(data.image_paths, 64), [rows[i] for i in data.image_ids]
+
+
+def train_recogniser(model: AttributeRecogniser, images: torch.Tensor,
+                     rows: list[dict[str, Any]], *, accelerator: str = "auto",
+                     progress: bool = True) -> float:
+    """Train ``model`` on uint8 ``images`` (N, 64, 64, 3) and their ground-truth ``rows``
+    with its config's recipe; returns the seconds it took. The world CLIP's warm start uses
+    it on its own image tower."""
+    config = model.config
+    L.seed_everything(config.seed, verbose=False)
+    shape, colour = object_grid(rows, model.grid, config.min_area)
+    count = attribute_targets(rows, config.min_area)["count"]
+    dataset = TensorDataset(images, shape, colour, count)
+    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True,
+                        drop_last=len(dataset) > config.batch_size)
+    trainer = L.Trainer(accelerator=accelerator, devices=1, max_epochs=config.epochs,
+                        logger=False, enable_checkpointing=False, enable_progress_bar=progress,
+                        enable_model_summary=False)
+    start = time.perf_counter()
+    trainer.fit(_RecogniserModule(model, config.epochs * len(loader)), loader)
+    model.cpu()
+    return time.perf_counter() - start
 
 
 def fit_recogniser(world_dir: str | Path, out_dir: str | Path,
@@ -205,22 +295,11 @@ def fit_recogniser(world_dir: str | Path, out_dir: str | Path,
     """
     config = config or RecogniserConfig()
     world_dir, out_dir = Path(world_dir), Path(out_dir)
+    images, rows = world_split(world_dir, "train")
     L.seed_everything(config.seed, verbose=False)
-    images, rows = _split(world_dir, "train")
-    targets = attribute_targets(rows, config.min_area)
-    dataset = TensorDataset(images, targets["shapes"], targets["colours"], targets["pairs"],
-                            targets["count"])
-    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True,
-                        drop_last=len(dataset) > config.batch_size)
     model = AttributeRecogniser(config)
-    trainer = L.Trainer(accelerator=accelerator, devices=1, max_epochs=config.epochs,
-                        logger=False, enable_checkpointing=False, enable_progress_bar=progress,
-                        enable_model_summary=False)
-    start = time.perf_counter()
-    trainer.fit(_RecogniserModule(model, config.epochs * len(loader)), loader)
-    seconds = time.perf_counter() - start
-    model.cpu()
-    held_out_images, held_out_rows = _split(world_dir, eval_split)
+    seconds = train_recogniser(model, images, rows, accelerator=accelerator, progress=progress)
+    held_out_images, held_out_rows = world_split(world_dir, eval_split)
     report = {"split": eval_split, "train_images": len(rows), "seconds": round(seconds, 1),
               **recogniser_accuracy(model, held_out_images, held_out_rows)}
     model.save(out_dir)

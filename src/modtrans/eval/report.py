@@ -156,7 +156,9 @@ def _generation(folder: Path) -> list[str]:
              f"{html.escape(judge['split'])} images: shape presence "
              f"{judge['shapes_presence_accuracy']:.3f}, colour presence "
              f"{judge['colours_presence_accuracy']:.3f}, colour–shape pairs "
-             f"{judge['pairs_presence_accuracy']:.3f}, count {judge['count_accuracy']:.3f}.</p>"]
+             f"{judge['pairs_presence_accuracy']:.3f} (the exact set of pairs in "
+             f"{judge['pairs_set_exact']:.3f} of images), count "
+             f"{judge['count_accuracy']:.3f}.</p>"]
     for split, routes in res["text_to_image"].items():
         keys = ("pairs_recall", "colours_recall", "shapes_recall", "pairs_hallucination")
         rows = [[route, *(v["by_objects"].get(f"{n}_objects", {}).get(k, float("nan"))
