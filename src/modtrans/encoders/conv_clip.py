@@ -68,6 +68,16 @@ def conv_block(c_in: int, c_out: int, convs: int = 1, pool: bool = True) -> nn.S
     return nn.Sequential(*layers)
 
 
+def conv_tower(channels: tuple[int, ...] | list[int], convs: int = 1) -> nn.Sequential:
+    """Conv blocks from RGB through ``channels``; each but the last halves the size (4
+    blocks leave an 8×8 map of a 64×64 image). The world CLIP's image tower and the judge's
+    trunk, so one can warm-start the other."""
+    sizes = [3, *channels]
+    last = len(channels) - 1
+    return nn.Sequential(*(conv_block(a, b, convs=convs, pool=i < last)
+                           for i, (a, b) in enumerate(pairwise(sizes))))
+
+
 class ConvClipModel(PreTrainedModel):
     """CLIP's text transformer and a CNN image tower, both projected to ``projection_dim``.
 
@@ -82,12 +92,9 @@ class ConvClipModel(PreTrainedModel):
         super().__init__(config)
         text_config = CLIPTextConfig(**config.text_config)
         self.text_model = CLIPTextModel(text_config)
-        channels = [3, *config.channels]
-        last = len(config.channels) - 1
-        self.vision_model = nn.Sequential(*(
-            conv_block(a, b, pool=i < last) for i, (a, b) in enumerate(pairwise(channels))
-        ))
-        self.visual_projection = nn.Linear(channels[-1], config.projection_dim, bias=False)
+        self.vision_model = conv_tower(config.channels)
+        self.visual_projection = nn.Linear(config.channels[-1], config.projection_dim,
+                                           bias=False)
         self.text_projection = nn.Linear(text_config.hidden_size, config.projection_dim,
                                          bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))

@@ -316,8 +316,7 @@ def _warm_start(model, images: torch.Tensor, objects: list[dict] | None,
     detector = AttributeRecogniser(RecogniserConfig(
         channels=config.channels, epochs=config.warm_start_epochs,
         batch_size=config.batch_size, seed=config.seed,
-    ))
-    detector.features = model.vision_model  # same blocks: train the CLIP's own tower
+    ), features=model.vision_model)  # trains the CLIP's own tower in place
     return train_recogniser(detector, images, objects, **kwargs)
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from itertools import pairwise
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -32,7 +31,7 @@ from modtrans.config import Config
 from modtrans.data.captions import COLOURS, SHAPES
 from modtrans.data.coco import read_coco_captions
 from modtrans.data.world import load_ground_truth
-from modtrans.encoders.conv_clip import conv_block
+from modtrans.encoders.conv_clip import conv_tower
 from modtrans.encoders.world_clip import load_images, pixel_values
 from modtrans.io import load_weights, save_weights, write_json
 
@@ -121,17 +120,15 @@ class AttributeRecogniser(nn.Module):
 
     HEADS: ClassVar[dict[str, int]] = {"shape": 1 + len(SHAPES), "colour": 1 + len(COLOUR_NAMES)}
 
-    def __init__(self, config: RecogniserConfig) -> None:
+    def __init__(self, config: RecogniserConfig, features: nn.Module | None = None) -> None:
+        """``features``: a :func:`conv_tower` of ``config.channels`` to train in place (the
+        world CLIP's warm start); default a new one."""
         super().__init__()
         self.config = config
-        channels = [3, *config.channels]
-        last = len(config.channels) - 1
-        self.features = nn.Sequential(*(
-            conv_block(a, b, convs=config.convs, pool=i < last)
-            for i, (a, b) in enumerate(pairwise(channels))
-        ))
-        self.cells = nn.Conv2d(channels[-1], sum(self.HEADS.values()), 1)
-        self.count = nn.Linear(channels[-1], MAX_OBJECTS)
+        self.features = features if features is not None else conv_tower(
+            config.channels, convs=config.convs)
+        self.cells = nn.Conv2d(config.channels[-1], sum(self.HEADS.values()), 1)
+        self.count = nn.Linear(config.channels[-1], MAX_OBJECTS)
 
     @property
     def grid(self) -> int:
