@@ -38,7 +38,8 @@ class DemoConfig(Config):
     """
 
     n_images: int = 20_000
-    clip: dict[str, Any] = dataclasses.field(default_factory=lambda: {"epochs": 4})
+    clip: dict[str, Any] = dataclasses.field(default_factory=lambda: {
+        "vision": "cnn", "channels": [16, 32, 64, 128], "warm_start_epochs": 2, "epochs": 3})
     methods: list[str] = dataclasses.field(default_factory=lambda: [
         "identity", "mean-shift", "ridge", "knn", "mlp", "ced-paper", "ced"])
     method_params: dict[str, dict[str, Any]] = dataclasses.field(default_factory=lambda: {

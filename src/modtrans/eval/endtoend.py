@@ -8,7 +8,9 @@ Works in a demo folder (world, world CLIP, store, translators) and adds ``e2e/``
 - text → image, through ``ced`` (one draw), ``ridge`` and direct: the recogniser's recall of
   the colour–shape pairs each prompt names and its hallucinations, for "full" prompts (every
   object named) with one, two and three objects; image FD against the split's real images in
-  the world CLIP's image space;
+  the world CLIP's image space. Two references bound them: ``oracle`` decodes the image
+  embedding of the very image the prompt describes (what a perfect translator would hand the
+  decoder), and ``real`` judges that image itself (what the judge finds in real images);
 - image → text, through ``ced`` + CapDec, ``ridge`` + CapDec and ClipCap directly:
   BLEU/METEOR/ROUGE-L/CIDEr against the five references and semantic precision/recall
   against the ground truth.
@@ -49,7 +51,7 @@ from modtrans.translators.base import load_translator
 
 logger = logging.getLogger(__name__)
 
-T2I_ROUTES = ("ced", "ridge", "direct")
+T2I_ROUTES = ("ced", "ridge", "direct", "oracle")
 I2T_ROUTES = ("ced", "ridge", "clipcap")
 EXAMPLE_SAMPLES = 6
 
@@ -107,17 +109,20 @@ def train_models(folder: Path, config: EndToEndConfig, progress: bool = True) ->
     return summaries
 
 
-def full_prompts(world_split: Path, per_group: int, seed: int) -> dict[int, list[str]]:
+def full_prompts(world_split: Path, per_group: int, seed: int
+                 ) -> dict[int, list[tuple[str, Path]]]:
     """A random choice of "full" captions (every object named) of images with 1, 2 and 3
-    distinct colour–shape pairs: group → prompts."""
+    distinct colour–shape pairs, each with the path of the image it describes:
+    group → [(prompt, image path)]."""
     data = read_coco_captions(world_split / "captions.json")
     rows = {r["image_id"]: r for r in load_ground_truth(world_split)}
-    groups: dict[int, list[str]] = {1: [], 2: [], 3: []}
-    for image_id, caps, extra in zip(data.image_ids, data.captions, data.extra, strict=True):
+    groups: dict[int, list[tuple[str, Path]]] = {1: [], 2: [], 3: []}
+    for image_id, path, caps, extra in zip(data.image_ids, data.image_paths, data.captions,
+                                           data.extra, strict=True):
         n = len({(o["colour"], o["shape"]) for o in rows[image_id]["objects"]})
         full = [c for c, e in zip(caps, extra, strict=True) if e.get("kind") == "full"]
         if n in groups and full:
-            groups[n].append(full[0])
+            groups[n].append((full[0], path))
     rng = np.random.default_rng(seed)
     return {n: [items[j] for j in rng.permutation(len(items))[:per_group]]
             for n, items in groups.items()}
@@ -131,12 +136,15 @@ class _Generator:
         self.vae_image = ConditionalVAE.load(e2e / "vae_image")
         self.vae_text = ConditionalVAE.load(e2e / "vae_text")
         self.translators = {m: load_translator(folder / "translators" / "text2image" / m)
-                            for m in T2I_ROUTES if m != "direct"}
+                            for m in ("ced", "ridge")}
         self.clip, self.seed = clip, seed
 
-    def __call__(self, route: str, prompts: list[str]) -> torch.Tensor:
-        text_emb = self.clip.encode_texts(prompts)
+    def __call__(self, route: str, items: list[tuple[str, Path]]) -> torch.Tensor:
         generator = torch.Generator().manual_seed(self.seed)
+        if route == "oracle":
+            images = load_images([path for _, path in items], 64)
+            return self.vae_image.generate(self.clip.encode_images(images), generator=generator)
+        text_emb = self.clip.encode_texts([prompt for prompt, _ in items])
         if route == "direct":
             return self.vae_text.generate(text_emb, generator=generator)
         e = self.translators[route].translate(text_emb, mode="sample", generator=generator)
@@ -145,27 +153,32 @@ class _Generator:
 
 def text_to_image(folder: Path, split: str, config: EndToEndConfig, judge: AttributeRecogniser,
                   clip: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor], list[str]]:
-    """Semantic scores and FD per route; example images and their prompts."""
+    """Semantic scores and FD per route (and the judge on the prompts' own real images);
+    example images and their prompts."""
     groups = full_prompts(folder / "world" / split, config.prompts_per_group, config.seed)
     generate = _Generator(folder, clip, config.seed)
     world = read_coco_captions(folder / "world" / split / "captions.json")
     real = load_images(world.image_paths[:2000], 64)
-    examples_prompts = [prompts[0] for prompts in groups.values() if prompts]
-    results: dict[str, Any] = {}
+    examples_items = [items[0] for items in groups.values() if items]
+    results: dict[str, Any] = {"real": {"by_objects": {
+        f"{n}_objects": image_semantic_scores(
+            judge, load_images([path for _, path in items], 64),
+            [prompt for prompt, _ in items], [True] * len(items))
+        for n, items in groups.items() if items}}}
     examples: dict[str, torch.Tensor] = {}
     for route in T2I_ROUTES:
         by_objects, generated = {}, []
-        for n, prompts in groups.items():
-            if prompts:
-                images = generate(route, prompts)
+        for n, items in groups.items():
+            if items:
+                images = generate(route, items)
                 generated.append(images)
                 by_objects[f"{n}_objects"] = image_semantic_scores(
-                    judge, images, prompts, [True] * len(prompts))
+                    judge, images, [prompt for prompt, _ in items], [True] * len(items))
         results[route] = {"by_objects": by_objects,
                           "fd": image_fd(clip, real, torch.cat(generated))}
         examples[route] = generate(
-            route, [p for p in examples_prompts for _ in range(EXAMPLE_SAMPLES)])
-    return results, examples, examples_prompts
+            route, [item for item in examples_items for _ in range(EXAMPLE_SAMPLES)])
+    return results, examples, [prompt for prompt, _ in examples_items]
 
 
 def image_to_text(folder: Path, split: str, config: EndToEndConfig

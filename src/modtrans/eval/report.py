@@ -162,7 +162,7 @@ def _generation(folder: Path) -> list[str]:
     for split, routes in res["text_to_image"].items():
         keys = ("pairs_recall", "colours_recall", "shapes_recall", "pairs_hallucination")
         rows = [[route, *(v["by_objects"].get(f"{n}_objects", {}).get(k, float("nan"))
-                          for n in (1, 2, 3) for k in keys), v["fd"]]
+                          for n in (1, 2, 3) for k in keys), v.get("fd", float("nan"))]
                 for route, v in routes.items()]
         header = ["route", *(f"{n} obj. {k.replace('_', ' ')}" for n in (1, 2, 3)
                              for k in keys), "FD"]
