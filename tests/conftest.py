@@ -19,6 +19,7 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 N_WORLD_IMAGES = 80
 TINY_CLIP: dict[str, Any] = {
+    "vision": "vit",
     "vision_width": 32,
     "text_width": 32,
     "heads": 2,

@@ -379,3 +379,17 @@ def test_warm_start_needs_the_cnn_tower() -> None:
 
     with pytest.raises(ValueError, match="vision: cnn"):
         WorldClipConfig(vision="vit", warm_start_epochs=2)
+
+
+def test_warm_start_default_follows_the_tower(tmp_path: Path) -> None:
+    from modtrans.encoders.world_clip import WorldClipConfig
+
+    assert WorldClipConfig().vision == "cnn" and WorldClipConfig().warm_start_epochs == 2
+    assert WorldClipConfig(vision="vit").warm_start_epochs == 0
+    # An override of the tower from the CLI re-resolves the default instead of failing.
+    assert WorldClipConfig.with_overrides(vision="vit").warm_start_epochs == 0
+    saved = tmp_path / "clip.yaml"
+    WorldClipConfig(vision="vit", epochs=4).save(saved)
+    config = WorldClipConfig.with_overrides(saved, lr=5e-4)
+    assert (config.vision, config.epochs, config.lr, config.warm_start_epochs) == (
+        "vit", 4, 5e-4, 0)

@@ -43,17 +43,21 @@ class Config:
     @classmethod
     def load(cls: type[C], path: str | Path) -> C:
         """Read a YAML or JSON file (JSON is valid YAML) written by :meth:`save`."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file {path} does not exist")
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path} must hold a mapping of option names to values")
-        return cls.from_dict(data)
+        return cls.from_dict(_read_mapping(path))
 
     @classmethod
     def with_overrides(cls: type[C], path: str | Path | None = None, **values: Any) -> C:
-        """The config in ``path`` (default: the defaults), with every non-None value set."""
-        base = cls.load(path) if path else cls()
-        return cls.from_dict({**base.to_dict(),
-                              **{k: v for k, v in values.items() if v is not None}})
+        """The options in ``path`` (default: none, so the defaults), with every non-None value
+        set. Defaults that depend on other options are resolved after the overrides."""
+        base = _read_mapping(path) if path else {}
+        return cls.from_dict({**base, **{k: v for k, v in values.items() if v is not None}})
+
+
+def _read_mapping(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a mapping of option names to values")
+    return data

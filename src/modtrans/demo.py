@@ -38,8 +38,7 @@ class DemoConfig(Config):
     """
 
     n_images: int = 20_000
-    clip: dict[str, Any] = dataclasses.field(default_factory=lambda: {
-        "vision": "cnn", "channels": [16, 32, 64, 128], "warm_start_epochs": 2, "epochs": 3})
+    clip: dict[str, Any] = dataclasses.field(default_factory=dict)
     methods: list[str] = dataclasses.field(default_factory=lambda: [
         "identity", "mean-shift", "ridge", "knn", "mlp", "ced-paper", "ced"])
     method_params: dict[str, dict[str, Any]] = dataclasses.field(default_factory=lambda: {
@@ -60,7 +59,7 @@ PRESETS: dict[str, DemoConfig] = {
     "default": DemoConfig(),
     "tiny": DemoConfig(
         n_images=300,
-        clip={"vision_width": 32, "text_width": 32, "heads": 2, "vision_layers": 1,
+        clip={"vision": "vit", "vision_width": 32, "text_width": 32, "heads": 2, "vision_layers": 1,
               "text_layers": 1, "projection_dim": 32, "epochs": 2, "batch_size": 64},
         method_params={
             "ced": {"width": 64, "depth": 2, "emb_dim": 64, "steps": 4},

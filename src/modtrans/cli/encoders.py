@@ -31,13 +31,16 @@ def fit_encoder(
     epochs: int = typer.Option(None, help="Override the config's number of epochs."),
     batch_size: int = typer.Option(None, help="Override the config's batch size."),
     lr: float = typer.Option(None, help="Override the config's learning rate."),
-    vision: str = typer.Option(None, help="Image tower: vit (CLIPModel) or cnn."),
+    vision: str = typer.Option(None, help="Image tower: cnn (the default) or vit "
+                               "(a plain transformers CLIPModel)."),
     warm_start_epochs: int = typer.Option(
         None, help="Epochs of training the CNN tower as the world's object detector (on the "
-        "ground truth) before the contrastive epochs; 0 for none."),
+        "ground truth) before the contrastive epochs; 0 for none [default: 2 for cnn, "
+        "0 for vit]."),
     accelerator: str = typer.Option("auto", help="Lightning accelerator: auto, cpu, gpu."),
 ) -> None:
-    """Train the world CLIP (a small transformers CLIPModel) on the world's train split.
+    """Train the world CLIP (transformers' CLIP text tower, a CNN or ViT image tower) on the
+    world's train split.
 
     The result is saved with save_pretrained and is loaded like any CLIP: --encoder hf:OUT.
     """
