@@ -393,3 +393,16 @@ def test_warm_start_default_follows_the_tower(tmp_path: Path) -> None:
     config = WorldClipConfig.with_overrides(saved, lr=5e-4)
     assert (config.vision, config.epochs, config.lr, config.warm_start_epochs) == (
         "vit", 4, 5e-4, 0)
+
+
+def test_fit_from_world_hands_the_default_warm_start_its_ground_truth(
+        tiny_world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from modtrans.encoders import world_clip
+
+    seen = {}
+    monkeypatch.setattr(world_clip, "fit_world_clip",
+                        lambda train, out, config, objects, **kw: seen.update(
+                            config=config, n=len(train), objects=objects))
+    world_clip.fit_world_clip_from_world(tiny_world, tmp_path / "clip")  # no config given
+    assert seen["config"].warm_start_epochs == 2
+    assert seen["objects"] is not None and len(seen["objects"]) == seen["n"]

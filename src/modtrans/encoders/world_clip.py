@@ -338,9 +338,10 @@ def fit_world_clip_from_world(world_dir: str | Path, out_dir: str | Path, *,
         raise FileNotFoundError(
             f"{captions} does not exist; generate a world first with `modtrans world {world_dir}`"
         )
+    config = config or WorldClipConfig()
     train = read_coco_captions(captions)
     objects = None
-    if config is not None and config.warm_start_epochs:
+    if config.warm_start_epochs:
         rows = {r["image_id"]: r for r in load_ground_truth(split)}
         objects = [rows[i] for i in train.image_ids]
     return fit_world_clip(train, out_dir, config, objects=objects, **kwargs)
