@@ -135,7 +135,8 @@ def e2e_section() -> list[str]:
     for split, routes in f["text_to_image"].items():
         out += [f"**text → image — {split}** (prompts naming every object; recall of the "
                 "named attributes the judge finds; FD in the world CLIP's image space; "
-                "`oracle` decodes the embedding of the image the prompt describes, `real` "
+                "`oracle` decodes the embedding of the image the prompt describes, "
+                "`reconstruction` redraws that image from the VAE's posterior, `real` "
                 "judges that image)", "",
                 "| route | objects | " + " | ".join(k.replace("_", " ") for k in keys)
                 + " | FD |", "|---|---|" + "---|" * (len(keys) + 1)]

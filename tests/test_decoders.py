@@ -56,6 +56,21 @@ def test_vae_loss_terms_are_finite_and_kl_nonnegative() -> None:
     assert torch.isfinite(mse.loss(images, torch.randn(4, 6))["loss"])
 
 
+def test_vae_reconstruction_reads_the_image_and_is_batch_independent() -> None:
+    torch.manual_seed(0)
+    model = ConditionalVAE(ImageDecoderConfig(embed_dim=6, **TINY_VAE))
+    model.embed_norm.fit(torch.randn(16, 6))
+    images = torch.randint(0, 256, (3, 64, 64, 3), dtype=torch.uint8)
+    e = torch.randn(3, 6)
+    out = model.reconstruct(images, e, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (3, 64, 64, 3) and out.dtype == torch.uint8
+    alone = model.reconstruct(images[:1], e[:1], generator=torch.Generator().manual_seed(0))
+    assert torch.equal(alone[0], out[0])
+    # same embedding and noise, another image: the posterior latent, so the output, changes
+    other = model.reconstruct(255 - images[:1], e[:1], generator=torch.Generator().manual_seed(0))
+    assert not torch.equal(other[0], out[0])
+
+
 def test_image_decoder_config_errors() -> None:
     with pytest.raises(ValueError, match="condition"):
         ImageDecoderConfig(condition="audio")

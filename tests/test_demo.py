@@ -131,7 +131,7 @@ def test_tiny_demo_evaluates_generation_end_to_end(demo: Demo) -> None:
     results = json.loads((demo.out / "e2e" / "results.json").read_text())
     assert set(results["text_to_image"]) == set(results["image_to_text"]) == {"val", "novel"}
     for routes in results["text_to_image"].values():
-        assert set(routes) == {"ced", "ridge", "direct", "oracle", "real"}
+        assert set(routes) == {"ced", "ridge", "direct", "oracle", "reconstruction", "real"}
         for name, route in routes.items():
             assert name == "real" or route["fd"] >= 0
             for scores in route["by_objects"].values():
@@ -144,7 +144,7 @@ def test_tiny_demo_evaluates_generation_end_to_end(demo: Demo) -> None:
 
     grid = Image.open(demo.out / "e2e" / "text2image.png")
     n_prompts = len(results["examples"]["prompts"])
-    assert grid.size == (24 * 66 + 2, n_prompts * 66 + 2)  # 6 samples × 4 routes per row
+    assert grid.size == (30 * 66 + 2, n_prompts * 66 + 2)  # 6 samples × 5 routes per row
 
 
 def test_report_verb_missing_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -42,12 +42,12 @@ class DemoConfig(Config):
     methods: list[str] = dataclasses.field(default_factory=lambda: [
         "identity", "mean-shift", "ridge", "knn", "mlp", "ced-paper", "ced"])
     method_params: dict[str, dict[str, Any]] = dataclasses.field(default_factory=lambda: {
-        "ced-paper": {"width": 512, "depth": 4, "emb_dim": 256},
+        "ced-paper": {"width": 512, "depth": 4, "emb_dim": 256, "steps": 10},
     })
     method_train: dict[str, dict[str, Any]] = dataclasses.field(default_factory=lambda: {
         "mlp": {"epochs": 3},
-        "ced": {"epochs": 3},
-        "ced-paper": {"epochs": 1, "max_time": "00:00:00:30"},
+        "ced": {"epochs": 2},
+        "ced-paper": {"epochs": 1, "max_time": "00:00:00:20"},
     })
     eval_images: int = 250
     eval_splits: list[str] = dataclasses.field(default_factory=lambda: ["val", "novel"])

@@ -158,6 +158,24 @@ class ConditionalVAE(nn.Module):
         self.train(was_training)
         return (out.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
 
+    @torch.no_grad()
+    def reconstruct(self, images: torch.Tensor, e_raw: torch.Tensor, *,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+        """Redraw uint8 images (N, 64, 64, 3) from a latent drawn from the posterior
+        q(z | image, embedding): what this decoder can draw when the latent knows the image,
+        an upper bound for :meth:`generate`. Noise is drawn per row, as there."""
+        was_training = self.training
+        self.eval()
+        device = self.embed_norm.mean.device
+        e = self.embed_norm(e_raw.to(device, torch.float32))
+        pixels = images.permute(0, 3, 1, 2).to(device, torch.float32) / 255
+        mean, logvar = self.encode(pixels, e)
+        noise = torch.randn(len(images), self.config.latent_dim, generator=generator)
+        z = mean + noise.to(device) * (0.5 * logvar).exp()
+        out = torch.sigmoid(self.decode_logits(z, e))
+        self.train(was_training)
+        return (out.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
+
     def save(self, out_dir: str | Path) -> Path:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)

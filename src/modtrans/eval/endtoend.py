@@ -8,9 +8,11 @@ Works in a demo folder (world, world CLIP, store, translators) and adds ``e2e/``
 - text → image, through ``ced`` (one draw), ``ridge`` and direct: the recogniser's recall of
   the colour–shape pairs each prompt names and its hallucinations, for "full" prompts (every
   object named) with one, two and three objects; image FD against the split's real images in
-  the world CLIP's image space. Two references bound them: ``oracle`` decodes the image
+  the world CLIP's image space. Three references bound them: ``oracle`` decodes the image
   embedding of the very image the prompt describes (what a perfect translator would hand the
-  decoder), and ``real`` judges that image itself (what the judge finds in real images);
+  decoder), ``reconstruction`` redraws that image from the VAE's posterior (its latent has
+  seen the image: what the decoder can draw at all), and ``real`` judges the image itself
+  (what the judge finds in real images);
 - image → text, through ``ced`` + CapDec, ``ridge`` + CapDec and ClipCap directly:
   BLEU/METEOR/ROUGE-L/CIDEr against the five references and semantic precision/recall
   against the ground truth.
@@ -51,7 +53,7 @@ from modtrans.translators.base import load_translator
 
 logger = logging.getLogger(__name__)
 
-T2I_ROUTES = ("ced", "ridge", "direct", "oracle")
+T2I_ROUTES = ("ced", "ridge", "direct", "oracle", "reconstruction")
 I2T_ROUTES = ("ced", "ridge", "clipcap")
 EXAMPLE_SAMPLES = 6
 
@@ -141,9 +143,12 @@ class _Generator:
 
     def __call__(self, route: str, items: list[tuple[str, Path]]) -> torch.Tensor:
         generator = torch.Generator().manual_seed(self.seed)
-        if route == "oracle":
+        if route in ("oracle", "reconstruction"):
             images = load_images([path for _, path in items], 64)
-            return self.vae_image.generate(self.clip.encode_images(images), generator=generator)
+            e = self.clip.encode_images(images)
+            if route == "reconstruction":
+                return self.vae_image.reconstruct(images, e, generator=generator)
+            return self.vae_image.generate(e, generator=generator)
         text_emb = self.clip.encode_texts([prompt for prompt, _ in items])
         if route == "direct":
             return self.vae_text.generate(text_emb, generator=generator)
