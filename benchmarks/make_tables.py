@@ -82,7 +82,15 @@ def worldbench_section(tag: str = "") -> list[str]:
     for table in tables:
         out += [f"**{table['direction']} — {table['split']}**", "",
                 markdown_table(table["rows"]), ""]
-    out += [_source(r), ""]
+    timings = r["figures"]["timings_s"]
+    top = sorted(timings.items(), key=lambda kv: -kv[1])[:4]
+    params = r["config"]["method_params"]
+    settings = "; ".join(
+        f"{m}: " + ", ".join(f"{k} {v}" for k, v in {**params.get(m, {}), **opts}.items())
+        for m, opts in r["config"]["method_train"].items())
+    out += [f"The demo pipeline's stages took **{sum(timings.values()):.0f} s** in all "
+            f"(largest: {', '.join(f'{k} {v:.0f} s' for k, v in top)}). Per-method settings: "
+            f"{settings}.", "", _source(r), ""]
     return out
 
 
