@@ -84,11 +84,13 @@ def worldbench_section(tag: str = "") -> list[str]:
                 markdown_table(table["rows"]), ""]
     timings = r["figures"]["timings_s"]
     top = sorted(timings.items(), key=lambda kv: -kv[1])[:4]
-    params = r["config"]["method_params"]
+    params, train = r["config"]["method_params"], r["config"]["method_train"]
     settings = "; ".join(
-        f"{m}: " + ", ".join(f"{k} {v}" for k, v in {**params.get(m, {}), **opts}.items())
-        for m, opts in r["config"]["method_train"].items())
-    out += [f"The demo pipeline's stages took **{sum(timings.values()):.0f} s** in all "
+        f"{m}: " + ", ".join(f"{k} {v}"
+                             for k, v in {**params.get(m, {}), **train.get(m, {})}.items())
+        for m in r["config"]["methods"] if m in params or m in train)
+    out += [f"The demo pipeline's stages (as timed in `timings.json`; a resumed run keeps the "
+            f"earlier stages' times) took **{sum(timings.values()):.0f} s** in all "
             f"(largest: {', '.join(f'{k} {v:.0f} s' for k, v in top)}). Per-method settings: "
             f"{settings}.", "", _source(r), ""]
     return out
@@ -103,7 +105,8 @@ def speed_section() -> list[str]:
             out += [f"### Training speed ({name})", "",
                     f"ced {f['ced_pairs_per_s']:.0f} pairs/s, ced-paper "
                     f"{f['ced-paper_pairs_per_s']:.1f} pairs/s (batch {r['config']['batch']}, "
-                    f"{r['config']['depth']}×{r['config']['width']} MLP): ced is "
+                    f"{r['config']['depth']}×{r['config']['width']} MLP; ced-paper trains "
+                    f"through {r['config']['ced_paper_sampler']}): ced is "
                     f"**{f['speedup_ced_over_ced_paper']:.0f}×** faster per pair.", "",
                     _source(r), ""]
     return out

@@ -64,11 +64,16 @@ def test_vae_reconstruction_reads_the_image_and_is_batch_independent() -> None:
     e = torch.randn(3, 6)
     out = model.reconstruct(images, e, generator=torch.Generator().manual_seed(0))
     assert out.shape == (3, 64, 64, 3) and out.dtype == torch.uint8
+    assert model.training  # the mode it was called in comes back
     alone = model.reconstruct(images[:1], e[:1], generator=torch.Generator().manual_seed(0))
     assert torch.equal(alone[0], out[0])
     # same embedding and noise, another image: the posterior latent, so the output, changes
     other = model.reconstruct(255 - images[:1], e[:1], generator=torch.Generator().manual_seed(0))
     assert not torch.equal(other[0], out[0])
+    with pytest.raises(ValueError, match="uint8"):
+        model.reconstruct(images.float() / 255, e)
+    with pytest.raises(ValueError, match="embeddings"):
+        model.reconstruct(images, e[:2])
 
 
 def test_image_decoder_config_errors() -> None:

@@ -161,9 +161,17 @@ class ConditionalVAE(nn.Module):
     @torch.no_grad()
     def reconstruct(self, images: torch.Tensor, e_raw: torch.Tensor, *,
                     generator: torch.Generator | None = None) -> torch.Tensor:
-        """Redraw uint8 images (N, 64, 64, 3) from a latent drawn from the posterior
-        q(z | image, embedding): what this decoder can draw when the latent knows the image,
-        an upper bound for :meth:`generate`. Noise is drawn per row, as there."""
+        """Redraw uint8 images (N, 64, 64, 3) from latents drawn from the posterior.
+
+        The latent comes from q(z | image, embedding), so it has seen the image: this is what
+        the decoder can draw at all, an upper bound for :meth:`generate`. Noise is drawn per
+        row, as there.
+        """
+        if images.dtype != torch.uint8 or tuple(images.shape[1:]) != (64, 64, 3):
+            raise ValueError(f"images must be uint8 (N, 64, 64, 3), got {images.dtype} "
+                             f"{tuple(images.shape)}")
+        if len(images) != len(e_raw):
+            raise ValueError(f"{len(images)} images but {len(e_raw)} embeddings")
         was_training = self.training
         self.eval()
         device = self.embed_norm.mean.device
