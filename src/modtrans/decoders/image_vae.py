@@ -141,7 +141,6 @@ class ConditionalVAE(nn.Module):
         kl = -0.5 * (1 + logvar - mean.pow(2) - logvar.exp()).sum(dim=1).mean()
         return {"loss": rec + self.config.beta * kl, "rec": rec, "kl": kl}
 
-    @torch.no_grad()
     def generate(self, e_raw: torch.Tensor, *, generator: torch.Generator | None = None,
                  temperature: float = 1.0) -> torch.Tensor:
         """One image per embedding row: uint8 (N, 64, 64, 3).
@@ -149,16 +148,8 @@ class ConditionalVAE(nn.Module):
         The latent of row i is drawn from ``generator`` in row order before any batching, so
         an image depends on the seed and its row, never on how many were drawn with it.
         """
-        was_training = self.training
-        self.eval()
-        device = self.embed_norm.mean.device
-        z = torch.randn(len(e_raw), self.config.latent_dim, generator=generator) * temperature
-        e = self.embed_norm(e_raw.to(device, torch.float32))
-        out = torch.sigmoid(self.decode_logits(z.to(device), e))
-        self.train(was_training)
-        return (out.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
+        return self._draw(e_raw, generator, temperature=temperature)
 
-    @torch.no_grad()
     def reconstruct(self, images: torch.Tensor, e_raw: torch.Tensor, *,
                     generator: torch.Generator | None = None) -> torch.Tensor:
         """Redraw uint8 images (N, 64, 64, 3) from latents drawn from the posterior.
@@ -172,14 +163,24 @@ class ConditionalVAE(nn.Module):
                              f"{tuple(images.shape)}")
         if len(images) != len(e_raw):
             raise ValueError(f"{len(images)} images but {len(e_raw)} embeddings")
+        return self._draw(e_raw, generator, images=images)
+
+    @torch.no_grad()
+    def _draw(self, e_raw: torch.Tensor, generator: torch.Generator | None, *,
+              temperature: float = 1.0, images: torch.Tensor | None = None) -> torch.Tensor:
+        """Decode latents drawn per row from the prior (scaled by ``temperature``) or, given
+        ``images``, from the posterior; in eval mode, the caller's mode restored."""
         was_training = self.training
         self.eval()
         device = self.embed_norm.mean.device
+        noise = torch.randn(len(e_raw), self.config.latent_dim, generator=generator).to(device)
         e = self.embed_norm(e_raw.to(device, torch.float32))
-        pixels = images.permute(0, 3, 1, 2).to(device, torch.float32) / 255
-        mean, logvar = self.encode(pixels, e)
-        noise = torch.randn(len(images), self.config.latent_dim, generator=generator)
-        z = mean + noise.to(device) * (0.5 * logvar).exp()
+        if images is None:
+            z = noise * temperature
+        else:
+            pixels = images.permute(0, 3, 1, 2).to(device, torch.float32) / 255
+            mean, logvar = self.encode(pixels, e)
+            z = mean + noise * (0.5 * logvar).exp()
         out = torch.sigmoid(self.decode_logits(z, e))
         self.train(was_training)
         return (out.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
