@@ -17,7 +17,9 @@ from modtrans.decoders.caption import (
 from modtrans.decoders.image_vae import ConditionalVAE, ImageDecoderConfig, fit_image_decoder
 from modtrans.eval.recogniser import AttributeRecogniser
 
-TINY_VAE = dict(latent_dim=4, channels=(8, 8, 16, 16), cond_proj=8, epochs=1, batch_size=16)
+TINY_PRIOR = {"width": 32, "depth": 2, "emb_dim": 32, "train_steps": 4, "steps": 3}
+TINY_VAE = dict(latent_channels=2, channels=(8, 8, 16), epochs=1, batch_size=16,
+                prior=TINY_PRIOR)
 TINY_CAPTION = dict(width=16, layers=1, heads=2, prefix_length=2, epochs=1, batch_size=32)
 
 

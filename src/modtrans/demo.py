@@ -55,6 +55,8 @@ class DemoConfig(Config):
     generation: dict[str, Any] | None = None
 
 
+TINY_PRIOR = {"width": 32, "depth": 2, "emb_dim": 32, "train_steps": 20, "steps": 4}
+
 PRESETS: dict[str, DemoConfig] = {
     "default": DemoConfig(),
     "tiny": DemoConfig(
@@ -72,10 +74,10 @@ PRESETS: dict[str, DemoConfig] = {
         generation={
             "prompts_per_group": 4, "images": 8,
             "recogniser": {"channels": [8, 16], "epochs": 1},
-            "vae_image": {"channels": [8, 8, 16, 16], "latent_dim": 4, "cond_proj": 16,
-                          "epochs": 1},
-            "vae_text": {"channels": [8, 8, 16, 16], "latent_dim": 4, "cond_proj": 16,
-                         "epochs": 1},
+            "vae_image": {"channels": [8, 8, 16], "latent_channels": 2, "epochs": 1,
+                          "prior": TINY_PRIOR},
+            "vae_text": {"channels": [8, 8, 16], "latent_channels": 2, "epochs": 1,
+                         "prior": TINY_PRIOR},
             "clipcap": {"width": 16, "layers": 1, "heads": 2, "epochs": 1},
             "capdec": {"width": 16, "layers": 1, "heads": 2, "epochs": 1},
         },

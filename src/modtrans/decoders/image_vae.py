@@ -1,18 +1,28 @@
-"""Image decoder: a VAE conditioned on an embedding (seed 003, done properly).
+"""Image decoder: a VAE conditioned on an embedding (seed 003, done properly), with a
+diffusion prior over its latent.
 
-The encoder's convolutional features are joined with a projection of the conditioning
-embedding and mapped to the latent's mean and log-variance; the decoder takes the latent
-joined with another projection of the embedding and draws a 64×64 image. Loss: BCE or MSE
-reconstruction (+ optional SSIM term) + β·KL. Differences from the seed: a real validation
-split (the seed validated on its training data), embeddings z-normalised with train
-statistics, CLIP embeddings as they are stored, and sampling noise drawn per image from a
-generator, so a sample does not depend on the batch it was drawn in.
+The encoder's convolutional features (64 → 8 px) are joined with a projection of the
+conditioning embedding and mapped to the mean and log-variance of a *spatial* latent, a
+``latent_channels × 8 × 8`` grid; the decoder takes that grid joined with another projection
+of the embedding and draws a 64×64 image. Loss: BCE or MSE reconstruction (+ optional SSIM
+term) + β·KL. New images are drawn by sampling the latent from a conditional diffusion prior
+p(z | e) (:mod:`modtrans.decoders.latent_prior`) trained on the encoder's posteriors after
+the VAE.
+
+Why not seed 003's vector latent and N(0, I) prior: on the world it drew soft blobs the
+judge could not read, even redrawing an image from its own posterior (colour recall 0.32 to
+0.35, colour–shape pairs 0.07 to 0.09, 10 epochs). A spatial latent keeps where things
+are; after 2 epochs it redrew the same images at colour recall 0.55 to 0.59 and pair recall
+0.20 to 0.27. A grid of independent normal noise is no scene, hence the learned prior.
+
+Other differences from the seed: a real validation split (the seed validated on its
+training data), embeddings z-normalised with train statistics, and sampling noise drawn
+per image from a generator, so a sample does not depend on the batch it was drawn in.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -20,50 +30,55 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import WeightAveraging
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from modtrans.config import Config
 from modtrans.data.store import EmbeddingStore
+from modtrans.decoders.latent_prior import LatentPrior, LatentPriorConfig, LatentPriorModule
 from modtrans.encoders.world_clip import load_images
 from modtrans.io import load_weights, save_weights
-from modtrans.training.fit import fit_and_save
+from modtrans.training.fit import fit_module, save_summary
+from modtrans.training.translator import WarmupEMA
 from modtrans.translators.base import Normalizer
 
 WEIGHTS, CONFIG = "decoder.safetensors", "decoder_config.json"
 CONDITIONS = ("image", "text")
+GRID = 8  # the latent's side: 64 px / 2³
 
 
 @dataclasses.dataclass
 class ImageDecoderConfig(Config):
-    """The conditional VAE and its recipe.
+    """The conditional VAE, its latent prior and their recipe.
 
     Attributes:
         condition: which embeddings it is trained on: ``image`` (with the translator) or
             ``text`` (the direct route).
         embed_dim: width of the conditioning embedding (set from the store).
-        latent_dim: size of the VAE latent.
-        channels: conv widths, 64×64 → 4×4 in four stride-2 steps (mirrored by the decoder).
-        cond_proj: width of each projection of the embedding.
+        latent_channels: channels of the 8×8 latent grid (latent size: 64× this).
+        channels: conv widths at 32, 16 and 8 px (mirrored by the decoder); multiples of 8
+            (GroupNorm in groups of 8).
         loss: ``bce`` or ``mse`` reconstruction, summed over pixels.
         ssim_weight: weight of a (1 − SSIM)·pixels term (0: off).
         beta: weight of the KL term.
-        epochs, batch_size, lr, seed: the recipe.
+        epochs, batch_size, lr, seed: the VAE's recipe.
+        prior: :class:`LatentPriorConfig` options of the diffusion prior p(z | e).
         image_encoder, text_encoder: the store's encoder specs (checked at use).
     """
 
     condition: str = "image"
     embed_dim: int = 0
-    latent_dim: int = 32
-    channels: tuple[int, ...] = (32, 64, 128, 256)
-    cond_proj: int = 128
+    latent_channels: int = 4
+    channels: tuple[int, ...] = (32, 64, 128)
     loss: str = "bce"
     ssim_weight: float = 0.0
-    beta: float = 1.0
-    epochs: int = 10
+    beta: float = 0.1
+    epochs: int = 4
     batch_size: int = 128
     lr: float = 1e-3
+    prior: dict[str, Any] = dataclasses.field(default_factory=dict)
     seed: int = 0
     image_encoder: str = "unknown"
     text_encoder: str = "unknown"
@@ -74,51 +89,61 @@ class ImageDecoderConfig(Config):
             raise ValueError(f"condition must be one of {CONDITIONS}, got {self.condition!r}")
         if self.loss not in ("bce", "mse"):
             raise ValueError(f"loss must be 'bce' or 'mse', got {self.loss!r}")
-        if len(self.channels) != 4:
-            raise ValueError(f"channels needs 4 widths (64 → 4 px), got {self.channels}")
-        if self.latent_dim < 1 or self.beta < 0 or self.ssim_weight < 0:
-            raise ValueError("latent_dim must be ≥ 1, beta and ssim_weight ≥ 0")
+        if len(self.channels) != 3 or any(c < 8 or c % 8 for c in self.channels):
+            raise ValueError(f"channels needs 3 widths, multiples of 8 (64 → 8 px), got "
+                             f"{self.channels}")
+        if self.latent_channels < 1 or self.beta < 0 or self.ssim_weight < 0:
+            raise ValueError("latent_channels must be ≥ 1, beta and ssim_weight ≥ 0")
+        LatentPriorConfig(**self.prior)  # unknown or bad prior options fail here, not later
+
+    @property
+    def latent_size(self) -> int:
+        return self.latent_channels * GRID * GRID
+
+
+def _block(a: int, b: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(a, b, 3, padding=1), nn.GroupNorm(8, b), nn.SiLU())
 
 
 class ConditionalVAE(nn.Module):
-    """q(z | x, e) and p(x | z, e) over 64×64 RGB images in [0, 1]."""
+    """q(z | x, e), p(x | z, e) over 64×64 RGB images in [0, 1], and the prior p(z | e)."""
 
     def __init__(self, config: ImageDecoderConfig) -> None:
         super().__init__()
         if config.embed_dim < 1:
             raise ValueError("embed_dim must be set (the width of the conditioning embedding)")
         self.config = config
-        c = config.channels
-        widths = [3, *c]
-        self.encoder = nn.Sequential(*(
-            nn.Sequential(nn.Conv2d(a, b, 4, stride=2, padding=1), nn.BatchNorm2d(b),
-                          nn.LeakyReLU(0.2))
-            for a, b in pairwise(widths)
-        ))  # fmt: skip
-        flat = c[-1] * 4 * 4
-        self.enc_cond = nn.Sequential(nn.Linear(config.embed_dim, config.cond_proj), nn.SiLU())
-        self.to_stats = nn.Linear(flat + config.cond_proj, 2 * config.latent_dim)
-        self.dec_cond = nn.Sequential(nn.Linear(config.embed_dim, config.cond_proj), nn.SiLU())
-        self.from_latent = nn.Sequential(
-            nn.Linear(config.latent_dim + config.cond_proj, flat), nn.SiLU()
-        )
-        self.decoder = nn.Sequential(*(
-            nn.Sequential(nn.ConvTranspose2d(a, b, 4, stride=2, padding=1), nn.BatchNorm2d(b),
-                          nn.SiLU())
-            for a, b in pairwise(c[::-1])
-        ), nn.ConvTranspose2d(c[0], 3, 4, stride=2, padding=1))  # fmt: skip
+        c1, c2, c3 = config.channels
+        self.encoder = nn.Sequential(
+            nn.Conv2d(3, c1, 4, stride=2, padding=1), nn.SiLU(), _block(c1, c1),
+            nn.Conv2d(c1, c2, 4, stride=2, padding=1), nn.SiLU(), _block(c2, c2),
+            nn.Conv2d(c2, c3, 4, stride=2, padding=1), nn.SiLU(), _block(c3, c3),
+        )  # fmt: skip
+        self.enc_cond = nn.Linear(config.embed_dim, c3)
+        self.to_stats = nn.Conv2d(c3, 2 * config.latent_channels, 1)
+        self.dec_cond = nn.Linear(config.embed_dim, c3)
+        self.from_latent = nn.Conv2d(config.latent_channels, c3, 3, padding=1)
+        up = nn.Upsample(scale_factor=2)
+        self.decoder = nn.Sequential(
+            nn.SiLU(), _block(c3, c3),
+            up, _block(c3, c2), _block(c2, c2),
+            up, _block(c2, c1), _block(c1, c1),
+            up, _block(c1, c1), nn.Conv2d(c1, 3, 3, padding=1),
+        )  # fmt: skip
         self.embed_norm = Normalizer(config.embed_dim)
+        self.prior = LatentPrior(LatentPriorConfig(**config.prior), config.latent_size,
+                                 config.embed_dim)
 
     def encode(self, images: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N, 3, 64, 64) in [0, 1] and normalised embeddings → latent mean and log-variance."""
-        features = self.encoder(images * 2 - 1).flatten(1)
-        stats = self.to_stats(torch.cat([features, self.enc_cond(e)], dim=1))
-        return stats.chunk(2, dim=1)
+        """(N, 3, 64, 64) in [0, 1] and normalised embeddings → latent mean and log-variance,
+        each (N, latent_channels, 8, 8)."""
+        features = self.encoder(images * 2 - 1) + self.enc_cond(e)[:, :, None, None]
+        return self.to_stats(features).chunk(2, dim=1)
 
     def decode_logits(self, z: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-        """Latents and normalised embeddings → pixel logits (N, 3, 64, 64)."""
-        h = self.from_latent(torch.cat([z, self.dec_cond(e)], dim=1))
-        return self.decoder(h.view(len(z), self.config.channels[-1], 4, 4))
+        """Latents (N, latent_channels, 8, 8) and normalised embeddings → pixel logits
+        (N, 3, 64, 64)."""
+        return self.decoder(self.from_latent(z) + self.dec_cond(e)[:, :, None, None])
 
     def loss(self, images: torch.Tensor, e_raw: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-image negative ELBO terms for images in [0, 1] and raw embeddings."""
@@ -138,17 +163,37 @@ class ConditionalVAE(nn.Module):
             ssim = structural_similarity_index_measure(torch.sigmoid(logits), images,
                                                        data_range=1.0)
             rec = rec + self.config.ssim_weight * (1 - ssim) * pixels
-        kl = -0.5 * (1 + logvar - mean.pow(2) - logvar.exp()).sum(dim=1).mean()
+        kl = -0.5 * (1 + logvar - mean.pow(2) - logvar.exp()).flatten(1).sum(dim=1).mean()
         return {"loss": rec + self.config.beta * kl, "rec": rec, "kl": kl}
 
-    def generate(self, e_raw: torch.Tensor, *, generator: torch.Generator | None = None,
-                 temperature: float = 1.0) -> torch.Tensor:
-        """One image per embedding row: uint8 (N, 64, 64, 3).
+    @torch.no_grad()
+    def posterior(self, images: torch.Tensor, e_raw: torch.Tensor, batch_size: int = 512
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior mean and standard deviation, flattened (N, latent_size), of uint8
+        images (N, 64, 64, 3) with their raw embeddings."""
+        was_training = self.training
+        self.eval()
+        device = self.embed_norm.mean.device
+        means, stds = [], []
+        for i in range(0, len(images), batch_size):
+            pixels = images[i:i + batch_size].permute(0, 3, 1, 2).to(device, torch.float32)
+            e = self.embed_norm(e_raw[i:i + batch_size].to(device, torch.float32))
+            mean, logvar = self.encode(pixels / 255, e)
+            means.append(mean.flatten(1))
+            stds.append((0.5 * logvar).exp().flatten(1))
+        self.train(was_training)
+        return torch.cat(means), torch.cat(stds)
 
-        The latent of row i is drawn from ``generator`` in row order before any batching, so
-        an image depends on the seed and its row, never on how many were drawn with it.
+    def generate(self, e_raw: torch.Tensor, *, generator: torch.Generator | None = None,
+                 steps: int | None = None, guidance: float | None = None) -> torch.Tensor:
+        """One image per embedding row, its latent drawn from the diffusion prior: uint8
+        (N, 64, 64, 3). ``steps`` and ``guidance`` override the prior's sampler settings.
+
+        The noise of row i is drawn from ``generator`` in row order before any batching and
+        the sampler is deterministic given it, so an image depends on the seed and its row,
+        never on how many were drawn with it.
         """
-        return self._draw(e_raw, generator, temperature=temperature)
+        return self._draw(e_raw, generator, steps=steps, guidance=guidance)
 
     def reconstruct(self, images: torch.Tensor, e_raw: torch.Tensor, *,
                     generator: torch.Generator | None = None) -> torch.Tensor:
@@ -167,21 +212,22 @@ class ConditionalVAE(nn.Module):
 
     @torch.no_grad()
     def _draw(self, e_raw: torch.Tensor, generator: torch.Generator | None, *,
-              temperature: float = 1.0, images: torch.Tensor | None = None) -> torch.Tensor:
-        """Decode latents drawn per row from the prior (scaled by ``temperature``) or, given
-        ``images``, from the posterior; in eval mode, the caller's mode restored."""
+              steps: int | None = None, guidance: float | None = None,
+              images: torch.Tensor | None = None) -> torch.Tensor:
+        """Decode latents drawn per row from the prior or, given ``images``, from the
+        posterior; in eval mode, the caller's mode restored."""
         was_training = self.training
         self.eval()
         device = self.embed_norm.mean.device
-        noise = torch.randn(len(e_raw), self.config.latent_dim, generator=generator).to(device)
+        noise = torch.randn(len(e_raw), self.config.latent_size, generator=generator).to(device)
         e = self.embed_norm(e_raw.to(device, torch.float32))
         if images is None:
-            z = noise * temperature
+            z = self.prior.sample(e, noise, steps=steps, guidance=guidance)
         else:
-            pixels = images.permute(0, 3, 1, 2).to(device, torch.float32) / 255
-            mean, logvar = self.encode(pixels, e)
-            z = mean + noise * (0.5 * logvar).exp()
-        out = torch.sigmoid(self.decode_logits(z, e))
+            mean, std = self.posterior(images, e_raw)
+            z = mean + noise * std
+        out = torch.sigmoid(self.decode_logits(z.view(-1, self.config.latent_channels, GRID,
+                                                      GRID), e))
         self.train(was_training)
         return (out.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
 
@@ -264,10 +310,12 @@ class _VAEModule(L.LightningModule):
 def fit_image_decoder(train: EmbeddingStore, val: EmbeddingStore, out_dir: str | Path,
                       config: ImageDecoderConfig | None = None, *, accelerator: str = "auto",
                       max_val_images: int = 1000, progress: bool = True) -> dict[str, Any]:
-    """Train the conditional VAE on a store's images and embeddings; validate on ``val``.
+    """Train the conditional VAE on a store's images and embeddings, then its latent prior on
+    the trained encoder's posteriors; validate both on ``val``.
 
     Returns:
-        A summary (pairs, seconds, final train and val losses), also in ``summary.json``.
+        A summary (pairs, seconds of each stage, final train and val losses), also in
+        ``summary.json``; the stages' CSV logs are ``logs/`` (VAE) and ``prior_logs/``.
     """
     config = dataclasses.replace(config or ImageDecoderConfig(),
                                  image_encoder=train.image_encoder,
@@ -281,6 +329,25 @@ def fit_image_decoder(train: EmbeddingStore, val: EmbeddingStore, out_dir: str |
     loader = DataLoader(TensorDataset(images, e), batch_size=config.batch_size, shuffle=True,
                         drop_last=len(e) > config.batch_size)
     val_loader = DataLoader(TensorDataset(val_images, val_e), batch_size=512)
-    return fit_and_save(model, _VAEModule(model), loader, val_loader, out_dir,
-                        epochs=config.epochs, accelerator=accelerator, progress=progress,
-                        info={"pairs": len(e), "condition": config.condition})
+    vae = fit_module(_VAEModule(model), loader, val_loader, out_dir, epochs=config.epochs,
+                     accelerator=accelerator, progress=progress, log_name="logs")
+
+    model.cpu()
+    mean, std = model.posterior(images, e)
+    model.prior.scale.fill_(float(mean.std()))
+    pc = model.prior.config
+    val_mean, val_std = model.posterior(val_images, val_e)
+    prior_loader = DataLoader(TensorDataset(mean, std, model.embed_norm(e)),
+                              batch_size=pc.batch_size, shuffle=True,
+                              drop_last=len(e) > pc.batch_size)
+    prior_val = DataLoader(TensorDataset(val_mean, val_std, model.embed_norm(val_e)),
+                           batch_size=2048)
+    prior = fit_module(
+        LatentPriorModule(model.prior), prior_loader, val_loader=prior_val, out_dir=out_dir,
+        epochs=-(-pc.train_steps // len(prior_loader)), max_steps=pc.train_steps,
+        accelerator=accelerator, progress=progress, log_name="prior_logs",
+        callbacks=[WeightAveraging(avg_fn=WarmupEMA(pc.ema_decay))],
+    )  # fmt: skip
+    return save_summary(model, out_dir, {
+        "pairs": len(e), "condition": config.condition, "vae_seconds": vae.pop("seconds"),
+        "prior_seconds": prior.pop("seconds"), **vae, **prior})

@@ -76,8 +76,8 @@ class EndToEndConfig(Config):
     images: int = 300
     splits: list[str] = dataclasses.field(default_factory=lambda: ["val", "novel"])
     recogniser: dict[str, Any] = dataclasses.field(default_factory=lambda: {"epochs": 6})
-    vae_image: dict[str, Any] = dataclasses.field(default_factory=lambda: {"epochs": 10})
-    vae_text: dict[str, Any] = dataclasses.field(default_factory=lambda: {"epochs": 2})
+    vae_image: dict[str, Any] = dataclasses.field(default_factory=lambda: {"epochs": 4})
+    vae_text: dict[str, Any] = dataclasses.field(default_factory=lambda: {"epochs": 1})
     clipcap: dict[str, Any] = dataclasses.field(default_factory=lambda: {"epochs": 3})
     capdec: dict[str, Any] = dataclasses.field(default_factory=lambda: {"epochs": 3})
     beams: int = 3

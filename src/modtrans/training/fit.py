@@ -19,6 +19,36 @@ from modtrans.io import write_json
 logger = logging.getLogger(__name__)
 
 
+def fit_module(module: L.LightningModule, loader: DataLoader, val_loader: DataLoader,
+               out_dir: str | Path, *, epochs: int, max_steps: int = -1,
+               accelerator: str = "auto", progress: bool = True, log_name: str = "logs",
+               callbacks: list[L.Callback] | None = None) -> dict[str, Any]:
+    """Train ``module`` with validation every epoch, CSV logs in ``out_dir/log_name``.
+
+    Returns:
+        ``seconds`` and the last logged metrics (``train/*``, ``val/*``), rounded.
+    """
+    trainer = L.Trainer(
+        accelerator=accelerator, devices=1, max_epochs=epochs, max_steps=max_steps,
+        logger=L.pytorch.loggers.CSVLogger(out_dir, name=log_name, version=""),
+        callbacks=callbacks, enable_checkpointing=False, enable_progress_bar=progress,
+        enable_model_summary=False,
+    )  # fmt: skip
+    start = time.perf_counter()
+    trainer.fit(module, loader, val_loader)
+    metrics = {k: round(float(v), 3) for k, v in trainer.callback_metrics.items()}
+    return {"seconds": round(time.perf_counter() - start, 1), **metrics}
+
+
+def save_summary(model: Any, out_dir: str | Path, summary: dict[str, Any]) -> dict[str, Any]:
+    """``model.save(out_dir)`` (on the CPU, in eval mode) and write ``summary.json``."""
+    model.cpu().eval()
+    model.save(out_dir)
+    write_json(Path(out_dir) / "summary.json", summary)
+    logger.info("%s trained: %s", type(model).__name__, summary)
+    return summary
+
+
 def fit_and_save(model: Any, module: L.LightningModule, loader: DataLoader,
                  val_loader: DataLoader, out_dir: str | Path, *, epochs: int,
                  accelerator: str = "auto", progress: bool = True,
@@ -36,18 +66,6 @@ def fit_and_save(model: Any, module: L.LightningModule, loader: DataLoader,
     Returns:
         The summary: ``info``, seconds, and the last logged metrics.
     """
-    out_dir = Path(out_dir)
-    trainer = L.Trainer(
-        accelerator=accelerator, devices=1, max_epochs=epochs,
-        logger=L.pytorch.loggers.CSVLogger(out_dir, name="logs", version=""),
-        enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
-    )  # fmt: skip
-    start = time.perf_counter()
-    trainer.fit(module, loader, val_loader)
-    model.cpu().eval()
-    model.save(out_dir)
-    metrics = {k: round(float(v), 3) for k, v in trainer.callback_metrics.items()}
-    summary = {**(info or {}), "seconds": round(time.perf_counter() - start, 1), **metrics}
-    write_json(out_dir / "summary.json", summary)
-    logger.info("%s trained: %s", type(model).__name__, summary)
-    return summary
+    metrics = fit_module(module, loader, val_loader, out_dir, epochs=epochs,
+                         accelerator=accelerator, progress=progress)
+    return save_summary(model, out_dir, {**(info or {}), **metrics})
