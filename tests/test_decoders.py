@@ -220,3 +220,46 @@ def test_e2e_needs_a_demo_folder(tmp_path: Path, capsys: pytest.CaptureFixture[s
     from cli_helpers import assert_cli_error
 
     assert_cli_error(capsys, ["e2e", str(tmp_path)], "no world/", "modtrans demo")
+
+
+def test_latent_prior_learns_a_conditional_distribution() -> None:
+    """Trained on z = A·e + small noise, its draws follow the condition: their mean is close to
+    A·e and far from the unconditional mean (zero), and their spread is the noise's."""
+    import lightning as L
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from modtrans.decoders.latent_prior import LatentPrior, LatentPriorConfig, LatentPriorModule
+
+    torch.manual_seed(0)
+    a = torch.randn(3, 4)
+    e = torch.randn(2048, 3)
+    mean = e @ a
+    std = torch.full_like(mean, 0.1)
+    prior = LatentPrior(LatentPriorConfig(width=64, depth=2, emb_dim=32, steps=10), 4, 3)
+    prior.scale.fill_(float(mean.std()))
+    L.Trainer(max_steps=600, accelerator="cpu", logger=False, enable_checkpointing=False,
+              enable_progress_bar=False, enable_model_summary=False).fit(
+        LatentPriorModule(prior), DataLoader(TensorDataset(mean, std, e), batch_size=256,
+                                             shuffle=True))
+    test_e = torch.randn(8, 3)
+    draws = prior.sample(test_e.repeat(64, 1),
+                         torch.randn(512, 4, generator=torch.Generator().manual_seed(1)))
+    draws = draws.view(64, 8, 4)
+    target = test_e @ a
+    error = (draws.mean(0) - target).norm(dim=1) / target.norm(dim=1)
+    assert error.median() < 0.25, error
+    assert draws.std(0).mean() < 0.5 * mean.std()
+
+
+def test_generate_uses_the_prior_and_its_overrides() -> None:
+    torch.manual_seed(0)
+    model = ConditionalVAE(ImageDecoderConfig(embed_dim=6, **TINY_VAE))
+    torch.nn.init.normal_(model.prior.denoiser.out.weight, std=0.5)  # an untrained prior predicts 0
+    e = torch.randn(2, 6)
+    seed = torch.Generator().manual_seed
+    base = model.generate(e, generator=seed(0))
+    assert torch.equal(base, model.generate(e, generator=seed(0)))
+    assert not torch.equal(base, model.generate(e, generator=seed(0), guidance=3.0))
+    assert not torch.equal(base, model.generate(e, generator=seed(0), steps=1))
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        ImageDecoderConfig(prior={"widht": 8})
