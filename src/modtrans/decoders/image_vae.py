@@ -94,7 +94,9 @@ class ImageDecoderConfig(Config):
                              f"{self.channels}")
         if self.latent_channels < 1 or self.beta < 0 or self.ssim_weight < 0:
             raise ValueError("latent_channels must be ≥ 1, beta and ssim_weight ≥ 0")
-        LatentPriorConfig(**self.prior)  # unknown or bad prior options fail here, not later
+        # every prior option written out (a saved decoder keeps its sampler settings); unknown
+        # or bad options fail here, not after the VAE has trained
+        self.prior = LatentPriorConfig(**self.prior).to_dict()
 
     @property
     def latent_size(self) -> int:
