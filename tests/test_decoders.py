@@ -224,7 +224,8 @@ def test_e2e_needs_a_demo_folder(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
 def test_latent_prior_learns_a_conditional_distribution() -> None:
     """Trained on z = A·e + small noise, its draws follow the condition: their mean is close to
-    A·e and far from the unconditional mean (zero), and their spread is the noise's."""
+    A·e and far from the unconditional mean (zero), and their spread is the noise's (guidance 1:
+    the learned distribution itself, not its guided sharpening)."""
     import lightning as L
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -235,7 +236,7 @@ def test_latent_prior_learns_a_conditional_distribution() -> None:
     e = torch.randn(2048, 3)
     mean = e @ a
     std = torch.full_like(mean, 0.1)
-    prior = LatentPrior(LatentPriorConfig(width=64, depth=2, emb_dim=32, steps=10), 4, 3)
+    prior = LatentPrior(LatentPriorConfig(width=64, depth=2, emb_dim=32, steps=10, guidance=1.0), 4, 3)
     prior.scale.fill_(float(mean.std()))
     L.Trainer(max_steps=600, accelerator="cpu", logger=False, enable_checkpointing=False,
               enable_progress_bar=False, enable_model_summary=False).fit(
