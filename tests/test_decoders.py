@@ -236,7 +236,8 @@ def test_latent_prior_learns_a_conditional_distribution() -> None:
     e = torch.randn(2048, 3)
     mean = e @ a
     std = torch.full_like(mean, 0.1)
-    prior = LatentPrior(LatentPriorConfig(width=64, depth=2, emb_dim=32, steps=10, guidance=1.0), 4, 3)
+    config = LatentPriorConfig(width=64, depth=2, emb_dim=32, steps=10, guidance=1.0)
+    prior = LatentPrior(config, 4, 3)
     prior.scale.fill_(float(mean.std()))
     L.Trainer(max_steps=600, accelerator="cpu", logger=False, enable_checkpointing=False,
               enable_progress_bar=False, enable_model_summary=False).fit(
