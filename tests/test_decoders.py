@@ -175,6 +175,9 @@ def test_generate_through_a_translator_and_direct(
     _ok(capsys, ["generate", "--decoder", str(cli_models["vae_text"]), "--text", "a red circle",
                  "-n", "2", "-o", str(tmp_path / "direct.png")])
     assert Image.open(tmp_path / "direct.png").size == (2 * 66 + 2, 66 + 2)
+    _ok(capsys, ["generate", "--decoder", str(cli_models["vae_text"]), "--text", "a red circle",
+                 "-n", "2", "--steps", "2", "--guidance", "1", "-o", str(tmp_path / "g1.png")])
+    assert Image.open(tmp_path / "g1.png").size == (2 * 66 + 2, 66 + 2)
 
 
 def test_generate_errors(cli_models: dict[str, Path], tmp_path: Path,

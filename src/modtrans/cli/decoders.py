@@ -90,6 +90,10 @@ def generate(
     out: Path = typer.Option(Path("generated.png"), "--out", "-o", help="PNG grid to write."),
     mode: str = typer.Option("sample", help="Translator mode: sample, mean or best-of-k."),
     seed: int = typer.Option(0, help="Seed of the translator's draws and the decoder's latents."),
+    steps: int = typer.Option(None, help="Sampler steps of the decoder's latent prior "
+                              "(default: the decoder's, 20)."),
+    guidance: float = typer.Option(None, help="Classifier-free guidance of the decoder's "
+                                   "latent prior (default: the decoder's, 5)."),
 ) -> None:
     """Text → embedding → translator → image embedding → decoder → a PNG grid (rows: prompts)."""
     import torch
@@ -111,7 +115,7 @@ def generate(
             raise ValueError(f"decoder {decoder} was trained on image embeddings: give a "
                              "text2image translator, or use a decoder trained on text embeddings")
         e = build_encoder(cfg.text_encoder).encode_texts(list(text)).repeat_interleave(n, 0)
-    images = vae.generate(e, generator=generator)
+    images = vae.generate(e, generator=generator, steps=steps, guidance=guidance)
     if out.suffix.lower() != ".png":
         raise ValueError(f"--out must be a .png file, got {out}")
     with atomic_path(out) as tmp:
