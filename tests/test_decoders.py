@@ -87,6 +87,14 @@ def test_image_decoder_config_errors() -> None:
         ConditionalVAE.load("/nonexistent")
 
 
+def test_image_decoder_of_an_older_version_says_retrain(tmp_path: Path) -> None:
+    ConditionalVAE(ImageDecoderConfig(embed_dim=6, **TINY_VAE)).save(tmp_path)
+    config = (tmp_path / "decoder_config.json").read_text()
+    (tmp_path / "decoder_config.json").write_text(config + "latent_dim: 32\ncond_proj: 128\n")
+    with pytest.raises(ValueError, match=r"older modtrans.*fit-decoder image"):
+        ConditionalVAE.load(tmp_path)
+
+
 @pytest.mark.parametrize(("mode", "mapping"), [("clipcap", "mlp"), ("capdec", "transformer")])
 def test_caption_decoder_trains_saves_and_decodes(
     stores: tuple[EmbeddingStore, EmbeddingStore], tmp_path: Path, mode: str, mapping: str
@@ -266,5 +274,10 @@ def test_generate_uses_the_prior_and_its_overrides() -> None:
     assert torch.equal(base, model.generate(e, generator=seed(0)))
     assert not torch.equal(base, model.generate(e, generator=seed(0), guidance=3.0))
     assert not torch.equal(base, model.generate(e, generator=seed(0), steps=1))
-    with pytest.raises(TypeError, match="unexpected keyword"):
+    with pytest.raises(ValueError, match="unknown option"):
         ImageDecoderConfig(prior={"widht": 8})
+    with pytest.raises(ValueError, match="mapping"):
+        ImageDecoderConfig(prior=None)
+    for bad in ({"ema_decay": 1.5}, {"steps": 2000}, {"guidance": -1.0}, {"batch_size": 0}):
+        with pytest.raises(ValueError):
+            ImageDecoderConfig(prior=bad)

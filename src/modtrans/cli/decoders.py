@@ -91,9 +91,11 @@ def generate(
     mode: str = typer.Option("sample", help="Translator mode: sample, mean or best-of-k."),
     seed: int = typer.Option(0, help="Seed of the translator's draws and the decoder's latents."),
     steps: int = typer.Option(None, help="Sampler steps of the decoder's latent prior "
-                              "(default: the decoder's, 20)."),
+                              "(default: the decoder's own setting; 20 unless trained "
+                              "otherwise)."),
     guidance: float = typer.Option(None, help="Classifier-free guidance of the decoder's "
-                                   "latent prior (default: the decoder's, 5)."),
+                                   "latent prior (default: the decoder's own; 5 unless "
+                                   "trained otherwise)."),
 ) -> None:
     """Text → embedding → translator → image embedding → decoder → a PNG grid (rows: prompts)."""
     import torch
@@ -102,6 +104,8 @@ def generate(
     from modtrans.encoders import build_encoder
     from modtrans.io import atomic_path
 
+    if out.suffix.lower() != ".png":
+        raise ValueError(f"--out must be a .png file, got {out}")
     vae = ConditionalVAE.load(decoder)
     cfg = vae.config
     generator = torch.Generator().manual_seed(seed)
@@ -116,8 +120,6 @@ def generate(
                              "text2image translator, or use a decoder trained on text embeddings")
         e = build_encoder(cfg.text_encoder).encode_texts(list(text)).repeat_interleave(n, 0)
     images = vae.generate(e, generator=generator, steps=steps, guidance=guidance)
-    if out.suffix.lower() != ".png":
-        raise ValueError(f"--out must be a .png file, got {out}")
     with atomic_path(out) as tmp:
         image_grid(images, rows=len(text)).save(tmp, format="PNG")
     typer.echo(f"wrote {len(images)} images ({len(text)} prompts × {n}) to {out}")

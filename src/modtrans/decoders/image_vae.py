@@ -96,7 +96,10 @@ class ImageDecoderConfig(Config):
             raise ValueError("latent_channels must be ≥ 1, beta and ssim_weight ≥ 0")
         # every prior option written out (a saved decoder keeps its sampler settings); unknown
         # or bad options fail here, not after the VAE has trained
-        self.prior = LatentPriorConfig(**self.prior).to_dict()
+        if not isinstance(self.prior, dict):
+            raise ValueError(f"prior must be a mapping of LatentPriorConfig options, got "
+                             f"{self.prior!r}")
+        self.prior = LatentPriorConfig.from_dict(self.prior).to_dict()
 
     @property
     def latent_size(self) -> int:
@@ -173,6 +176,11 @@ class ConditionalVAE(nn.Module):
                   ) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior mean and standard deviation, flattened (N, latent_size), of uint8
         images (N, 64, 64, 3) with their raw embeddings."""
+        if images.dtype != torch.uint8 or tuple(images.shape[1:]) != (64, 64, 3):
+            raise ValueError(f"images must be uint8 (N, 64, 64, 3), got {images.dtype} "
+                             f"{tuple(images.shape)}")
+        if len(images) != len(e_raw):
+            raise ValueError(f"{len(images)} images but {len(e_raw)} embeddings")
         was_training = self.training
         self.eval()
         device = self.embed_norm.mean.device
@@ -203,13 +211,8 @@ class ConditionalVAE(nn.Module):
 
         The latent comes from q(z | image, embedding), so it has seen the image: this is what
         the decoder can draw at all, an upper bound for :meth:`generate`. Noise is drawn per
-        row, as there.
+        row, as there. Images are checked by :meth:`posterior`.
         """
-        if images.dtype != torch.uint8 or tuple(images.shape[1:]) != (64, 64, 3):
-            raise ValueError(f"images must be uint8 (N, 64, 64, 3), got {images.dtype} "
-                             f"{tuple(images.shape)}")
-        if len(images) != len(e_raw):
-            raise ValueError(f"{len(images)} images but {len(e_raw)} embeddings")
         return self._draw(e_raw, generator, images=images)
 
     @torch.no_grad()
@@ -248,7 +251,16 @@ class ConditionalVAE(nn.Module):
                 f"{path} holds no image decoder ({WEIGHTS}); train one with "
                 "`modtrans fit-decoder image --data STORE --out DIR`"
             )
-        model = cls(ImageDecoderConfig.load(path / CONFIG))
+        try:
+            config = ImageDecoderConfig.load(path / CONFIG)
+        except ValueError as err:
+            if "latent_dim" in str(err):
+                raise ValueError(
+                    f"{path} is an image decoder of an older modtrans (a vector latent); "
+                    "retrain it with `modtrans fit-decoder image`"
+                ) from err
+            raise
+        model = cls(config)
         load_weights(model, path / WEIGHTS)
         return model.eval()
 

@@ -56,15 +56,20 @@ class LatentPriorConfig(Config):
     def __post_init__(self) -> None:
         if not 0 <= self.cond_drop < 1:
             raise ValueError(f"cond_drop must be in [0, 1), got {self.cond_drop}")
-        if self.steps < 1 or self.train_steps < 1:
-            raise ValueError("steps and train_steps must be at least 1")
+        if not 0 < self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
+        if min(self.train_steps, self.batch_size, self.timesteps) < 1 or self.lr <= 0:
+            raise ValueError("train_steps, batch_size and timesteps must be ≥ 1 and lr > 0")
+        if not 1 <= self.steps <= self.timesteps or self.guidance < 0:
+            raise ValueError(f"steps must be in [1, timesteps={self.timesteps}] and guidance "
+                             f"≥ 0, got steps={self.steps}, guidance={self.guidance}")
 
 
 class LatentPrior(nn.Module):
     """p(z | e) for flattened latents z (N, dim) given normalised embeddings e (N, cond_dim).
 
-    Latents are divided by ``scale`` (their standard deviation on train) so that the
-    diffusion runs at unit scale.
+    Latents are divided by ``scale`` (the standard deviation of the posterior means on
+    train) so that the diffusion runs at about unit scale.
     """
 
     def __init__(self, config: LatentPriorConfig, dim: int, cond_dim: int) -> None:
@@ -89,7 +94,7 @@ class LatentPrior(nn.Module):
         depends on its own noise only."""
         sampler = get_sampler("dpm")
         z = sampler(self.denoiser, noise, self.schedule.to(e.device), e,
-                    steps=steps or self.config.steps,
+                    steps=self.config.steps if steps is None else steps,
                     guidance=self.config.guidance if guidance is None else guidance,
                     objective="v")
         return z * self.scale

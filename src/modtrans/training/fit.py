@@ -1,7 +1,7 @@
 """Fit a LightningModule with per-epoch validation, save its model, write ``summary.json``.
 
-Shared by the decoders (image VAE, caption decoder): their training differs only in the
-module and the data.
+Shared by the decoders: the caption decoder is one stage (:func:`fit_and_save`); the image
+VAE two, the VAE then its latent prior (:func:`fit_module` twice, then :func:`save_summary`).
 """
 
 from __future__ import annotations
