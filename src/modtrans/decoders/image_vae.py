@@ -257,7 +257,8 @@ class ConditionalVAE(nn.Module):
             if "latent_dim" in str(err):
                 raise ValueError(
                     f"{path} is an image decoder of an older modtrans (a vector latent); "
-                    "retrain it with `modtrans fit-decoder image`"
+                    "retrain it with `modtrans fit-decoder image` (in a demo folder: delete "
+                    f"{path} and rerun `modtrans e2e`, which retrains what is missing)"
                 ) from err
             raise
         model = cls(config)
