@@ -193,6 +193,14 @@ def test_world_clip_batch_size_does_not_change_results(
     )  # fmt: skip
 
 
+def test_world_clip_texts_keep_their_order_when_batched_by_length(clip_encoder: Any) -> None:
+    texts = ["a red circle", "a small blue square to the left of a big green triangle on a grid",
+             "a cat", "two yellow stars and a purple hexagon", "a blue square"]
+    one_by_one = torch.cat([clip_encoder.encode_texts([t]) for t in texts])
+    torch.testing.assert_close(clip_encoder.encode_texts(texts, batch_size=2), one_by_one,
+                               atol=1e-5, rtol=1e-4)
+
+
 def test_world_clip_empty_inputs(clip_encoder: Any) -> None:
     assert clip_encoder.encode_texts([]).shape == (0, clip_encoder.dim)
     assert clip_encoder.encode_images([]).shape == (0, clip_encoder.dim)

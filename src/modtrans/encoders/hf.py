@@ -136,10 +136,17 @@ class _Texts:
 
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str], *, batch_size: int = 256) -> torch.Tensor:
+        """Embeddings of ``texts``, in order. Texts are batched by length (longest first),
+        so a batch is padded to about its own length, not to the longest text overall."""
         check_texts(texts)
-        out = [finish(self._text_features(self._tokens(chunk)), self.normalize)
-               for chunk in batches(list(texts), batch_size)]
-        return torch.cat(out) if out else torch.empty(0, self.dim)
+        if not texts:
+            return torch.empty(0, self.dim)
+        texts = list(texts)
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        out = torch.cat([finish(self._text_features(self._tokens([texts[i] for i in chunk])),
+                                self.normalize)
+                         for chunk in batches(order, batch_size)])
+        return out[torch.argsort(torch.tensor(order))]
 
 
 class HFClipEncoder(ImageEncoderBase, _Texts):
