@@ -95,6 +95,60 @@ def test_image_decoder_of_an_older_version_says_retrain(tmp_path: Path) -> None:
         ConditionalVAE.load(tmp_path)
 
 
+def test_image_decoder_saved_before_the_unet_prior_loads_its_mlp(tmp_path: Path) -> None:
+    model = ConditionalVAE(ImageDecoderConfig(embed_dim=6, **{
+        **TINY_VAE, "prior": {**TINY_PRIOR, "denoiser": "mlp"}}))
+    model.save(tmp_path)
+    lines = (tmp_path / "decoder_config.json").read_text().splitlines()
+    (tmp_path / "decoder_config.json").write_text(
+        "\n".join(line for line in lines if "denoiser" not in line))
+    loaded = ConditionalVAE.load(tmp_path)
+    assert loaded.config.prior["denoiser"] == "mlp"
+    e = torch.randn(2, 6)
+    torch.testing.assert_close(loaded.prior.denoiser(torch.ones(2, 128), torch.tensor([3, 9]), e),
+                               model.prior.denoiser(torch.ones(2, 128), torch.tensor([3, 9]), e))
+
+
+def test_refit_latent_prior_keeps_the_vae_and_swaps_the_prior(
+    stores: tuple[EmbeddingStore, EmbeddingStore], tmp_path: Path
+) -> None:
+    from modtrans.decoders.image_vae import refit_latent_prior
+    from modtrans.translators.denoisers import ConditionalGridUNet
+
+    train, val = stores
+    config = ImageDecoderConfig(**{**TINY_VAE, "prior": {**TINY_PRIOR, "denoiser": "mlp"}})
+    fit_image_decoder(train, val, tmp_path, config, accelerator="cpu", progress=False)
+    before = ConditionalVAE.load(tmp_path)
+    summary = refit_latent_prior(train, val, tmp_path, {"denoiser": "unet", "train_steps": 3},
+                                 accelerator="cpu", progress=False)
+    after = ConditionalVAE.load(tmp_path)
+    assert isinstance(after.prior.denoiser, ConditionalGridUNet)
+    assert after.config.prior["width"] == 64 and after.config.prior["train_steps"] == 3
+    assert after.config.prior["emb_dim"] == TINY_PRIOR["emb_dim"]  # kept options
+    old_state = before.state_dict()
+    for key, value in after.state_dict().items():
+        if not key.startswith("prior."):
+            assert torch.equal(value, old_state[key]), key
+    assert summary["prior_refit"] and "vae_seconds" in summary and "val/prior_loss" in summary
+    images = after.generate(torch.randn(2, after.config.embed_dim),
+                            generator=torch.Generator().manual_seed(0))
+    assert images.shape == (2, 64, 64, 3)
+
+
+def test_refit_prior_cli_checks_its_options(
+    tiny_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cli_helpers import assert_cli_error
+
+    config = tmp_path / "c.yaml"
+    config.write_text("epochs: 3\nprior: {denoiser: unet}\n")
+    base = ["fit-decoder", "image", "--data", str(tiny_store), "--out", str(tmp_path / "d"),
+            "--prior-only"]
+    assert_cli_error(capsys, [*base, "--config", str(config)], "prior only", "epochs")
+    assert_cli_error(capsys, [*base, "--epochs", "2"], "--prior-only", "image decoders")
+    assert_cli_error(capsys, base, "holds no image decoder", "fit-decoder image")
+
+
 @pytest.mark.parametrize(("mode", "mapping"), [("clipcap", "mlp"), ("capdec", "transformer")])
 def test_caption_decoder_trains_saves_and_decodes(
     stores: tuple[EmbeddingStore, EmbeddingStore], tmp_path: Path, mode: str, mapping: str
@@ -233,7 +287,9 @@ def test_e2e_needs_a_demo_folder(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert_cli_error(capsys, ["e2e", str(tmp_path)], "no world/", "modtrans demo")
 
 
-def test_latent_prior_learns_a_conditional_distribution() -> None:
+@pytest.mark.parametrize(("denoiser", "shape"), [("mlp", (8,)), ("unet", (2, 2, 2))])
+def test_latent_prior_learns_a_conditional_distribution(denoiser: str,
+                                                       shape: tuple[int, ...]) -> None:
     """Trained on z = A·e + small noise, its draws follow the condition: their mean is close to
     A·e and far from the unconditional mean (zero), and their spread is the noise's (guidance 1:
     the learned distribution itself, not its guided sharpening)."""
@@ -243,12 +299,14 @@ def test_latent_prior_learns_a_conditional_distribution() -> None:
     from modtrans.decoders.latent_prior import LatentPrior, LatentPriorConfig, LatentPriorModule
 
     torch.manual_seed(0)
-    a = torch.randn(3, 4)
+    a = torch.randn(3, 8)
     e = torch.randn(2048, 3)
     mean = e @ a
     std = torch.full_like(mean, 0.1)
-    config = LatentPriorConfig(width=64, depth=2, emb_dim=32, steps=10, guidance=1.0)
-    prior = LatentPrior(config, 4, 3)
+    width, depth = (64, 2) if denoiser == "mlp" else (8, 1)
+    config = LatentPriorConfig(denoiser=denoiser, width=width, depth=depth, emb_dim=32,
+                               steps=10, guidance=1.0)
+    prior = LatentPrior(config, shape, 3)
     prior.scale.fill_(float(mean.std()))
     L.Trainer(max_steps=600, accelerator="cpu", logger=False, enable_checkpointing=False,
               enable_progress_bar=False, enable_model_summary=False).fit(
@@ -256,12 +314,25 @@ def test_latent_prior_learns_a_conditional_distribution() -> None:
                                              shuffle=True))
     test_e = torch.randn(8, 3)
     draws = prior.sample(test_e.repeat(64, 1),
-                         torch.randn(512, 4, generator=torch.Generator().manual_seed(1)))
-    draws = draws.view(64, 8, 4)
+                         torch.randn(512, 8, generator=torch.Generator().manual_seed(1)))
+    draws = draws.view(64, 8, 8)
     target = test_e @ a
     error = (draws.mean(0) - target).norm(dim=1) / target.norm(dim=1)
     assert error.median() < 0.25, error
     assert draws.std(0).mean() < 0.5 * mean.std()
+
+
+def test_latent_prior_config_defaults_and_errors() -> None:
+    from modtrans.decoders.latent_prior import LatentPrior, LatentPriorConfig
+
+    unet, mlp = LatentPriorConfig(), LatentPriorConfig(denoiser="mlp")
+    assert (unet.denoiser, unet.width, unet.depth) == ("unet", 64, 1)
+    assert (mlp.width, mlp.depth) == (1024, 4)
+    assert LatentPriorConfig(denoiser="mlp", width=8).width == 8
+    with pytest.raises(ValueError, match="denoiser must be one of"):
+        LatentPriorConfig(denoiser="transformer")
+    with pytest.raises(ValueError, match="square latent grid"):
+        LatentPrior(unet, (256,), 3)
 
 
 def test_generate_uses_the_prior_and_its_overrides() -> None:

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from modtrans.translators.denoisers import (
+    ConditionalGridUNet,
     ConditionalMLP,
     DenoiserConfig,
     flops_per_sample,
@@ -26,6 +27,11 @@ from modtrans.translators.samplers import ddim_sample, dpm_solver_sample
 from modtrans.translators.schedules import NoiseSchedule
 
 TINY = DenoiserConfig(dim=3, cond_dim=5, width=16, depth=3, dropout=0.0, time_dim=8, emb_dim=12)
+# (denoiser, size of the vectors it denoises): the MLP, and the U-Net over 2 × 4 × 4 grids
+DENOISERS = {
+    "mlp": (lambda: ConditionalMLP(TINY), 3),
+    "unet": (lambda: ConditionalGridUNet(2, 4, 5, width=8, time_dim=8, emb_dim=12), 32),
+}
 
 
 @pytest.fixture
@@ -172,11 +178,13 @@ def test_conditional_mlp_shapes_and_zero_init_output() -> None:
     assert model.null_cond.shape == (5,) and model.null_cond.requires_grad
 
 
-def test_conditional_mlp_null_condition_per_sample() -> None:
+@pytest.mark.parametrize("kind", DENOISERS)
+def test_denoiser_null_condition_per_sample(kind: str) -> None:
     torch.manual_seed(0)
-    model = ConditionalMLP(TINY)
+    build, dim = DENOISERS[kind]
+    model = build()
     nn.init.normal_(model.out.weight)  # make the output depend on the input
-    x, t, cond = torch.randn(6, 3), torch.randint(0, 100, (6,)), torch.randn(6, 5)
+    x, t, cond = torch.randn(6, dim), torch.randint(0, 100, (6,)), torch.randn(6, 5)
     mask = torch.tensor([True, False, True, False, False, True])
     with torch.no_grad():
         mixed = model(x, t, cond, mask)
@@ -188,6 +196,23 @@ def test_conditional_mlp_null_condition_per_sample() -> None:
     torch.testing.assert_close(model(x, t, cond, torch.ones(6, dtype=torch.bool)), conditional)
     with pytest.raises(ValueError, match=r"cond_mask must be a bool tensor of shape \(6,\)"):
         model(x, t, cond, torch.ones(6))
+
+
+def test_grid_unet_shapes_zero_init_and_rows_independent() -> None:
+    build, dim = DENOISERS["unet"]
+    model = build()
+    x, t, cond = torch.randn(7, dim), torch.randint(0, 100, (7,)), torch.randn(7, 5)
+    assert bool((model(x, t, cond) == 0).all())  # zero-initialised output conv
+    nn.init.normal_(model.out.weight)
+    with torch.no_grad():
+        out = model(x, t, cond)
+        first = model(x[:1], t[:1], cond[:1])
+    assert out.shape == (7, dim)
+    torch.testing.assert_close(out[:1], first)  # GroupNorm, not BatchNorm: rows independent
+    with pytest.raises(ValueError, match="multiple of 8"):
+        ConditionalGridUNet(2, 4, 5, width=12)
+    with pytest.raises(ValueError, match="grid even"):
+        ConditionalGridUNet(2, 3, 5)
 
 
 def test_conditional_mlp_dropout_only_in_training() -> None:

@@ -43,17 +43,19 @@ class Config:
     @classmethod
     def load(cls: type[C], path: str | Path) -> C:
         """Read a YAML or JSON file (JSON is valid YAML) written by :meth:`save`."""
-        return cls.from_dict(_read_mapping(path))
+        return cls.from_dict(read_mapping(path))
 
     @classmethod
     def with_overrides(cls: type[C], path: str | Path | None = None, **values: Any) -> C:
         """The options in ``path`` (default: none, so the defaults), with every non-None value
         set. Defaults that depend on other options are resolved after the overrides."""
-        base = _read_mapping(path) if path else {}
+        base = read_mapping(path) if path else {}
         return cls.from_dict({**base, **{k: v for k, v in values.items() if v is not None}})
 
 
-def _read_mapping(path: str | Path) -> dict[str, Any]:
+def read_mapping(path: str | Path) -> dict[str, Any]:
+    """The mapping in a YAML or JSON file, for code that must look at the raw options
+    (e.g. to recognise a file of an older version) before building a config."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} does not exist")

@@ -30,14 +30,33 @@ def fit_decoder(
     gpt2: Path = typer.Option(None, help="caption: a real GPT-2 directory to fine-tune."),
     epochs: int = typer.Option(None, help="Override the config's epochs."),
     config: Path = typer.Option(None, help="YAML/JSON file of the decoder's config options."),
+    prior_only: bool = typer.Option(
+        False, "--prior-only", help="image: --out holds a trained decoder; keep its VAE and "
+        "retrain only its latent prior, with the `prior:` options of --config (e.g. "
+        "{prior: {denoiser: unet, train_steps: 4800}})."
+    ),
     accelerator: str = typer.Option("auto", help="Lightning accelerator: auto, cpu, gpu."),
 ) -> None:
     """Train a decoder from embeddings back to images or captions on a store's train split."""
     from modtrans.data.store import open_store
 
+    if prior_only and (kind != "image" or condition or epochs):
+        raise ValueError("--prior-only applies to image decoders (fit-decoder image) and "
+                         "keeps their condition and the VAE's epochs")
     train, val = open_store(data, "train"), open_store(data, "val")
     with contextlib.redirect_stdout(sys.stderr):
-        if kind == "image":
+        if prior_only:
+            from modtrans.config import read_mapping
+            from modtrans.decoders.image_vae import refit_latent_prior
+
+            options = read_mapping(config) if config else {}
+            unused = sorted(set(options) - {"prior"})
+            if unused:
+                raise ValueError(f"--prior-only retrains the prior only; {config} sets {unused}"
+                                 f": keep only its `prior:` options")
+            summary = refit_latent_prior(train, val, out, options.get("prior"),
+                                         accelerator=accelerator)
+        elif kind == "image":
             from modtrans.decoders.image_vae import ImageDecoderConfig, fit_image_decoder
 
             cfg = ImageDecoderConfig.with_overrides(config, condition=condition, epochs=epochs)

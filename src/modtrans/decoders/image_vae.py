@@ -35,11 +35,11 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from modtrans.config import Config
+from modtrans.config import Config, read_mapping
 from modtrans.data.store import EmbeddingStore
 from modtrans.decoders.latent_prior import LatentPrior, LatentPriorConfig, LatentPriorModule
 from modtrans.encoders.world_clip import load_images
-from modtrans.io import load_weights, save_weights
+from modtrans.io import load_weights, read_json, save_weights
 from modtrans.training.fit import fit_module, save_summary
 from modtrans.training.translator import WarmupEMA
 from modtrans.translators.base import Normalizer
@@ -136,8 +136,8 @@ class ConditionalVAE(nn.Module):
             up, _block(c1, c1), nn.Conv2d(c1, 3, 3, padding=1),
         )  # fmt: skip
         self.embed_norm = Normalizer(config.embed_dim)
-        self.prior = LatentPrior(LatentPriorConfig(**config.prior), config.latent_size,
-                                 config.embed_dim)
+        self.prior = LatentPrior(LatentPriorConfig(**config.prior),
+                                 (config.latent_channels, GRID, GRID), config.embed_dim)
 
     def encode(self, images: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, 3, 64, 64) in [0, 1] and normalised embeddings → latent mean and log-variance,
@@ -251,16 +251,17 @@ class ConditionalVAE(nn.Module):
                 f"{path} holds no image decoder ({WEIGHTS}); train one with "
                 "`modtrans fit-decoder image --data STORE --out DIR`"
             )
-        try:
-            config = ImageDecoderConfig.load(path / CONFIG)
-        except ValueError as err:
-            if "latent_dim" in str(err):
-                raise ValueError(
-                    f"{path} is an image decoder of an older modtrans (a vector latent); "
-                    "retrain it with `modtrans fit-decoder image` (in a demo folder: delete "
-                    f"{path} and rerun `modtrans e2e`, which retrains what is missing)"
-                ) from err
-            raise
+        options = read_mapping(path / CONFIG)
+        if "latent_dim" in options:
+            raise ValueError(
+                f"{path} is an image decoder of an older modtrans (a vector latent); "
+                "retrain it with `modtrans fit-decoder image` (in a demo folder: delete "
+                f"{path} and rerun `modtrans e2e`, which retrains what is missing)"
+            )
+        prior = options.get("prior")
+        if isinstance(prior, dict):  # saved before the U-Net prior became the default
+            prior.setdefault("denoiser", "mlp")
+        config = ImageDecoderConfig.from_dict(options)
         model = cls(config)
         load_weights(model, path / WEIGHTS)
         return model.eval()
@@ -348,6 +349,19 @@ def fit_image_decoder(train: EmbeddingStore, val: EmbeddingStore, out_dir: str |
                      accelerator=accelerator, progress=progress, log_name="logs")
 
     model.cpu()
+    prior = _fit_prior(model, (images, e), (val_images, val_e), out_dir,
+                       accelerator=accelerator, progress=progress)
+    return save_summary(model, out_dir, {
+        "pairs": len(e), "condition": config.condition, "vae_seconds": vae.pop("seconds"),
+        "prior_seconds": prior.pop("seconds"), **vae, **prior})
+
+
+def _fit_prior(model: ConditionalVAE, train: tuple[torch.Tensor, torch.Tensor],
+               val: tuple[torch.Tensor, torch.Tensor], out_dir: str | Path, *,
+               accelerator: str, progress: bool) -> dict[str, Any]:
+    """The second stage: the latent prior, on posterior draws of the trained encoder for
+    (images, raw embeddings) pairs. Returns its seconds and last logged losses."""
+    (images, e), (val_images, val_e) = train, val
     mean, std = model.posterior(images, e)
     model.prior.scale.fill_(float(mean.std()))
     pc = model.prior.config
@@ -357,12 +371,53 @@ def fit_image_decoder(train: EmbeddingStore, val: EmbeddingStore, out_dir: str |
                               drop_last=len(e) > pc.batch_size)
     prior_val = DataLoader(TensorDataset(val_mean, val_std, model.embed_norm(val_e)),
                            batch_size=2048)
-    prior = fit_module(
+    return fit_module(
         LatentPriorModule(model.prior), prior_loader, val_loader=prior_val, out_dir=out_dir,
         epochs=-(-pc.train_steps // len(prior_loader)), max_steps=pc.train_steps,
         accelerator=accelerator, progress=progress, log_name="prior_logs",
         callbacks=[WeightAveraging(avg_fn=WarmupEMA(pc.ema_decay))],
     )  # fmt: skip
-    return save_summary(model, out_dir, {
-        "pairs": len(e), "condition": config.condition, "vae_seconds": vae.pop("seconds"),
-        "prior_seconds": prior.pop("seconds"), **vae, **prior})
+
+
+def refit_latent_prior(train: EmbeddingStore, val: EmbeddingStore, decoder_dir: str | Path,
+                       prior: dict[str, Any] | None = None, *, accelerator: str = "auto",
+                       max_val_images: int = 1000, progress: bool = True) -> dict[str, Any]:
+    """Retrain only the latent prior of the image decoder in ``decoder_dir``, its VAE kept,
+    and rewrite the decoder there.
+
+    Args:
+        train, val: the store the decoder was trained on (its encoders are checked).
+        decoder_dir: a decoder saved by :func:`fit_image_decoder`.
+        prior: :class:`LatentPriorConfig` options replacing the saved ones. A new
+            ``denoiser`` starts from its own default width and depth.
+        accelerator, max_val_images, progress: as for :func:`fit_image_decoder`.
+
+    Returns:
+        The updated summary (the VAE's figures kept, the prior's replaced), also in
+        ``summary.json``.
+    """
+    decoder_dir = Path(decoder_dir)
+    old = ConditionalVAE.load(decoder_dir)
+    encoders = (train.image_encoder, train.text_encoder)
+    if encoders != (old.config.image_encoder, old.config.text_encoder):
+        raise ValueError(
+            f"decoder {decoder_dir} was trained on {old.config.image_encoder}/"
+            f"{old.config.text_encoder} embeddings, the store holds {encoders[0]}/"
+            f"{encoders[1]}; refit it on the store it was trained on"
+        )
+    options = dict(prior or {})
+    base = dict(old.config.prior)
+    if options.get("denoiser", base["denoiser"]) != base["denoiser"]:
+        base.pop("width"), base.pop("depth")
+    config = dataclasses.replace(old.config, prior={**base, **options})
+    model = ConditionalVAE(config)
+    kept = {k: v for k, v in old.state_dict().items() if not k.startswith("prior.")}
+    model.load_state_dict({**model.state_dict(), **kept})
+    L.seed_everything(config.seed, verbose=False)
+    fitted = _fit_prior(model, decoder_pairs(train, config.condition),
+                        decoder_pairs(val, config.condition, max_val_images), decoder_dir,
+                        accelerator=accelerator, progress=progress)
+    summary_path = decoder_dir / "summary.json"
+    summary = read_json(summary_path) if summary_path.is_file() else {}
+    summary.update(prior_seconds=fitted.pop("seconds"), prior_refit=True, **fitted)
+    return save_summary(model, decoder_dir, summary)

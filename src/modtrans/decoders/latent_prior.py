@@ -4,21 +4,23 @@ The image VAE's latent is spatial (an 8×8 grid), so the standard normal prior o
 cannot draw a scene from it: decoded, independent noise per cell is no layout of objects.
 Instead, like unCLIP's prior and latent diffusion's second stage, a diffusion model learns
 the distribution of the trained encoder's latents given the conditioning embedding. It is
-built from modtrans's own translator parts: the :class:`ConditionalMLP` denoiser on the
-flattened latent, a cosine schedule, v-prediction, condition dropping for classifier-free
-guidance, EMA weights and the DPM-Solver++ sampler.
+built from modtrans's own translator parts: a denoiser (by default the small
+:class:`ConditionalGridUNet` over the latent grid; :class:`ConditionalMLP` on the flattened
+latent as the alternative), a cosine schedule, v-prediction, condition dropping for
+classifier-free guidance, EMA weights and the DPM-Solver++ sampler.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import lightning as L
 import torch
 from torch import Tensor, nn
 
 from modtrans.config import Config
-from modtrans.translators.denoisers import ConditionalMLP, DenoiserConfig
+from modtrans.translators.denoisers import ConditionalGridUNet, ConditionalMLP, DenoiserConfig
 from modtrans.translators.diffusion import diffusion_loss
 from modtrans.translators.samplers import get_sampler
 from modtrans.translators.schedules import NoiseSchedule
@@ -29,7 +31,15 @@ class LatentPriorConfig(Config):
     """The prior's denoiser, schedule, sampler and recipe.
 
     Attributes:
-        width, depth, emb_dim: the :class:`ConditionalMLP`'s shape.
+        denoiser: ``unet`` (:class:`ConditionalGridUNet` over the latent grid) or ``mlp``
+            (:class:`ConditionalMLP` on the flattened latent). The U-Net is the default: on
+            the world's test-split prompts (image decoder, oracle embeddings, guidance 5,
+            2,400 steps) its draws had an image FD of 0.083 against the MLP's 0.118, with
+            clean backgrounds and outlines where the MLP's were smeared; colour and pair
+            recall were within noise of each other. It trains about 3× slower on a CPU.
+        width, depth: U-Net: channels at full resolution (default 64) and residual blocks
+            per level (1); MLP: hidden width (1024) and layers (4).
+        emb_dim: width of the timestep and condition embeddings.
         timesteps: diffusion steps of the cosine schedule.
         cond_drop: fraction of training samples on the null condition (guidance).
         steps, guidance: DPM-Solver++ steps and classifier-free guidance at sampling.
@@ -41,8 +51,9 @@ class LatentPriorConfig(Config):
             weights); steps, not epochs, so that it costs the same whatever the data size.
     """
 
-    width: int = 1024
-    depth: int = 4
+    denoiser: str = "unet"
+    width: int | None = None
+    depth: int | None = None
     emb_dim: int = 256
     timesteps: int = 1000
     cond_drop: float = 0.1
@@ -54,6 +65,15 @@ class LatentPriorConfig(Config):
     ema_decay: float = 0.995
 
     def __post_init__(self) -> None:
+        defaults = {"unet": (64, 1), "mlp": (1024, 4)}
+        if self.denoiser not in defaults:
+            raise ValueError(f"denoiser must be one of {sorted(defaults)}, got {self.denoiser!r}")
+        width, depth = defaults[self.denoiser]
+        self.width = width if self.width is None else self.width
+        self.depth = depth if self.depth is None else self.depth
+        if self.width < 1 or self.depth < 1 or self.emb_dim < 1:
+            raise ValueError(f"width, depth and emb_dim must be ≥ 1, got {self.width}, "
+                             f"{self.depth}, {self.emb_dim}")
         if not 0 <= self.cond_drop < 1:
             raise ValueError(f"cond_drop must be in [0, 1), got {self.cond_drop}")
         if not 0 < self.ema_decay < 1:
@@ -68,16 +88,26 @@ class LatentPriorConfig(Config):
 class LatentPrior(nn.Module):
     """p(z | e) for flattened latents z (N, dim) given normalised embeddings e (N, cond_dim).
 
-    Latents are divided by ``scale`` (the standard deviation of the posterior means on
-    train) so that the diffusion runs at about unit scale.
+    ``shape`` is the latent's own shape: ``(C, g, g)`` for a grid (needed by the U-Net), or
+    ``(dim,)``. Latents are divided by ``scale`` (the standard deviation of the posterior
+    means on train) so that the diffusion runs at about unit scale.
     """
 
-    def __init__(self, config: LatentPriorConfig, dim: int, cond_dim: int) -> None:
+    def __init__(self, config: LatentPriorConfig, shape: tuple[int, ...], cond_dim: int
+                 ) -> None:
         super().__init__()
         self.config = config
-        self.denoiser = ConditionalMLP(DenoiserConfig(
-            dim=dim, cond_dim=cond_dim, width=config.width, depth=config.depth, dropout=0.0,
-            emb_dim=config.emb_dim))  # fmt: skip
+        if config.denoiser == "unet":
+            if len(shape) != 3 or shape[1] != shape[2]:
+                raise ValueError(f"the U-Net prior needs a square latent grid (C, g, g), got "
+                                 f"{tuple(shape)}; use denoiser: mlp for vector latents")
+            self.denoiser: nn.Module = ConditionalGridUNet(
+                shape[0], shape[1], cond_dim, width=config.width, blocks=config.depth,
+                emb_dim=config.emb_dim)
+        else:
+            self.denoiser = ConditionalMLP(DenoiserConfig(
+                dim=math.prod(shape), cond_dim=cond_dim, width=config.width,
+                depth=config.depth, dropout=0.0, emb_dim=config.emb_dim))  # fmt: skip
         self.schedule = NoiseSchedule.from_name("cosine", config.timesteps)
         self.register_buffer("scale", torch.ones(()))
 

@@ -6,6 +6,9 @@ concatenated into every hidden layer's input, the timestep and the condition are
 by their own MLPs and injected into every layer by FiLM scale-and-shift, and hidden layers
 after the first are residual. A learned null condition supports classifier-free guidance
 (Ho & Salimans 2022).
+
+:class:`ConditionalGridUNet` denoises vectors that are flattened ``C × g × g`` grids (an
+image decoder's spatial latent) with a small two-level U-Net, conditioned the same way.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from torch import Tensor, nn
 
 from modtrans.config import Config
 
-__all__ = ["ConditionalMLP", "DenoiserConfig", "flops_per_sample", "timestep_embedding"]
+__all__ = ["ConditionalGridUNet", "ConditionalMLP", "DenoiserConfig", "flops_per_sample",
+           "timestep_embedding"]
 
 
 def _positive_int(value: object) -> bool:
@@ -105,7 +109,32 @@ def _mlp(in_dim: int, out_dim: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(in_dim, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
 
 
-class ConditionalMLP(nn.Module):
+class _Conditioned(nn.Module):
+    """The timestep and condition embedding both denoisers share:
+    ``SiLU([MLP_t(sinusoid(t)), MLP_c(c)])`` ``(B, 2·emb_dim)``, with a learned null
+    condition where ``cond_mask`` is ``False``."""
+
+    def _init_conditioning(self, cond_dim: int, time_dim: int, emb_dim: int) -> None:
+        self.time_dim = time_dim
+        self.time_mlp = _mlp(time_dim, emb_dim)
+        self.cond_mlp = _mlp(cond_dim, emb_dim)
+        self.null_cond = nn.Parameter(torch.randn(cond_dim))
+
+    def _embedding(self, t: Tensor, cond: Tensor, cond_mask: Tensor | None, dtype: torch.dtype
+                   ) -> Tensor:
+        if cond_mask is not None:
+            if cond_mask.dtype != torch.bool or cond_mask.shape != cond.shape[:1]:
+                raise ValueError(
+                    f"cond_mask must be a bool tensor of shape {tuple(cond.shape[:1])}, got "
+                    f"{cond_mask.dtype} {tuple(cond_mask.shape)}"
+                )
+            null = self.null_cond.to(cond.dtype).expand_as(cond)  # (B, Dc)
+            cond = torch.where(cond_mask[:, None], cond, null)
+        temb = self.time_mlp(timestep_embedding(t, self.time_dim).to(dtype))
+        return F.silu(torch.cat([temb, self.cond_mlp(cond)], dim=-1))  # (B, 2·emb_dim)
+
+
+class ConditionalMLP(_Conditioned):
     """Conditional MLP denoiser ``model(x_t, t, cond, cond_mask) -> (B, D)``.
 
     ``e = SiLU([MLP_t(sinusoid(t)), MLP_c(c)])`` ``(B, 2·emb_dim)``; layer 0 maps ``x``,
@@ -120,9 +149,7 @@ class ConditionalMLP(nn.Module):
         super().__init__()
         self.config = config
         c = config
-        self.time_mlp = _mlp(c.time_dim, c.emb_dim)
-        self.cond_mlp = _mlp(c.cond_dim, c.emb_dim)
-        self.null_cond = nn.Parameter(torch.randn(c.cond_dim))
+        self._init_conditioning(c.cond_dim, c.time_dim, c.emb_dim)
         self.layers = nn.ModuleList(
             _FiLMLayer(c.dim if i == 0 else c.width + c.dim, c.width, 2 * c.emb_dim, c.dropout)
             for i in range(c.depth)
@@ -146,20 +173,88 @@ class ConditionalMLP(nn.Module):
         Returns:
             ``(B, D)``.
         """
-        if cond_mask is not None:
-            if cond_mask.dtype != torch.bool or cond_mask.shape != cond.shape[:1]:
-                raise ValueError(
-                    f"cond_mask must be a bool tensor of shape {tuple(cond.shape[:1])}, got "
-                    f"{cond_mask.dtype} {tuple(cond_mask.shape)}"
-                )
-            null = self.null_cond.to(cond.dtype).expand_as(cond)  # (B, Dc)
-            cond = torch.where(cond_mask[:, None], cond, null)
-        temb = self.time_mlp(timestep_embedding(t, self.config.time_dim).to(x.dtype))
-        emb = F.silu(torch.cat([temb, self.cond_mlp(cond)], dim=-1))  # (B, 2·emb_dim)
+        emb = self._embedding(t, cond, cond_mask, x.dtype)
         h = self.layers[0](x, emb)  # (B, width)
         for layer in self.layers[1:]:
             h = h + layer(torch.cat([h, x], dim=-1), emb)  # skip: x re-enters every layer
         return self.out(h)
+
+
+class _ResBlock(nn.Module):
+    """``h + conv(SiLU(FiLM(GN(conv(SiLU(GN(h)))))))``, FiLM's (scale, shift) from emb."""
+
+    def __init__(self, channels: int, emb_dim: int) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = nn.GroupNorm(8, channels), nn.GroupNorm(8, channels)
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.film = nn.Linear(emb_dim, 2 * channels)
+
+    def forward(self, h: Tensor, emb: Tensor) -> Tensor:
+        scale, shift = self.film(emb)[:, :, None, None].chunk(2, dim=1)  # (B, C, 1, 1) each
+        x = self.conv1(F.silu(self.norm1(h)))
+        return h + self.conv2(F.silu(self.norm2(x) * (1 + scale) + shift))
+
+
+class ConditionalGridUNet(_Conditioned):
+    """Conditional U-Net denoiser over flattened grids ``model(x_t, t, cond, cond_mask) ->
+    (B, C·g·g)``.
+
+    ``x`` is viewed as ``(B, C, g, g)``; ``blocks`` FiLM residual blocks of ``width``
+    channels at g × g, a strided conv to ``2·width`` channels at g/2 × g/2 with ``2·blocks``
+    blocks, then upsampling, a skip connection from the first level and ``blocks`` blocks
+    at g × g. The condition enters every block as in :class:`ConditionalMLP`; the output
+    conv is zero-initialised.
+
+    Args:
+        channels, grid: C and g of the grid (``C·g·g`` = the vectors' size; g even).
+        cond_dim: Dc, size of the condition vectors.
+        width: channels at full resolution (a multiple of 8, for GroupNorm).
+        blocks: residual blocks per level.
+        time_dim, emb_dim: sinusoidal timestep embedding size and the embedding MLPs' width.
+    """
+
+    def __init__(self, channels: int, grid: int, cond_dim: int, *, width: int = 64,
+                 blocks: int = 1, time_dim: int = 128, emb_dim: int = 256) -> None:
+        super().__init__()
+        if min(channels, cond_dim, blocks, time_dim, emb_dim) < 1 or grid < 2 or grid % 2:
+            raise ValueError(f"channels, cond_dim, blocks and embedding sizes must be ≥ 1 and "
+                             f"the grid even, got channels={channels} grid={grid} "
+                             f"cond_dim={cond_dim} blocks={blocks}")
+        if width < 8 or width % 8:
+            raise ValueError(f"width must be a multiple of 8 (GroupNorm), got {width}")
+        self.channels, self.grid = channels, grid
+        self._init_conditioning(cond_dim, time_dim, emb_dim)
+        e = 2 * emb_dim
+        self.inp = nn.Conv2d(channels, width, 3, padding=1)
+        self.down_blocks = nn.ModuleList(_ResBlock(width, e) for _ in range(blocks))
+        self.down = nn.Conv2d(width, 2 * width, 3, stride=2, padding=1)
+        self.mid_blocks = nn.ModuleList(_ResBlock(2 * width, e) for _ in range(2 * blocks))
+        self.up = nn.Conv2d(2 * width, width, 3, padding=1)
+        self.merge = nn.Conv2d(2 * width, width, 1)
+        self.up_blocks = nn.ModuleList(_ResBlock(width, e) for _ in range(blocks))
+        self.out_norm = nn.GroupNorm(8, width)
+        self.out = nn.Conv2d(width, channels, 3, padding=1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(
+        self, x: Tensor, t: Tensor, cond: Tensor, cond_mask: Tensor | None = None
+    ) -> Tensor:
+        """As :meth:`ConditionalMLP.forward`, for ``x`` ``(B, C·g·g)``."""
+        emb = self._embedding(t, cond, cond_mask, x.dtype)
+        h = self.inp(x.view(-1, self.channels, self.grid, self.grid))
+        for block in self.down_blocks:
+            h = block(h, emb)
+        skip = h
+        h = self.down(h)
+        for block in self.mid_blocks:
+            h = block(h, emb)
+        h = self.up(F.interpolate(h, scale_factor=2, mode="nearest"))
+        h = self.merge(torch.cat([h, skip], dim=1))
+        for block in self.up_blocks:
+            h = block(h, emb)
+        return self.out(F.silu(self.out_norm(h))).flatten(1)
 
 
 def flops_per_sample(config: DenoiserConfig) -> int:
