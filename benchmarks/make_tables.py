@@ -142,6 +142,12 @@ def e2e_section() -> list[str]:
            f"{judge['pairs_presence_accuracy']:.3f} (exact set of pairs in "
            f"{judge['pairs_set_exact']:.3f} of images), object count "
            f"{judge['count_accuracy']:.3f}.", ""]
+    refit = [name for name, summary in f["training"].items() if summary.get("prior_refit")]
+    if refit:
+        out += [f"The latent priors of {', '.join(refit)} were retrained (`modtrans "
+                "fit-decoder image --prior-only`) on VAEs kept from an earlier run: "
+                + ", ".join(f"{name} prior {f['training'][name]['prior_seconds']:.0f} s"
+                            for name in refit) + ".", ""]
     keys = ("colours_recall", "shapes_recall", "pairs_recall", "pairs_hallucination")
     for split, routes in f["text_to_image"].items():
         out += [f"**text → image — {split}** (prompts naming every object; recall of the "
