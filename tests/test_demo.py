@@ -131,7 +131,8 @@ def test_tiny_demo_evaluates_generation_end_to_end(demo: Demo) -> None:
     results = json.loads((demo.out / "e2e" / "results.json").read_text())
     assert set(results["text_to_image"]) == set(results["image_to_text"]) == {"val", "novel"}
     for routes in results["text_to_image"].values():
-        assert set(routes) == {"ced", "ridge", "direct", "oracle", "reconstruction", "real"}
+        assert set(routes) == {"ced", "ced-mean", "ridge", "direct", "oracle", "reconstruction",
+                               "real"}
         for name, route in routes.items():
             assert name == "real" or route["fd"] >= 0
             for scores in route["by_objects"].values():

@@ -5,7 +5,8 @@ Works in a demo folder (world, world CLIP, store, translators) and adds ``e2e/``
 - trains (or reuses) the attribute recogniser (the judge; held-out accuracy first), the image
   VAE on image embeddings (after a text2image translator) and on text embeddings (direct),
   ClipCap on image embeddings and CapDec on noisy text embeddings;
-- text → image, through ``ced`` (one draw), ``ridge`` and direct: the recogniser's recall of
+- text → image, through ``ced`` (one draw; ``ced-mean``: the mean of 8 draws), ``ridge``
+  and direct: the recogniser's recall of
   the colour–shape pairs each prompt names and its hallucinations, for "full" prompts (every
   object named) with one, two and three objects; image FD against the split's real images in
   the world CLIP's image space. Three references bound them: ``oracle`` decodes the image
@@ -53,7 +54,7 @@ from modtrans.translators.base import load_translator
 
 logger = logging.getLogger(__name__)
 
-T2I_ROUTES = ("ced", "ridge", "direct", "oracle", "reconstruction")
+T2I_ROUTES = ("ced", "ced-mean", "ridge", "direct", "oracle", "reconstruction")
 I2T_ROUTES = ("ced", "ridge", "clipcap")
 EXAMPLE_SAMPLES = 6
 
@@ -152,7 +153,8 @@ class _Generator:
         text_emb = self.clip.encode_texts([prompt for prompt, _ in items])
         if route == "direct":
             return self.vae_text.generate(text_emb, generator=generator)
-        e = self.translators[route].translate(text_emb, mode="sample", generator=generator)
+        method, mode = ("ced", "mean") if route == "ced-mean" else (route, "sample")
+        e = self.translators[method].translate(text_emb, mode=mode, generator=generator)
         return self.vae_image.generate(e, generator=generator)
 
 
