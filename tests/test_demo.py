@@ -145,7 +145,7 @@ def test_tiny_demo_evaluates_generation_end_to_end(demo: Demo) -> None:
 
     grid = Image.open(demo.out / "e2e" / "text2image.png")
     n_prompts = len(results["examples"]["prompts"])
-    assert grid.size == (30 * 66 + 2, n_prompts * 66 + 2)  # 6 samples × 5 routes per row
+    assert grid.size == (36 * 66 + 2, n_prompts * 66 + 2)  # 6 samples × 6 routes per row
 
 
 def test_report_verb_missing_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
