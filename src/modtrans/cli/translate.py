@@ -208,7 +208,7 @@ def demo(
     config: Path = typer.Option(None, help="YAML/JSON file of DemoConfig options."),
     generation: bool = typer.Option(
         None, "--generation/--no-generation", help="Also train decoders and the judge and "
-        "evaluate generation end to end (adds about an hour on a 2-core CPU; default: "
+        "evaluate generation end to end (adds about 1.5 hours on a 2-core CPU; default: "
         "the preset's choice, off for default, on for tiny)."
     ),
 ) -> None:
