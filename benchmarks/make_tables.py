@@ -152,6 +152,7 @@ def e2e_section() -> list[str]:
     for split, routes in f["text_to_image"].items():
         out += [f"**text → image — {split}** (prompts naming every object; recall of the "
                 "named attributes the judge finds; FD in the world CLIP's image space; "
+                "`ced` is one draw of the translator, `ced-mean` the mean of 8; "
                 "`oracle` decodes the embedding of the image the prompt describes, "
                 "`reconstruction` redraws that image from the VAE's posterior, `real` "
                 "judges that image)", "",
