@@ -130,6 +130,8 @@ def test_refit_latent_prior_keeps_the_vae_and_swaps_the_prior(
         if not key.startswith("prior."):
             assert torch.equal(value, old_state[key]), key
     assert summary["prior_refit"] and "vae_seconds" in summary and "val/prior_loss" in summary
+    with pytest.raises(ValueError, match="mapping"):
+        refit_latent_prior(train, val, tmp_path, "unet")  # type: ignore[arg-type]
     images = after.generate(torch.randn(2, after.config.embed_dim),
                             generator=torch.Generator().manual_seed(0))
     assert images.shape == (2, 64, 64, 3)

@@ -405,6 +405,8 @@ def refit_latent_prior(train: EmbeddingStore, val: EmbeddingStore, decoder_dir: 
             f"{old.config.text_encoder} embeddings, the store holds {encoders[0]}/"
             f"{encoders[1]}; refit it on the store it was trained on"
         )
+    if prior is not None and not isinstance(prior, dict):
+        raise ValueError(f"prior must be a mapping of LatentPriorConfig options, got {prior!r}")
     options = dict(prior or {})
     base = dict(old.config.prior)
     if options.get("denoiser", base["denoiser"]) != base["denoiser"]:
