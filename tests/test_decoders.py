@@ -132,6 +132,11 @@ def test_refit_latent_prior_keeps_the_vae_and_swaps_the_prior(
     assert summary["prior_refit"] and "vae_seconds" in summary and "val/prior_loss" in summary
     with pytest.raises(ValueError, match="mapping"):
         refit_latent_prior(train, val, tmp_path, "unet")  # type: ignore[arg-type]
+    saved = (tmp_path / "decoder_config.json").read_text()
+    (tmp_path / "decoder_config.json").write_text(
+        saved.replace(f"image_encoder: {train.image_encoder}", "image_encoder: hf:other"))
+    with pytest.raises(ValueError, match="refit it on the store it was trained on"):
+        refit_latent_prior(train, val, tmp_path)
     images = after.generate(torch.randn(2, after.config.embed_dim),
                             generator=torch.Generator().manual_seed(0))
     assert images.shape == (2, 64, 64, 3)
