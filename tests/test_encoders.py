@@ -340,6 +340,7 @@ def test_conv_clip_world_encoder_round_trips_through_hf(tiny_world, tmp_path) ->
     assert summary["warm_start_epochs"] == 1 and summary["warm_start_seconds"] >= 0
     encoder = build_encoder(f"hf:{tmp_path / 'cnn'}")
     assert encoder.dim == 16
+    assert config.pool == "objects" and encoder.model.config.object_classes == 9
     data = read_coco_captions(Path(tiny_world) / "val" / "captions.json")
     images = load_images(data.image_paths[:4], 64)
     with torch.no_grad():
@@ -371,15 +372,71 @@ def test_warm_start_trains_the_clips_own_image_tower(tiny_world) -> None:
     model = build_model(config, build_tokenizer([c for cs in train.captions for c in cs]))
     tower = [p.detach().clone() for p in model.vision_model.parameters()]
     text = [p.detach().clone() for p in model.text_model.parameters()]
+    head = model.object_head.weight.detach().clone()
     images = load_images(train.image_paths, 64)
     _warm_start(model, images, [rows[i] for i in train.image_ids], config,
                 accelerator="cpu", progress=False)
     assert any(not torch.equal(a, b) for a, b in zip(tower, model.vision_model.parameters(),
                                                       strict=True))
+    assert not torch.equal(head, model.object_head.weight)  # the detector's shape head
     assert all(torch.equal(a, b) for a, b in zip(text, model.text_model.parameters(),
                                                   strict=True))
     with pytest.raises(ValueError, match="ground truth"):
         _warm_start(model, images, None, config)
+
+
+def _tiny_conv_clip(object_classes: int):
+    from modtrans.encoders.conv_clip import ConvClipConfig, ConvClipModel
+
+    text = {"vocab_size": 10, "hidden_size": 8, "intermediate_size": 16,
+            "num_hidden_layers": 1, "num_attention_heads": 2, "max_position_embeddings": 8}
+    torch.manual_seed(0)
+    return ConvClipModel(ConvClipConfig(text_config=text, channels=(4, 6),
+                                        projection_dim=5, object_classes=object_classes)).eval()
+
+
+def test_object_pooling_weights_cells_by_their_object_probability() -> None:
+    """Certain "no object" everywhere: the object part is zero; certain objects: it is the
+    plain mean. The projection sees [objects, mean]."""
+    model = _tiny_conv_clip(3)
+    pixels = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        cells = model.vision_model(pixels)
+        mean = cells.mean(dim=(2, 3))
+        model.object_head.weight.zero_()
+        for nothing, expected in ((30.0, torch.zeros_like(mean)), (-30.0, mean)):
+            model.object_head.bias.copy_(torch.tensor([nothing, 0.0, 0.0]))
+            got = model.get_image_features(pixels).pooler_output
+            want = model.visual_projection(torch.cat([expected, mean], dim=1))
+            torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-3)
+
+
+def test_conv_clip_without_object_head_pools_the_mean() -> None:
+    """object_classes 0 (and configs saved before the object head): the plain mean."""
+    from modtrans.encoders.conv_clip import ConvClipConfig
+
+    model = _tiny_conv_clip(0)
+    assert model.object_head is None and model.visual_projection.in_features == 6
+    assert ConvClipConfig.from_dict({"channels": [4, 6]}).object_classes == 0
+    pixels = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        want = model.visual_projection(model.vision_model(pixels).mean(dim=(2, 3)))
+        torch.testing.assert_close(model.get_image_features(pixels).pooler_output, want)
+    for bad in (1, -2):
+        with pytest.raises(ValueError, match="object_classes"):
+            ConvClipConfig(object_classes=bad)
+
+
+def test_pool_default_follows_the_warm_start() -> None:
+    from modtrans.encoders.world_clip import WorldClipConfig
+
+    assert WorldClipConfig().pool == "objects"
+    assert WorldClipConfig(warm_start_epochs=0).pool == "mean"
+    assert WorldClipConfig(vision="vit").pool == "mean"
+    with pytest.raises(ValueError, match="pool: objects needs the warm start"):
+        WorldClipConfig(warm_start_epochs=0, pool="objects")
+    with pytest.raises(ValueError, match="'mean' or 'objects'"):
+        WorldClipConfig(pool="max")
 
 
 def test_warm_start_needs_the_cnn_tower() -> None:

@@ -35,8 +35,12 @@ def fit_encoder(
                                "(a plain transformers CLIPModel)."),
     warm_start_epochs: int = typer.Option(
         None, help="Epochs of training the CNN tower as the world's object detector (on the "
-        "ground truth) before the contrastive epochs; 0 for none [default: 2 for cnn, "
-        "0 for vit]."),
+        "ground truth) before the contrastive epochs; 0 for none (default: 2 for cnn, "
+        "0 for vit)."),
+    pool: str = typer.Option(
+        None, help="How the CNN tower's cells become the image embedding: objects (their "
+        "mean weighted by the warm-started detector's object probability, beside the plain "
+        "mean) or mean (default: objects when warm-started, else mean)."),
     accelerator: str = typer.Option("auto", help="Lightning accelerator: auto, cpu, gpu."),
 ) -> None:
     """Train the world CLIP (transformers' CLIP text tower, a CNN or ViT image tower) on the
@@ -47,7 +51,8 @@ def fit_encoder(
     from modtrans.encoders.world_clip import WorldClipConfig, fit_world_clip_from_world
 
     cfg = WorldClipConfig.with_overrides(config, epochs=epochs, batch_size=batch_size, lr=lr,
-                                         vision=vision, warm_start_epochs=warm_start_epochs)
+                                         vision=vision, warm_start_epochs=warm_start_epochs,
+                                         pool=pool)
     # Lightning draws its progress bar on stdout; send it to stderr so stdout is the JSON only.
     with contextlib.redirect_stdout(sys.stderr):
         summary = fit_world_clip_from_world(world, out, config=cfg, accelerator=accelerator)

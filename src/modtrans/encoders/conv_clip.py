@@ -6,6 +6,13 @@ reaches 72% (measured on 5,000 world images). The text tower here *is* CLIP's
 (``CLIPTextModel``); the image tower is a VGG-style CNN. The class is registered with
 ``AutoConfig``/``AutoModel``, saved with ``save_pretrained`` and loaded through the same
 ``hf:`` path as any CLIP.
+
+The image embedding pools the tower's cell map. ``object_classes > 0`` adds an object head
+(a 1×1 conv over the cells, class 0 meaning "no object") and pools twice: a mean weighted by
+each cell's probability of holding an object, beside the plain mean. Why: an object of the
+world fills one or two of the 64 cells, so the plain mean is dominated by the background;
+with the object-weighted mean (the head warm-started as the world's detector) a linear probe
+reads the main shape at 0.51 instead of 0.39, and R@1 rises (README, *World CLIP*).
 """
 
 from __future__ import annotations
@@ -37,6 +44,8 @@ class ConvClipConfig(PretrainedConfig):
         channels: output channels of the image tower's conv blocks (each but the last halves
             the size: 4 blocks leave an 8×8 map of a 64×64 image, mean-pooled).
         projection_dim: size of the shared embedding space.
+        object_classes: classes of the object head (class 0: no object); 0 for none, and
+            then the image is the plain mean of its cells.
         logit_scale_init_value: initial log inverse temperature (CLIP: log(1/0.07)).
     """
 
@@ -47,13 +56,18 @@ class ConvClipConfig(PretrainedConfig):
         text_config: dict | None = None,
         channels: tuple[int, ...] | list[int] = (32, 64, 128, 128),
         projection_dim: int = 128,
+        object_classes: int = 0,
         logit_scale_init_value: float = 2.6592,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
+        if object_classes == 1 or object_classes < 0:
+            raise ValueError(f"object_classes must be 0 (no object head) or at least 2 (class "
+                             f"0 is 'no object'), got {object_classes}")
         self.text_config = dict(text_config or {})
         self.channels = list(channels)
         self.projection_dim = projection_dim
+        self.object_classes = object_classes
         self.logit_scale_init_value = logit_scale_init_value
 
 
@@ -93,8 +107,11 @@ class ConvClipModel(PreTrainedModel):
         text_config = CLIPTextConfig(**config.text_config)
         self.text_model = CLIPTextModel(text_config)
         self.vision_model = conv_tower(config.channels)
-        self.visual_projection = nn.Linear(config.channels[-1], config.projection_dim,
-                                           bias=False)
+        width = config.channels[-1]
+        self.object_head = (nn.Conv2d(width, config.object_classes, 1)
+                            if config.object_classes else None)
+        pooled = 2 * width if self.object_head is not None else width
+        self.visual_projection = nn.Linear(pooled, config.projection_dim, bias=False)
         self.text_projection = nn.Linear(text_config.hidden_size, config.projection_dim,
                                          bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
@@ -103,6 +120,11 @@ class ConvClipModel(PreTrainedModel):
     def get_image_features(self, pixel_values: torch.Tensor) -> BaseModelOutputWithPooling:
         hidden = self.vision_model(pixel_values)  # (B, C, h, w)
         pooled = hidden.mean(dim=(2, 3))  # (B, C)
+        if self.object_head is not None:
+            # P(the cell holds an object), (B, 1, h, w)
+            weight = 1 - self.object_head(hidden).softmax(dim=1)[:, :1]
+            objects = (weight * hidden).sum(dim=(2, 3)) / (weight.sum(dim=(2, 3)) + 1e-3)
+            pooled = torch.cat([objects, pooled], dim=1)
         return BaseModelOutputWithPooling(last_hidden_state=hidden,
                                           pooler_output=self.visual_projection(pooled))
 

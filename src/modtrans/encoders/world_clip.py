@@ -47,15 +47,23 @@ class WorldClipConfig(Config):
     """Architecture and training recipe of the world CLIP.
 
     The default — a narrow CNN image tower trained for 2 epochs as the world's object
-    detector, then 3 contrastive epochs — trains on the demo's 20,000-image world in about
-    2 minutes on a 2-core CPU and has the best shape probe and WorldBench figures measured
-    (README, *World CLIP*). ``warm_start_epochs`` left as None means 2 for the CNN tower
-    and 0 for the ViT (``vision: vit``, a plain ``CLIPModel``).
+    detector, then 3 contrastive epochs, its cells pooled by the detector's object
+    probabilities — trains on the demo's 20,000-image world in about 2 minutes on a 2-core
+    CPU and has the best shape probe and WorldBench figures measured (README, *World
+    CLIP*). Left as None, ``warm_start_epochs`` means 2 for the CNN tower and 0 for the ViT
+    (``vision: vit``, a plain ``CLIPModel``), and ``pool`` means ``objects`` for a
+    warm-started CNN tower and ``mean`` otherwise.
+
+    ``pool``: ``mean`` embeds an image as the mean of its tower's cells; ``objects`` adds
+    the mean weighted by each cell's probability of holding an object, from an object head
+    that the warm start trains as part of the detector
+    (:class:`modtrans.encoders.conv_clip.ConvClipModel`).
     """
 
     vision: str = "cnn"
     channels: tuple[int, ...] = (16, 32, 64, 128)
     warm_start_epochs: int | None = None
+    pool: str | None = None
     image_size: int = 64
     patch_size: int = 8
     vision_width: int = 96
@@ -94,6 +102,13 @@ class WorldClipConfig(Config):
             raise ValueError(f"warm_start_epochs must be >= 0, got {self.warm_start_epochs}")
         if self.warm_start_epochs and self.vision != "cnn":
             raise ValueError("warm_start_epochs needs the CNN image tower (vision: cnn)")
+        if self.pool is None:
+            self.pool = "objects" if self.warm_start_epochs else "mean"
+        if self.pool not in ("mean", "objects"):
+            raise ValueError(f"pool must be 'mean' or 'objects', got {self.pool!r}")
+        if self.pool == "objects" and not self.warm_start_epochs:
+            raise ValueError("pool: objects needs the warm start that trains its object head "
+                             "(vision: cnn, warm_start_epochs >= 1); or set pool: mean")
         if not 0 <= self.warmup_fraction < 1:
             raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
 
@@ -159,8 +174,12 @@ def build_model(config: WorldClipConfig, tokenizer):
         num_attention_heads=config.heads,
     )
     if config.vision == "cnn":
+        from modtrans.eval.recogniser import AttributeRecogniser
+
+        objects = AttributeRecogniser.HEADS["shape"] if config.pool == "objects" else 0
         return ConvClipModel(ConvClipConfig(text_config=text, channels=config.channels,
-                                            projection_dim=config.projection_dim))
+                                            projection_dim=config.projection_dim,
+                                            object_classes=objects))
     return CLIPModel(CLIPConfig(text_config=text, vision_config=vision,
                                 projection_dim=config.projection_dim))
 
@@ -311,7 +330,8 @@ def fit_world_clip(
 
 def _warm_start(model, images: torch.Tensor, objects: list[dict] | None,
                 config: WorldClipConfig, **kwargs) -> float:
-    """Train the CNN image tower as the world's object detector; returns seconds."""
+    """Train the CNN image tower as the world's object detector; the object head (if any)
+    then starts as the detector's shape head. Returns seconds."""
     from modtrans.eval.recogniser import AttributeRecogniser, RecogniserConfig, train_recogniser
 
     if objects is None or len(objects) != len(images):
@@ -323,7 +343,13 @@ def _warm_start(model, images: torch.Tensor, objects: list[dict] | None,
         channels=config.channels, epochs=config.warm_start_epochs,
         batch_size=config.batch_size, seed=config.seed,
     ), features=model.vision_model)  # trains the CLIP's own tower in place
-    return train_recogniser(detector, images, objects, **kwargs)
+    seconds = train_recogniser(detector, images, objects, **kwargs)
+    if model.object_head is not None:  # it starts as the detector's shape head
+        classes = model.object_head.out_channels
+        with torch.no_grad():
+            model.object_head.weight.copy_(detector.cells.weight[:classes])
+            model.object_head.bias.copy_(detector.cells.bias[:classes])
+    return seconds
 
 
 def fit_world_clip_from_world(world_dir: str | Path, out_dir: str | Path, *,
