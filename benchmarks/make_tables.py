@@ -40,7 +40,9 @@ def world_section() -> list[str]:
             f"{f['seconds']:.1f} s: **{f['images_per_s']:.0f} images/s**.", "", _source(r), ""]
 
 
-VARIANTS = {"": "", "cnn": " — variant: wider CNN tower (32–64–128–128), warm-started",
+VARIANTS = {"": "",
+            "meanpool": " — variant: CNN tower, plain mean pool (the default until stop 13)",
+            "cnn": " — variant: wider CNN tower (32–64–128–128), warm-started, plain mean pool",
             "vit": " — variant: ViT tower, no warm start (the default until stop 9)"}
 
 

@@ -12,7 +12,9 @@ backbone a real CLIP tower starts from. Why: trained contrastively from scratch,
 CLIP learns colour and not shape within a CPU budget (colour alone tells most captions in a
 batch apart, so neither tower is pushed towards shape); a 16-epoch run sits at a chance
 shape probe for 7 epochs. Warm-started, the towers read shape from the first contrastive
-epoch. The ground truth never reaches the text tower or the contrastive loss.
+epoch. The detector's shape head also starts the tower's object head, by which the image's
+cells are pooled (``pool: objects``). The ground truth never reaches the text tower or the
+contrastive loss.
 """
 
 from __future__ import annotations
