@@ -114,6 +114,32 @@ def speed_section() -> list[str]:
     return out
 
 
+def sampling_section() -> list[str]:
+    out = []
+    for name in ("sampling_cpu", "sampling_cuda"):
+        r = _load(name)
+        if not r:
+            continue
+        c, f = r["config"], r["figures"]
+        gpu = c["device"] != "cpu"
+        rows = ["| steps | " + ("embeddings/s | " if gpu else "")
+                + "fraction of the FLOP roofline | speed-up of the fixed condition |",
+                "|---|" + ("---|" if gpu else "") + "---|---|"]
+        for steps in (10, 50):
+            s = f[f"steps_{steps}"]
+            rows.append(f"| {steps} | " + (f"{s['embeddings_per_s']:.0f} | " if gpu else "")
+                        + f"{s['fraction_of_roofline']:.1%} | "
+                        f"{s['speedup_of_fixed_condition']:.2f}× |")
+        out += [f"### Sampling speed ({name})", "",
+                f"{c['depth']}×{c['width']} MLP on {c['dim']}-d vectors, batch {c['batch']}, "
+                f"{c['sampler']} with guidance {c['guidance']}, {c['dtype']}. The speed-up "
+                "compares the sampler fixing the condition once per call "
+                "(`ConditionalMLP.with_condition`) with the full forward at every step, in "
+                "the same run" + ("." if gpu else "; CPU times are not quoted.") + "", "",
+                *rows, "", _source(r), ""]
+    return out
+
+
 def embed_section() -> list[str]:
     out = []
     for name in ("embed_throughput", "embed_throughput_cuda"):
@@ -190,6 +216,7 @@ def main() -> None:
             *(part for tag in VARIANTS if tag
               for part in (*clip_section(tag), *worldbench_section(tag))),
             *speed_section(),
+            *sampling_section(),
             *embed_section()]
     text = README.read_text()
     if BEGIN not in text or END not in text:

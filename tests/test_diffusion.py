@@ -14,6 +14,7 @@ from modtrans.translators.denoisers import (
     ConditionalMLP,
     DenoiserConfig,
     flops_per_sample,
+    sampling_flops_per_sample,
     timestep_embedding,
 )
 from modtrans.translators.diffusion import (
@@ -255,6 +256,30 @@ def test_flops_per_sample_matches_brute_force_count(config: DenoiserConfig) -> N
     batch = 5
     model(torch.randn(batch, config.dim), torch.arange(batch), torch.randn(batch, config.cond_dim))
     assert counted == batch * flops_per_sample(config)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [TINY, DenoiserConfig(dim=7, cond_dim=2, width=9, depth=1, time_dim=4, emb_dim=3)],
+)
+def test_sampling_flops_match_a_count_of_the_fixed_condition_path(config: DenoiserConfig
+                                                                  ) -> None:
+    """Counted by torch's FLOP counter for two batch sizes: the per-row difference is the
+    formula's (the once-per-step timestep work, the same for both batches, cancels)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model, steps = ConditionalMLP(config).eval(), 4
+
+    def counted(batch: int) -> int:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            step = model.with_condition(torch.randn(batch, config.cond_dim))
+            for t in range(steps):
+                step(torch.randn(batch, config.dim), t)
+        return counter.get_total_flops()
+
+    assert counted(8) - counted(3) == 5 * sampling_flops_per_sample(config, steps)
+    full = steps * flops_per_sample(config)
+    assert sampling_flops_per_sample(config, steps) < full
 
 
 def test_seed_sized_flops() -> None:

@@ -46,6 +46,10 @@ class Denoiser(Protocol):
     ``x_t`` is ``(B, D)``, ``t`` integer ``(B,)``, ``cond`` ``(B, Dc)``, ``cond_mask`` bool
     ``(B,)`` or ``None``; ``False`` replaces that sample's condition by the null condition
     (classifier-free guidance), ``None`` keeps every condition.
+
+    Samplers also use an optional ``with_condition(cond, cond_mask) -> f(x_t, t)`` (one
+    integer ``t`` for every row) where the model has one, to fix the condition once per
+    sampling call (:meth:`modtrans.translators.denoisers.ConditionalMLP.with_condition`).
     """
 
     def __call__(

@@ -103,17 +103,34 @@ def _check_inputs(x: Tensor, cond: Tensor, guidance: float, objective: str) -> N
         raise ValueError(f"guidance must be >= 0 (1 = conditional only), got {guidance}")
 
 
-def _guided_output(model: Denoiser, x: Tensor, t: int, cond: Tensor, guidance: float) -> Tensor:
-    """Model output at step ``t`` with classifier-free guidance, ``(B, D)``."""
-    batch = x.shape[0]
+def _guided(model: Denoiser, cond: Tensor, guidance: float) -> Callable[[Tensor, int], Tensor]:
+    """``f(x_t, t)``: the model output ``(B, D)`` at step ``t`` with classifier-free guidance.
+
+    The condition is fixed once per sampling call through the model's ``with_condition``
+    (which modtrans's denoisers make cheaper than a full forward per step); a model without
+    it is called as a plain :class:`Denoiser`.
+    """
+    batch = cond.shape[0]
     if guidance == 1.0:
-        t_batch = torch.full((batch,), t, device=x.device, dtype=torch.long)
-        return model(x, t_batch, cond, None)
-    t_batch = torch.full((2 * batch,), t, device=x.device, dtype=torch.long)
-    mask = torch.arange(2 * batch, device=x.device) < batch  # (2B,): cond, then null
-    out = model(torch.cat([x, x]), t_batch, torch.cat([cond, cond]), mask)  # (2B, D)
-    out_cond, out_null = out.chunk(2)
-    return out_null + guidance * (out_cond - out_null)
+        both, mask = cond, None
+    else:
+        both = torch.cat([cond, cond])
+        mask = torch.arange(2 * batch, device=cond.device) < batch  # (2B,): cond, then null
+    fixed = getattr(model, "with_condition", None)
+    if fixed is not None:
+        output = fixed(both, mask)
+    else:
+        def output(x: Tensor, t: int) -> Tensor:
+            t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+            return model(x, t_batch, both, mask)
+    if guidance == 1.0:
+        return output
+
+    def guided(x: Tensor, t: int) -> Tensor:
+        out_cond, out_null = output(torch.cat([x, x]), t).chunk(2)  # one batched forward
+        return out_null + guidance * (out_cond - out_null)
+
+    return guided
 
 
 def ddim_sample(
@@ -149,8 +166,9 @@ def ddim_sample(
         raise ValueError(f"eta must be >= 0 (0 = deterministic DDIM), got {eta}")
     timesteps = linspace_timesteps(schedule.num_timesteps, steps)
     alphas_cumprod = schedule.alphas_cumprod.tolist()
+    output = _guided(model, cond, guidance)
     for i, t in enumerate(timesteps):
-        out = _guided_output(model, x, t, cond, guidance)
+        out = output(x, t)
         x0_hat, eps_hat = predict_x0_eps(out, x, t, schedule, objective)  # (B, D) each
         ab_t = alphas_cumprod[t]
         ab_prev = alphas_cumprod[timesteps[i + 1]] if i + 1 < len(timesteps) else 1.0
@@ -210,8 +228,9 @@ def dpm_solver_sample(
     )
     scheduler.set_timesteps(steps, device=x.device)
     logger.debug("dpm_solver_sample timesteps %s", scheduler.timesteps.tolist())
+    output = _guided(model, cond, guidance)
     for t in scheduler.timesteps:
-        out = _guided_output(model, x, int(t), cond, guidance)
+        out = output(x, int(t))
         x = scheduler.step(out, t, x, generator=generator).prev_sample
     return x
 
