@@ -100,11 +100,10 @@ class _FiLMLayer(nn.Module):
         self.film = nn.Linear(emb_dim, 2 * width)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, inp: Tensor, emb: Tensor) -> Tensor:
-        return self.modulated(inp, self.film(emb))
-
-    def modulated(self, inp: Tensor, film: Tensor) -> Tensor:
-        """The layer given its FiLM output ``film`` = [scale, shift], ``(B or 1, 2·width)``."""
+    def forward(self, inp: Tensor, film: Tensor) -> Tensor:
+        """``film`` = ``self.film(emb)`` = [scale, shift], ``(B or 1, 2·width)``, computed by
+        the caller (once per sampling call for the condition's share, see
+        :meth:`ConditionalMLP.with_condition`)."""
         scale, shift = film.chunk(2, dim=-1)  # (·, width) each
         h = self.norm(self.linear(inp)) * (1 + scale) + shift
         return self.dropout(F.silu(h))
@@ -213,9 +212,9 @@ class ConditionalMLP(_Conditioned):
         return step
 
     def _layers(self, x: Tensor, films: list[Tensor]) -> Tensor:
-        h = self.layers[0].modulated(x, films[0])  # (B, width)
+        h = self.layers[0](x, films[0])  # (B, width)
         for layer, film in zip(self.layers[1:], films[1:], strict=True):
-            h = h + layer.modulated(torch.cat([h, x], dim=-1), film)  # x re-enters every layer
+            h = h + layer(torch.cat([h, x], dim=-1), film)  # x re-enters every layer
         return self.out(h)
 
 
