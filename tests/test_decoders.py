@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from modtrans.data.store import EmbeddingStore
 from modtrans.decoders.caption import (
@@ -156,16 +158,21 @@ def test_refit_prior_cli_checks_its_options(
     assert_cli_error(capsys, base, "holds no image decoder", "fit-decoder image")
 
 
-@pytest.mark.parametrize(("mode", "mapping"), [("clipcap", "mlp"), ("capdec", "transformer")])
+@pytest.mark.parametrize(("mode", "mapping", "text_input"), [
+    ("clipcap", "mlp", "caption"), ("capdec", "transformer", "caption"),
+    ("capdec", "mlp", "set-mean")])
 def test_caption_decoder_trains_saves_and_decodes(
-    stores: tuple[EmbeddingStore, EmbeddingStore], tmp_path: Path, mode: str, mapping: str
+    stores: tuple[EmbeddingStore, EmbeddingStore], tmp_path: Path, mode: str, mapping: str,
+    text_input: str
 ) -> None:
     train, val = stores
-    config = CaptionDecoderConfig(mode=mode, mapping=mapping, **TINY_CAPTION)
+    config = CaptionDecoderConfig(mode=mode, mapping=mapping, text_input=text_input,
+                                  **TINY_CAPTION)
     summary = fit_caption_decoder(train, val, tmp_path, config, accelerator="cpu",
                                   progress=False)
     assert summary["pairs"] == train.n_captions and summary["mode"] == mode
     model = CaptionDecoder.load(tmp_path)
+    assert model.config.text_input == text_input
     e, _ = caption_pairs(val, config.condition, max_images=3)
     greedy = model.generate(e)
     beam = model.generate(e, num_beams=3)
@@ -173,6 +180,25 @@ def test_caption_decoder_trains_saves_and_decodes(
     assert all(isinstance(c, str) for c in greedy + beam)
     assert "[EOS]" not in " ".join(greedy) and "[BOS]" not in " ".join(greedy)
     assert greedy == CaptionDecoder.load(tmp_path).generate(e)  # deterministic after reload
+
+
+def test_caption_pairs_set_mean_is_the_mean_of_the_image_captions(
+    stores: tuple[EmbeddingStore, EmbeddingStore]
+) -> None:
+    train, _ = stores
+    own, texts = caption_pairs(train, "text", max_images=4)
+    sets, same_texts = caption_pairs(train, "text", max_images=4, text_input="set-mean")
+    assert same_texts == texts and sets.shape == own.shape
+    owner = np.asarray(train.caption_image_index)
+    owner = owner[owner < 4]
+    for image in range(4):
+        rows = np.flatnonzero(owner == image)
+        assert len(rows) > 1  # the tiny world has several captions per image
+        expected = F.normalize(own[rows], dim=-1).mean(0)
+        torch.testing.assert_close(sets[rows], expected.expand(len(rows), -1))
+    assert not torch.allclose(sets, F.normalize(own, dim=-1))
+    with pytest.raises(ValueError, match="text_input must be one of"):
+        CaptionDecoderConfig(mode="capdec", text_input="image")
 
 
 def test_caption_decoder_learns_to_echo_a_caption(stores: tuple[EmbeddingStore, EmbeddingStore]

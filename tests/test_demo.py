@@ -138,7 +138,7 @@ def test_tiny_demo_evaluates_generation_end_to_end(demo: Demo) -> None:
             for scores in route["by_objects"].values():
                 assert 0 <= scores["recall"] <= 1 and 0 <= scores["hallucination"] <= 1
     for routes in results["image_to_text"].values():
-        assert set(routes) == {"ced", "ridge", "clipcap"}
+        assert set(routes) == {"ced", "ced-capdec-paper", "ridge", "clipcap"}
         assert all(0 <= r["BLEU-1"] <= 1 and r["CIDEr"] >= 0 for r in routes.values())
     assert 0 <= results["recogniser"]["pairs_presence_accuracy"] <= 1
     from PIL import Image
@@ -146,6 +146,19 @@ def test_tiny_demo_evaluates_generation_end_to_end(demo: Demo) -> None:
     grid = Image.open(demo.out / "e2e" / "text2image.png")
     n_prompts = len(results["examples"]["prompts"])
     assert grid.size == (36 * 66 + 2, n_prompts * 66 + 2)  # 6 samples × 6 routes per row
+
+
+def test_e2e_reuses_a_trained_decoder_only_with_the_same_options(demo: Demo) -> None:
+    from modtrans.demo import PRESETS
+    from modtrans.eval.endtoend import EndToEndConfig, train_models
+
+    generation = PRESETS["tiny"].generation
+    summaries = train_models(demo.out, EndToEndConfig.from_dict(generation), progress=False)
+    assert summaries["capdec"]["mode"] == "capdec"
+    changed = {**generation, "capdec": {**generation["capdec"], "noise_variance": 0.5}}
+    with pytest.raises(ValueError, match=r"e2e/capdec was trained with other options "
+                                         r"\(noise_variance: \[0.0013\]\).*\[0.5\]"):
+        train_models(demo.out, EndToEndConfig.from_dict(changed), progress=False)
 
 
 def test_report_verb_missing_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -7,6 +7,7 @@ only the shared (de)serialisation so every config reads and writes the same way.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -38,7 +39,10 @@ class Config:
     def save(self, path: str | Path) -> None:
         """Write as YAML (``.yaml``/``.yml``) or JSON (anything else), atomically."""
         with atomic_open(path, "w") as f:
-            yaml.safe_dump(self.to_dict(), f, sort_keys=False)
+            if Path(path).suffix in (".yaml", ".yml"):
+                yaml.safe_dump(self.to_dict(), f, sort_keys=False)
+            else:
+                json.dump(self.to_dict(), f, indent=2)
 
     @classmethod
     def load(cls: type[C], path: str | Path) -> C:

@@ -80,6 +80,7 @@ PRESETS: dict[str, DemoConfig] = {
                          "prior": TINY_PRIOR},
             "clipcap": {"width": 16, "layers": 1, "heads": 2, "epochs": 1},
             "capdec": {"width": 16, "layers": 1, "heads": 2, "epochs": 1},
+            "capdec_paper": {"width": 16, "layers": 1, "heads": 2, "epochs": 1},
         },
     ),
 }

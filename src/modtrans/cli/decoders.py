@@ -27,6 +27,11 @@ def fit_decoder(
         "text embeddings; for use after an image2text translator)."
     ),
     noise_variance: float = typer.Option(None, help="caption: CapDec noise variance."),
+    text_input: str = typer.Option(
+        None, help="caption: what CapDec trains on: caption (each caption's own text "
+        "embedding, default) or set-mean (the mean over its image's captions, what a "
+        "translator's mean mode estimates)."
+    ),
     gpt2: Path = typer.Option(None, help="caption: a real GPT-2 directory to fine-tune."),
     epochs: int = typer.Option(None, help="Override the config's epochs."),
     config: Path = typer.Option(None, help="YAML/JSON file of the decoder's config options."),
@@ -66,6 +71,7 @@ def fit_decoder(
 
             cfg = CaptionDecoderConfig.with_overrides(
                 config, mode=mode, epochs=epochs, noise_variance=noise_variance,
+                text_input=text_input,
                 gpt2=str(gpt2) if gpt2 else None)
             summary = fit_caption_decoder(train, val, out, cfg, accelerator=accelerator)
         else:
