@@ -201,6 +201,15 @@ def test_caption_pairs_set_mean_is_the_mean_of_the_image_captions(
         CaptionDecoderConfig(mode="capdec", text_input="image")
 
 
+def test_capdec_noise_defaults_by_text_input_and_is_saved(tmp_path: Path) -> None:
+    assert CaptionDecoderConfig(mode="capdec").noise_variance == 0.016  # the paper's
+    config = CaptionDecoderConfig(mode="capdec", text_input="set-mean")
+    assert config.noise_variance == 0.0013
+    assert CaptionDecoderConfig(text_input="set-mean", noise_variance=0.0).noise_variance == 0
+    config.save(tmp_path / "c.json")
+    assert CaptionDecoderConfig.load(tmp_path / "c.json") == config
+
+
 def test_caption_decoder_learns_to_echo_a_caption(stores: tuple[EmbeddingStore, EmbeddingStore]
                                                   ) -> None:
     """Overfit two captions on two well-separated embeddings: greedy decoding returns them."""

@@ -26,7 +26,10 @@ def fit_decoder(
         None, help="caption: clipcap (image embeddings, default) or capdec (text-only, noisy "
         "text embeddings; for use after an image2text translator)."
     ),
-    noise_variance: float = typer.Option(None, help="caption: CapDec noise variance."),
+    noise_variance: float = typer.Option(
+        None, help="caption: CapDec noise variance (default 0.016 with --text-input caption, "
+        "0.0013 with set-mean)."
+    ),
     text_input: str = typer.Option(
         None, help="caption: what CapDec trains on: caption (each caption's own text "
         "embedding, default) or set-mean (the mean over its image's captions, what a "
