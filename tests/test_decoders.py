@@ -255,14 +255,14 @@ def cli_models(tiny_store: Path, tmp_path_factory: pytest.TempPathFactory) -> di
     (root / "vae.yaml").write_text(yaml.safe_dump(TINY_VAE))
     (root / "cap.yaml").write_text(yaml.safe_dump(TINY_CAPTION))
     runs = {
+        "t2i": ["train", "--direction", "text2image", "--method", "ridge"],
+        "i2t": ["train", "--direction", "image2text", "--method", "ridge"],
         "vae_image": ["fit-decoder", "image", "--config", str(root / "vae.yaml")],
         "vae_text": ["fit-decoder", "image", "--condition", "text", "--config",
                      str(root / "vae.yaml")],
         "clipcap": ["fit-decoder", "caption", "--config", str(root / "cap.yaml")],
-        "capdec": ["fit-decoder", "caption", "--mode", "capdec", "--config",
-                   str(root / "cap.yaml")],
-        "t2i": ["train", "--direction", "text2image", "--method", "ridge"],
-        "i2t": ["train", "--direction", "image2text", "--method", "ridge"],
+        "capdec": ["fit-decoder", "caption", "--mode", "capdec", "--text-input", "set-mean",
+                   "--noise-from", str(root / "i2t"), "--config", str(root / "cap.yaml")],
     }
     for name, argv in runs.items():
         assert main([*argv, "--data", str(tiny_store), "--out", str(root / name)]) == 0
@@ -312,6 +312,49 @@ def test_caption_through_a_translator_and_direct(
     assert len(direct.splitlines()) == 2
     assert_cli_error(capsys, ["caption", "--decoder", str(cli_models["capdec"]), *argv],
                      "CapDec", "image2text translator")
+
+
+def test_capdec_noise_matched_to_a_translator(cli_models: dict[str, Path], tiny_store: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from cli_helpers import assert_cli_error
+
+    from modtrans.data.store import open_store
+    from modtrans.decoders.caption import matched_noise_variance
+    from modtrans.translators.base import load_translator
+
+    config = CaptionDecoder.load(cli_models["capdec"]).config
+    ridge = load_translator(cli_models["i2t"])
+    train = open_store(tiny_store, "train")
+    expected = matched_noise_variance(lambda z: ridge.translate(z), train, "set-mean")
+    assert config.text_input == "set-mean" and 0 < expected < 0.1
+    assert config.noise_variance == pytest.approx(expected)
+    base = ["fit-decoder", "caption", "--data", str(tiny_store), "--out", "unused"]
+    assert_cli_error(capsys, [*base, "--noise-from", str(cli_models["i2t"])], "--mode capdec")
+    assert_cli_error(capsys, [*base, "--mode", "capdec", "--noise-variance", "0.01",
+                              "--noise-from", str(cli_models["i2t"])], "not both")
+    assert_cli_error(capsys, [*base, "--mode", "capdec", "--noise-from",
+                              str(cli_models["t2i"])], "needs an image2text translator")
+    assert not Path("unused").exists()
+
+
+def test_matched_noise_is_zero_for_a_translator_that_hits_the_targets(
+    stores: tuple[EmbeddingStore, EmbeddingStore]
+) -> None:
+    from modtrans.decoders.caption import matched_noise_variance
+
+    train, _ = stores
+    n = 5
+    owner = np.asarray(train.caption_image_index)
+    rows = owner[owner < n]
+    sets, _ = caption_pairs(train, "text", n, "set-mean")
+    set_means = torch.stack([sets[np.flatnonzero(rows == i)[0]] for i in range(n)])
+    assert matched_noise_variance(lambda z: 3 * set_means, train, "set-mean", n) == (
+        pytest.approx(0, abs=1e-12))  # scale does not count: both sides are normalised
+    # single captions lie around their set's mean, so the same translations miss them
+    assert matched_noise_variance(lambda z: set_means, train, "caption", n) > 1e-3
+    shifted = matched_noise_variance(lambda z: torch.ones(len(z), train.text_dim), train,
+                                     "set-mean", n)
+    assert shifted > 1e-3
 
 
 def test_fit_recogniser_cli(tiny_world: Path, tmp_path: Path,

@@ -35,6 +35,11 @@ def fit_decoder(
         "embedding, default) or set-mean (the mean over its image's captions, what a "
         "translator's mean mode estimates)."
     ),
+    noise_from: Path = typer.Option(
+        None, help="caption, capdec: an image2text translator; set the noise variance to its "
+        "error on the train split (per dimension, against the --text-input embeddings) "
+        "instead of --noise-variance."
+    ),
     gpt2: Path = typer.Option(None, help="caption: a real GPT-2 directory to fine-tune."),
     epochs: int = typer.Option(None, help="Override the config's epochs."),
     config: Path = typer.Option(None, help="YAML/JSON file of the decoder's config options."),
@@ -76,10 +81,38 @@ def fit_decoder(
                 config, mode=mode, epochs=epochs, noise_variance=noise_variance,
                 text_input=text_input,
                 gpt2=str(gpt2) if gpt2 else None)
+            if noise_from is not None:
+                cfg.noise_variance = _matched_noise(noise_from, train, cfg, noise_variance)
             summary = fit_caption_decoder(train, val, out, cfg, accelerator=accelerator)
         else:
             raise ValueError(f"decoder kind must be 'image' or 'caption', got {kind!r}")
     typer.echo(json.dumps(summary, indent=2))
+
+
+def _matched_noise(translator: Path, train, cfg, noise_variance: float | None) -> float:
+    """CapDec's noise variance matched to ``translator`` on the train split (--noise-from)."""
+    import torch
+
+    from modtrans.decoders.caption import matched_noise_variance
+    from modtrans.translators.base import load_translator
+
+    if cfg.mode != "capdec" or noise_variance is not None:
+        raise ValueError("--noise-from sets the noise of a CapDec decoder (--mode capdec); "
+                         "give it or --noise-variance, not both")
+    model = load_translator(translator)
+    tcfg = model.config
+    if tcfg.direction != "image2text":
+        raise ValueError(f"--noise-from needs an image2text translator ({translator} is "
+                         f"{tcfg.direction})")
+    if (tcfg.image_encoder, tcfg.text_encoder) != (train.image_encoder, train.text_encoder):
+        raise ValueError(f"--noise-from {translator} was trained on other encoders "
+                         f"({tcfg.image_encoder}/{tcfg.text_encoder}) than the store "
+                         f"({train.image_encoder}/{train.text_encoder})")
+    generator = torch.Generator().manual_seed(cfg.seed)
+    variance = matched_noise_variance(
+        lambda z: model.translate(z, mode="mean", generator=generator), train, cfg.text_input)
+    typer.echo(f"noise variance matched to {translator}: {variance:.5f}", err=True)
+    return variance
 
 
 def _translator_for(translator: Path, decoder: Path, decoder_config, *, verb: str,

@@ -24,6 +24,7 @@ Decoding: greedy or beam search through ``generate``.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -278,6 +279,25 @@ def caption_pairs(store: EmbeddingStore, condition: str, max_images: int | None 
         sums = torch.zeros(n, e.shape[1]).index_add_(0, group, F.normalize(e, dim=-1))
         e = sums[group] / torch.bincount(group, minlength=n)[group, None]
     return e, texts
+
+
+def matched_noise_variance(translate: Callable[[torch.Tensor], torch.Tensor],
+                           store: EmbeddingStore, text_input: str = "set-mean",
+                           max_images: int = 2000) -> float:
+    """CapDec's noise variance matched to a translator: the per-dimension mean squared
+    distance between its normalised translations of the store's first ``max_images`` image
+    embeddings and the normalised text embeddings CapDec trains on for them (``text_input``).
+
+    ``translate`` maps (N, image dim) raw image embeddings to (N, text dim) text embeddings,
+    e.g. ``lambda z: translator.translate(z, mode="mean")``. Use the train split: the
+    decoder should expect the error the translator makes on data like its own.
+    """
+    targets, _ = caption_pairs(store, "text", max_images, text_input)
+    owner = np.asarray(store.caption_image_index)
+    n = min(max_images, store.n_images)
+    images = torch.from_numpy(np.asarray(store.image_embeddings[:n], dtype=np.float32))
+    translated = F.normalize(translate(images).float(), dim=-1)[owner[owner < n]]
+    return float((translated - F.normalize(targets, dim=-1)).pow(2).mean())
 
 
 class _Captions(Dataset):
