@@ -59,7 +59,9 @@ def _bars(results: list[dict[str, Any]]) -> str:
                    label=f"{res['direction']} / {res['split']}")
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(labels))], labels, rotation=30)
         ax.set_title(key)
-    axes[0].legend(fontsize=7)
+    # one legend beside the plots: inside, it hid the last method's bars
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="center right", fontsize=7)
+    fig.subplots_adjust(right=0.86)
     return _png(fig)
 
 
