@@ -195,8 +195,9 @@ def e2e_section() -> list[str]:
     keys = ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "colours_recall", "shapes_precision",
             "pairs_precision", "pairs_recall")
     for split, routes in f["image_to_text"].items():
-        out += [f"**image → text — {split}** (300 images; `ced` and ridge: the translator's "
-                "mean of 8 draws into CapDec trained on caption-set means; "
+        out += [f"**image → text — {split}** ({r['config']['images']} images; `ced` and "
+                "ridge: the translator's mean of 8 draws into CapDec trained on caption-set "
+                "means; "
                 "`ced-capdec-paper`: the same `ced` translations into the paper's CapDec, "
                 "trained on single captions; clipcap: the image embedding into ClipCap)", "",
                 "| route | " + " | ".join(k.replace("_", " ") for k in keys) + " |",

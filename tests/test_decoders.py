@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 
 from modtrans.data.store import EmbeddingStore
 from modtrans.decoders.caption import (
@@ -201,15 +202,35 @@ def test_caption_pairs_set_mean_is_the_mean_of_the_image_captions(
     assert not torch.allclose(sets, F.normalize(own, dim=-1))
     with pytest.raises(ValueError, match="text_input must be one of"):
         CaptionDecoderConfig(mode="capdec", text_input="image")
+    with pytest.raises(ValueError, match="text_input must be one of"):
+        caption_pairs(train, "text", text_input="set_mean")
+    with pytest.raises(ValueError, match="ClipCap trains on image embeddings"):
+        CaptionDecoderConfig(mode="clipcap", text_input="set-mean")
 
 
 def test_capdec_noise_defaults_by_text_input_and_is_saved(tmp_path: Path) -> None:
     assert CaptionDecoderConfig(mode="capdec").noise_variance == 0.016  # the paper's
     config = CaptionDecoderConfig(mode="capdec", text_input="set-mean")
     assert config.noise_variance == 0.0013
-    assert CaptionDecoderConfig(text_input="set-mean", noise_variance=0.0).noise_variance == 0
+    assert CaptionDecoderConfig(mode="capdec", text_input="set-mean",
+                                noise_variance=0.0).noise_variance == 0
     config.save(tmp_path / "c.json")
     assert CaptionDecoderConfig.load(tmp_path / "c.json") == config
+
+
+@pytest.mark.parametrize("name", ["c.json", "c.yaml"])
+def test_config_files_round_trip_in_their_format(tmp_path: Path, name: str) -> None:
+    config = CaptionDecoderConfig(mode="capdec", noise_variance=7e-5, lr=5e-5)
+    config.save(tmp_path / name)
+    text = (tmp_path / name).read_text()
+    if name.endswith(".json"):
+        assert json.loads(text)["noise_variance"] == 7e-5
+    else:
+        assert "mode: capdec" in text.splitlines()
+    loaded = CaptionDecoderConfig.load(tmp_path / name)
+    assert loaded == config and isinstance(loaded.lr, float)  # "5e-05" read as a number
+    (tmp_path / "old.json").write_text(yaml.safe_dump({"mode": "capdec", "lr": 0.001}))
+    assert CaptionDecoderConfig.load(tmp_path / "old.json").lr == 0.001  # YAML of old saves
 
 
 def test_caption_decoder_learns_to_echo_a_caption(stores: tuple[EmbeddingStore, EmbeddingStore]
@@ -315,6 +336,7 @@ def test_caption_through_a_translator_and_direct(
 
 
 def test_capdec_noise_matched_to_a_translator(cli_models: dict[str, Path], tiny_store: Path,
+                                             tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     from cli_helpers import assert_cli_error
 
@@ -328,13 +350,17 @@ def test_capdec_noise_matched_to_a_translator(cli_models: dict[str, Path], tiny_
     expected = matched_noise_variance(lambda z: ridge.translate(z), train, "set-mean")
     assert config.text_input == "set-mean" and 0 < expected < 0.1
     assert config.noise_variance == pytest.approx(expected)
-    base = ["fit-decoder", "caption", "--data", str(tiny_store), "--out", "unused"]
-    assert_cli_error(capsys, [*base, "--noise-from", str(cli_models["i2t"])], "--mode capdec")
+    out = tmp_path / "unused"
+    base = ["fit-decoder", "caption", "--data", str(tiny_store), "--out", str(out)]
+    assert_cli_error(capsys, [*base, "--noise-from", str(cli_models["i2t"])], "add --mode capdec")
     assert_cli_error(capsys, [*base, "--mode", "capdec", "--noise-variance", "0.01",
+                              "--noise-from", str(cli_models["i2t"])], "not both")
+    (tmp_path / "noisy.yaml").write_text("noise_variance: 0.01\n")
+    assert_cli_error(capsys, [*base, "--mode", "capdec", "--config", str(tmp_path / "noisy.yaml"),
                               "--noise-from", str(cli_models["i2t"])], "not both")
     assert_cli_error(capsys, [*base, "--mode", "capdec", "--noise-from",
                               str(cli_models["t2i"])], "needs an image2text translator")
-    assert not Path("unused").exists()
+    assert not out.exists()
 
 
 def test_matched_noise_is_zero_for_a_translator_that_hits_the_targets(

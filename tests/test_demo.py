@@ -153,11 +153,19 @@ def test_e2e_reuses_a_trained_decoder_only_with_the_same_options(demo: Demo) -> 
     from modtrans.eval.endtoend import EndToEndConfig, train_models
 
     generation = PRESETS["tiny"].generation
+    weights = sorted((demo.out / "e2e").glob("*/*.safetensors"))
+    before = {p: p.stat().st_mtime_ns for p in weights}
     summaries = train_models(demo.out, EndToEndConfig.from_dict(generation), progress=False)
     assert summaries["capdec"]["mode"] == "capdec"
-    changed = {**generation, "capdec": {**generation["capdec"], "noise_variance": 0.5}}
-    with pytest.raises(ValueError, match=r"e2e/capdec was trained with other options "
-                                         r"\(noise_variance: \[0.0013\]\).*\[0.5\]"):
+    assert len(weights) >= 5 and {p: p.stat().st_mtime_ns for p in weights} == before
+    changed = {**generation, "capdec": {**generation["capdec"], "noise_variance": 0.5},
+               "vae_text": {**generation["vae_text"], "prior": {
+                   **generation["vae_text"]["prior"], "steps": 7}}}
+    with pytest.raises(ValueError, match=r"e2e/vae_text was trained with other options than "
+                                         r"asked for now \(prior.steps: 4 → 7\)"):
+        train_models(demo.out, EndToEndConfig.from_dict(changed), progress=False)
+    changed["vae_text"] = generation["vae_text"]
+    with pytest.raises(ValueError, match=r"e2e/capdec .*\(noise_variance: 0.0013 → 0.5\)"):
         train_models(demo.out, EndToEndConfig.from_dict(changed), progress=False)
 
 

@@ -46,7 +46,7 @@ class Config:
 
     @classmethod
     def load(cls: type[C], path: str | Path) -> C:
-        """Read a YAML or JSON file (JSON is valid YAML) written by :meth:`save`."""
+        """Read a YAML or JSON file written by :meth:`save`."""
         return cls.from_dict(read_mapping(path))
 
     @classmethod
@@ -63,7 +63,12 @@ def read_mapping(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} does not exist")
-    data = yaml.safe_load(path.read_text()) or {}
+    text = path.read_text()
+    try:  # PyYAML reads JSON's "1e-05" as a string: JSON files are read as JSON
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except json.JSONDecodeError:  # hand-written, or saved as YAML by earlier modtrans
+        data = yaml.safe_load(text)
+    data = data or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path} must hold a mapping of option names to values")
     return data

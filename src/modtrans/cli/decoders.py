@@ -75,6 +75,7 @@ def fit_decoder(
             cfg = ImageDecoderConfig.with_overrides(config, condition=condition, epochs=epochs)
             summary = fit_image_decoder(train, val, out, cfg, accelerator=accelerator)
         elif kind == "caption":
+            from modtrans.config import read_mapping
             from modtrans.decoders.caption import CaptionDecoderConfig, fit_caption_decoder
 
             cfg = CaptionDecoderConfig.with_overrides(
@@ -82,23 +83,27 @@ def fit_decoder(
                 text_input=text_input,
                 gpt2=str(gpt2) if gpt2 else None)
             if noise_from is not None:
-                cfg.noise_variance = _matched_noise(noise_from, train, cfg, noise_variance)
+                asked = noise_variance is not None or (
+                    config is not None and "noise_variance" in read_mapping(config))
+                cfg.noise_variance = _matched_noise(noise_from, train, cfg, asked)
             summary = fit_caption_decoder(train, val, out, cfg, accelerator=accelerator)
         else:
             raise ValueError(f"decoder kind must be 'image' or 'caption', got {kind!r}")
     typer.echo(json.dumps(summary, indent=2))
 
 
-def _matched_noise(translator: Path, train, cfg, noise_variance: float | None) -> float:
+def _matched_noise(translator: Path, train, cfg, noise_asked: bool) -> float:
     """CapDec's noise variance matched to ``translator`` on the train split (--noise-from)."""
     import torch
 
     from modtrans.decoders.caption import matched_noise_variance
     from modtrans.translators.base import load_translator
 
-    if cfg.mode != "capdec" or noise_variance is not None:
-        raise ValueError("--noise-from sets the noise of a CapDec decoder (--mode capdec); "
-                         "give it or --noise-variance, not both")
+    if cfg.mode != "capdec":
+        raise ValueError("--noise-from sets the noise of a CapDec decoder: add --mode capdec")
+    if noise_asked:
+        raise ValueError("give --noise-from or a noise variance (--noise-variance or "
+                         "noise_variance in --config), not both")
     model = load_translator(translator)
     tcfg = model.config
     if tcfg.direction != "image2text":
@@ -107,7 +112,8 @@ def _matched_noise(translator: Path, train, cfg, noise_variance: float | None) -
     if (tcfg.image_encoder, tcfg.text_encoder) != (train.image_encoder, train.text_encoder):
         raise ValueError(f"--noise-from {translator} was trained on other encoders "
                          f"({tcfg.image_encoder}/{tcfg.text_encoder}) than the store "
-                         f"({train.image_encoder}/{train.text_encoder})")
+                         f"({train.image_encoder}/{train.text_encoder}); train them on the "
+                         "same store")
     generator = torch.Generator().manual_seed(cfg.seed)
     variance = matched_noise_variance(
         lambda z: model.translate(z, mode="mean", generator=generator), train, cfg.text_input)

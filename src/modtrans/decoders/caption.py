@@ -45,10 +45,16 @@ MAPPINGS = ("mlp", "transformer")
 TEXT_INPUTS = ("caption", "set-mean")
 # CapDec's noise variance by text input: the paper's for single captions; for caption-set
 # means, about the per-dimension squared distance of a translated embedding from its image's
-# caption-set mean (0.0012 for the world's image2text ``ced`` on its train split). Where
-# translations land farther from the set means, raise it.
+# caption-set mean (0.0012 for the world's 128-d image2text ``ced`` on its train split). It is
+# per dimension, so wider embeddings with the same cosine gap need less:
+# ``matched_noise_variance`` (``fit-decoder caption --noise-from``) measures it.
 DEFAULT_NOISE = {"caption": 0.016, "set-mean": 0.0013}
 MAPPING_WEIGHTS, CONFIG, LM_DIR = "mapping.safetensors", "caption_decoder.json", "lm"
+
+
+def _check_text_input(text_input: str) -> None:
+    if text_input not in TEXT_INPUTS:
+        raise ValueError(f"text_input must be one of {TEXT_INPUTS}, got {text_input!r}")
 
 
 @dataclasses.dataclass
@@ -92,8 +98,10 @@ class CaptionDecoderConfig(Config):
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if self.text_input not in TEXT_INPUTS:
-            raise ValueError(f"text_input must be one of {TEXT_INPUTS}, got {self.text_input!r}")
+        _check_text_input(self.text_input)
+        if self.mode == "clipcap" and self.text_input != "caption":
+            raise ValueError("text_input chooses what CapDec trains on; ClipCap trains on "
+                             "image embeddings (use mode: capdec)")
         if self.mapping not in MAPPINGS:
             raise ValueError(f"mapping must be one of {MAPPINGS}, got {self.mapping!r}")
         if self.noise_variance is None:
@@ -216,6 +224,11 @@ class CaptionDecoder(nn.Module):
         self.config.save(out_dir / CONFIG)
         return out_dir
 
+    @staticmethod
+    def read_config(path: str | Path) -> CaptionDecoderConfig:
+        """The config of the decoder saved in ``path``."""
+        return CaptionDecoderConfig.load(Path(path) / CONFIG)
+
     @classmethod
     def load(cls, path: str | Path) -> CaptionDecoder:
         from transformers import AutoTokenizer, GPT2LMHeadModel
@@ -226,7 +239,7 @@ class CaptionDecoder(nn.Module):
                 f"{path} holds no caption decoder ({MAPPING_WEIGHTS}); train one with "
                 "`modtrans fit-decoder caption --data STORE --out DIR`"
             )
-        config = CaptionDecoderConfig.load(path / CONFIG)
+        config = cls.read_config(path)
         lm = GPT2LMHeadModel.from_pretrained(path / LM_DIR, local_files_only=True)
         tokenizer = AutoTokenizer.from_pretrained(path / LM_DIR, local_files_only=True)
         model = cls(config, lm, tokenizer)
@@ -265,6 +278,7 @@ def caption_pairs(store: EmbeddingStore, condition: str, max_images: int | None 
     """(embeddings, captions), one row per caption, for the first ``max_images`` images: its
     image's embedding (``image``), or for ``text`` its own (``text_input="caption"``) or the
     mean of the normalised embeddings of its image's captions (``"set-mean"``)."""
+    _check_text_input(text_input)
     owner = np.asarray(store.caption_image_index)
     n = store.n_images if max_images is None else min(max_images, store.n_images)
     rows = np.flatnonzero(owner < n)

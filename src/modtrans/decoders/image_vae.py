@@ -243,14 +243,10 @@ class ConditionalVAE(nn.Module):
         self.config.save(out_dir / CONFIG)
         return out_dir
 
-    @classmethod
-    def load(cls, path: str | Path) -> ConditionalVAE:
+    @staticmethod
+    def read_config(path: str | Path) -> ImageDecoderConfig:
+        """The config of the decoder saved in ``path``, as :meth:`load` builds it."""
         path = Path(path)
-        if not (path / WEIGHTS).is_file():
-            raise FileNotFoundError(
-                f"{path} holds no image decoder ({WEIGHTS}); train one with "
-                "`modtrans fit-decoder image --data STORE --out DIR`"
-            )
         options = read_mapping(path / CONFIG)
         if "latent_dim" in options:
             raise ValueError(
@@ -261,8 +257,17 @@ class ConditionalVAE(nn.Module):
         prior = options.get("prior")
         if isinstance(prior, dict):  # saved before the U-Net prior became the default
             prior.setdefault("denoiser", "mlp")
-        config = ImageDecoderConfig.from_dict(options)
-        model = cls(config)
+        return ImageDecoderConfig.from_dict(options)
+
+    @classmethod
+    def load(cls, path: str | Path) -> ConditionalVAE:
+        path = Path(path)
+        if not (path / WEIGHTS).is_file():
+            raise FileNotFoundError(
+                f"{path} holds no image decoder ({WEIGHTS}); train one with "
+                "`modtrans fit-decoder image --data STORE --out DIR`"
+            )
+        model = cls(cls.read_config(path))
         load_weights(model, path / WEIGHTS)
         return model.eval()
 

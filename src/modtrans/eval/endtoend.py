@@ -4,7 +4,7 @@ Works in a demo folder (world, world CLIP, store, translators) and adds ``e2e/``
 
 - trains (or reuses) the attribute recogniser (the judge; held-out accuracy first), the image
   VAE on image embeddings (after a text2image translator) and on text embeddings (direct),
-  ClipCap on image embeddings and two CapDecs on noisy text embeddings (below); a model
+  ClipCap on image embeddings and two CapDecs on noisy text embeddings (below); a decoder
   already there is reused only if it was trained with the options asked for;
 - text → image, through ``ced`` (one draw; ``ced-mean``: the mean of 8 draws), ``ridge``
   and direct: the recogniser's recall of
@@ -42,9 +42,7 @@ from modtrans.config import Config
 from modtrans.data.coco import read_coco_captions
 from modtrans.data.store import open_store
 from modtrans.data.world import load_ground_truth
-from modtrans.decoders.caption import CONFIG as CAPTION_CONFIG
 from modtrans.decoders.caption import CaptionDecoder, CaptionDecoderConfig, fit_caption_decoder
-from modtrans.decoders.image_vae import CONFIG as VAE_CONFIG
 from modtrans.decoders.image_vae import (
     ConditionalVAE,
     ImageDecoderConfig,
@@ -62,7 +60,11 @@ from modtrans.translators.base import load_translator
 logger = logging.getLogger(__name__)
 
 T2I_ROUTES = ("ced", "ced-mean", "ridge", "direct", "oracle", "reconstruction")
-I2T_ROUTES = ("ced", "ced-capdec-paper", "ridge", "clipcap")
+# image → text route → (image2text translator, caption decoder); ClipCap decodes the image
+# embedding itself
+I2T_ROUTES: dict[str, tuple[str | None, str]] = {
+    "ced": ("ced", "capdec"), "ced-capdec-paper": ("ced", "capdec_paper"),
+    "ridge": ("ridge", "capdec"), "clipcap": (None, "clipcap")}
 EXAMPLE_SAMPLES = 6
 FIT_TIME_OPTIONS = {"embed_dim", "image_encoder", "text_encoder"}
 
@@ -126,18 +128,30 @@ def train_models(folder: Path, config: EndToEndConfig, progress: bool = True) ->
 
 
 def _check_reused(folder: Path, wanted: Config) -> None:
-    """A model trained earlier is reused only if it was trained with the options asked for
+    """A decoder trained earlier is reused only if it was trained with the options asked for
     now (aside from those set at fit time from the store: its dims and encoders)."""
-    file = folder / (CAPTION_CONFIG if isinstance(wanted, CaptionDecoderConfig) else VAE_CONFIG)
-    saved = json.loads(json.dumps(type(wanted).load(file).to_dict()))
-    asked = json.loads(json.dumps(wanted.to_dict()))
-    differ = sorted(k for k, v in asked.items() if k not in FIT_TIME_OPTIONS and saved[k] != v)
+    saved = (CaptionDecoder.read_config(folder) if isinstance(wanted, CaptionDecoderConfig)
+             else ConditionalVAE.read_config(folder))
+    differ = _differences(json.loads(json.dumps(saved.to_dict())),
+                          json.loads(json.dumps(wanted.to_dict())))
     if differ:
         raise ValueError(
-            f"{folder} was trained with other options ({', '.join(differ)}: "
-            f"{[saved[k] for k in differ]}) than asked for now ({[asked[k] for k in differ]}); "
-            f"delete {folder} to retrain it"
+            f"{folder} was trained with other options than asked for now "
+            f"({'; '.join(differ)}); delete {folder} to retrain it, or ask for what it has"
         )
+
+
+def _differences(saved: dict[str, Any], asked: dict[str, Any], prefix: str = "") -> list[str]:
+    """``key: saved → asked`` for every option that differs, nested options by their path."""
+    out = []
+    for key, value in asked.items():
+        if key in FIT_TIME_OPTIONS or saved.get(key) == value:
+            continue
+        if isinstance(value, dict) and isinstance(saved.get(key), dict):
+            out += _differences(saved[key], value, f"{prefix}{key}.")
+        else:
+            out.append(f"{prefix}{key}: {saved.get(key)!r} → {value!r}")
+    return out
 
 
 def full_prompts(world_split: Path, per_group: int, seed: int
@@ -229,19 +243,17 @@ def image_to_text(folder: Path, split: str, config: EndToEndConfig
     captions = store.text_metadata().column("caption").to_pylist()
     references = [[captions[j] for j in np.flatnonzero(owner == i)] for i in range(n)]
     decoders = {name: CaptionDecoder.load(folder / "e2e" / name)
-                for name in ("capdec", "capdec_paper", "clipcap")}
+                for name in {decoder for _, decoder in I2T_ROUTES.values()}}
+    translated: dict[str | None, torch.Tensor] = {None: image_emb}
     results: dict[str, Any] = {}
     outputs: dict[str, list[str]] = {}
-    for route in I2T_ROUTES:
-        if route == "clipcap":
-            predicted = decoders["clipcap"].generate(image_emb, num_beams=config.beams)
-        else:
-            method, decoder = (("ced", "capdec_paper") if route == "ced-capdec-paper"
-                               else (route, "capdec"))
+    for route, (method, decoder) in I2T_ROUTES.items():
+        if method not in translated:
             translator = load_translator(folder / "translators" / "image2text" / method)
-            e = translator.translate(image_emb, mode="mean", n_samples=8,
-                                     generator=torch.Generator().manual_seed(config.seed))
-            predicted = decoders[decoder].generate(e, num_beams=config.beams)
+            translated[method] = translator.translate(
+                image_emb, mode="mean", n_samples=8,
+                generator=torch.Generator().manual_seed(config.seed))
+        predicted = decoders[decoder].generate(translated[method], num_beams=config.beams)
         outputs[route] = predicted
         results[route] = {**caption_metrics(predicted, references),
                           **caption_semantic_scores(predicted, rows)}
