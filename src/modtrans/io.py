@@ -77,6 +77,13 @@ def save_weights(path: str | os.PathLike, module: Any, metadata: dict[str, str] 
         save_file(tensors, str(tmp), metadata=metadata)
 
 
+def require_file(path: str | os.PathLike, message: str) -> None:
+    """FileNotFoundError with ``message`` (what is missing and how to make it) unless ``path``
+    is a file."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(message)
+
+
 def load_weights(module: Any, path: str | os.PathLike) -> None:
     """Load safetensors weights written by :func:`save_weights` into ``module`` (strict)."""
     from safetensors.torch import load_file

@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from modtrans.config import Config
 from modtrans.data.store import EmbeddingStore
-from modtrans.io import load_weights, save_weights
+from modtrans.io import load_weights, require_file, save_weights
 from modtrans.training.fit import fit_and_save
 
 MODES = ("clipcap", "capdec")
@@ -234,11 +234,10 @@ class CaptionDecoder(nn.Module):
         from transformers import AutoTokenizer, GPT2LMHeadModel
 
         path = Path(path)
-        if not (path / MAPPING_WEIGHTS).is_file():
-            raise FileNotFoundError(
-                f"{path} holds no caption decoder ({MAPPING_WEIGHTS}); train one with "
-                "`modtrans fit-decoder caption --data STORE --out DIR`"
-            )
+        require_file(path / MAPPING_WEIGHTS, (
+            f"{path} holds no caption decoder ({MAPPING_WEIGHTS}); train one with "
+            "`modtrans fit-decoder caption --data STORE --out DIR`"
+        ))
         config = cls.read_config(path)
         lm = GPT2LMHeadModel.from_pretrained(path / LM_DIR, local_files_only=True)
         tokenizer = AutoTokenizer.from_pretrained(path / LM_DIR, local_files_only=True)

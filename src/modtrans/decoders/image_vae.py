@@ -39,7 +39,7 @@ from modtrans.config import Config, read_mapping
 from modtrans.data.store import EmbeddingStore
 from modtrans.decoders.latent_prior import LatentPrior, LatentPriorConfig, LatentPriorModule
 from modtrans.encoders.world_clip import load_images
-from modtrans.io import load_weights, read_json, save_weights
+from modtrans.io import load_weights, read_json, require_file, save_weights
 from modtrans.training.fit import fit_module, save_summary
 from modtrans.training.translator import WarmupEMA
 from modtrans.translators.base import Normalizer
@@ -262,11 +262,10 @@ class ConditionalVAE(nn.Module):
     @classmethod
     def load(cls, path: str | Path) -> ConditionalVAE:
         path = Path(path)
-        if not (path / WEIGHTS).is_file():
-            raise FileNotFoundError(
-                f"{path} holds no image decoder ({WEIGHTS}); train one with "
-                "`modtrans fit-decoder image --data STORE --out DIR`"
-            )
+        require_file(path / WEIGHTS, (
+            f"{path} holds no image decoder ({WEIGHTS}); train one with "
+            "`modtrans fit-decoder image --data STORE --out DIR`"
+        ))
         model = cls(cls.read_config(path))
         load_weights(model, path / WEIGHTS)
         return model.eval()

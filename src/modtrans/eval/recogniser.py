@@ -33,7 +33,7 @@ from modtrans.data.coco import read_coco_captions
 from modtrans.data.world import load_ground_truth
 from modtrans.encoders.conv_clip import conv_tower
 from modtrans.encoders.world_clip import load_images, pixel_values
-from modtrans.io import load_weights, save_weights, write_json
+from modtrans.io import load_weights, require_file, save_weights, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -178,11 +178,10 @@ class AttributeRecogniser(nn.Module):
     @classmethod
     def load(cls, path: str | Path) -> AttributeRecogniser:
         path = Path(path)
-        if not (path / WEIGHTS).is_file():
-            raise FileNotFoundError(
-                f"{path} holds no attribute recogniser ({WEIGHTS}); train one with "
-                "`modtrans fit-recogniser WORLD --out DIR`"
-            )
+        require_file(path / WEIGHTS, (
+            f"{path} holds no attribute recogniser ({WEIGHTS}); train one with "
+            "`modtrans fit-recogniser WORLD --out DIR`"
+        ))
         model = cls(RecogniserConfig.load(path / CONFIG))
         load_weights(model, path / WEIGHTS)
         return model.eval()
