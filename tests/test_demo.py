@@ -167,6 +167,9 @@ def test_e2e_reuses_a_trained_decoder_only_with_the_same_options(demo: Demo) -> 
     changed["vae_text"] = generation["vae_text"]
     with pytest.raises(ValueError, match=r"e2e/capdec .*\(noise_variance: 0.0013 → 0.5\)"):
         train_models(demo.out, EndToEndConfig.from_dict(changed), progress=False)
+    judge = {**generation, "recogniser": {**generation["recogniser"], "epochs": 2}}
+    with pytest.raises(ValueError, match=r"e2e/recogniser .*\(epochs: 1 → 2\)"):
+        train_models(demo.out, EndToEndConfig.from_dict(judge), progress=False)
 
 
 def test_report_verb_missing_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -4,7 +4,7 @@ Works in a demo folder (world, world CLIP, store, translators) and adds ``e2e/``
 
 - trains (or reuses) the attribute recogniser (the judge; held-out accuracy first), the image
   VAE on image embeddings (after a text2image translator) and on text embeddings (direct),
-  ClipCap on image embeddings and two CapDecs on noisy text embeddings (below); a decoder
+  ClipCap on image embeddings and two CapDecs on noisy text embeddings (below); a model
   already there is reused only if it was trained with the options asked for;
 - text → image, through ``ced`` (one draw; ``ced-mean``: the mean of 8 draws), ``ridge``
   and direct: the recogniser's recall of
@@ -102,9 +102,11 @@ def train_models(folder: Path, config: EndToEndConfig, progress: bool = True) ->
     train, val = open_store(stores, "train"), open_store(stores, "val")
     summaries: dict[str, Any] = {}
     report = e2e / "recogniser" / "recogniser_report.json"
-    if not report.is_file():
-        fit_recogniser(folder / "world", e2e / "recogniser",
-                       RecogniserConfig(**config.recogniser), progress=progress)
+    judge = RecogniserConfig(**config.recogniser)
+    if report.is_file():
+        _check_reused(e2e / "recogniser", judge)
+    else:
+        fit_recogniser(folder / "world", e2e / "recogniser", judge, progress=progress)
     summaries["recogniser"] = read_json(report)
     jobs = {
         "vae_image": (fit_image_decoder,
@@ -128,10 +130,12 @@ def train_models(folder: Path, config: EndToEndConfig, progress: bool = True) ->
 
 
 def _check_reused(folder: Path, wanted: Config) -> None:
-    """A decoder trained earlier is reused only if it was trained with the options asked for
+    """A model trained earlier is reused only if it was trained with the options asked for
     now (aside from those set at fit time from the store: its dims and encoders)."""
-    saved = (CaptionDecoder.read_config(folder) if isinstance(wanted, CaptionDecoderConfig)
-             else ConditionalVAE.read_config(folder))
+    read = {CaptionDecoderConfig: CaptionDecoder.read_config,
+            ImageDecoderConfig: ConditionalVAE.read_config,
+            RecogniserConfig: AttributeRecogniser.read_config}[type(wanted)]
+    saved = read(folder)
     differ = _differences(json.loads(json.dumps(saved.to_dict())),
                           json.loads(json.dumps(wanted.to_dict())))
     if differ:

@@ -175,6 +175,11 @@ class AttributeRecogniser(nn.Module):
         self.config.save(out_dir / CONFIG)
         return out_dir
 
+    @staticmethod
+    def read_config(path: str | Path) -> RecogniserConfig:
+        """The config of the recogniser saved in ``path``."""
+        return RecogniserConfig.load(Path(path) / CONFIG)
+
     @classmethod
     def load(cls, path: str | Path) -> AttributeRecogniser:
         path = Path(path)
@@ -182,7 +187,7 @@ class AttributeRecogniser(nn.Module):
             f"{path} holds no attribute recogniser ({WEIGHTS}); train one with "
             "`modtrans fit-recogniser WORLD --out DIR`"
         ))
-        model = cls(RecogniserConfig.load(path / CONFIG))
+        model = cls(cls.read_config(path))
         load_weights(model, path / WEIGHTS)
         return model.eval()
 
