@@ -197,7 +197,7 @@ class ConditionalMLP(_Conditioned):
         Every layer's FiLM is linear in the embedding [time, condition], so the condition's
         share is computed once here and the timestep's once per step for all rows. At the
         default sizes (emb_dim 256, width 512) that leaves a step about a third of a full
-        forward's FLOPs (:func:`flops_per_sample`).
+        forward's FLOPs (:func:`flops_per_sample`, :func:`sampling_flops_per_sample`).
         """
         split = self.config.emb_dim
         c = self._cond_embedding(cond, cond_mask)  # (B, emb_dim)
@@ -303,9 +303,13 @@ def flops_per_sample(config: DenoiserConfig) -> int:
     """
     c = config
     embed = c.time_dim * c.emb_dim + c.cond_dim * c.emb_dim + 2 * c.emb_dim * c.emb_dim
-    hidden = c.dim * c.width + (c.depth - 1) * (c.width + c.dim) * c.width
     film = c.depth * (2 * c.emb_dim) * (2 * c.width)
-    return 2 * (embed + hidden + film + c.width * c.dim)
+    return 2 * (embed + _layer_macs(c) + film)
+
+
+def _layer_macs(c: DenoiserConfig) -> int:
+    """Multiply-adds of the hidden layers (the input re-entering each) and the output layer."""
+    return c.dim * c.width + (c.depth - 1) * (c.width + c.dim) * c.width + c.width * c.dim
 
 
 def sampling_flops_per_sample(config: DenoiserConfig, steps: int) -> int:
@@ -317,5 +321,4 @@ def sampling_flops_per_sample(config: DenoiserConfig, steps: int) -> int:
     """
     c = config
     once = c.cond_dim * c.emb_dim + c.emb_dim * c.emb_dim + c.depth * c.emb_dim * 2 * c.width
-    per_step = c.dim * c.width + (c.depth - 1) * (c.width + c.dim) * c.width + c.width * c.dim
-    return 2 * (once + steps * per_step)
+    return 2 * (once + steps * _layer_macs(c))
