@@ -98,6 +98,28 @@ def worldbench_section(tag: str = "") -> list[str]:
     return out
 
 
+def mean_map_section() -> list[str]:
+    r = _load("mean_map")
+    if not r:
+        return []
+    variants = list(r["config"]["variants"])
+    head = ["store", "direction", "split", *(f"Sim {v}" for v in variants),
+            *(f"R@1 {v}" for v in variants)]
+    rows = [" | ".join(head), " | ".join("---" for _ in head)]
+    for store, figures in r["figures"].items():
+        for table in figures["tables"]:
+            by = {row["variant"]: row for row in table["rows"]}
+            rows.append(" | ".join([store, table["direction"], table["split"],
+                                    *(f"{by[v]['sim']:.4f}" for v in variants),
+                                    *(f"{by[v]['R@1']:.3f}" for v in variants)]))
+    return ["### `ced`'s mean map: ridge or ridge + MLP", "",
+            f"`ced` with `mean_map` ridge (the default) against `mean_map` mlp (ridge plus an "
+            f"MLP correction trained jointly), beside the ridge and MLP regressions; mean of "
+            f"{r['config']['n_samples']} draws, {r['config']['eval_images']} images per split. "
+            "`minilm-text`: the world CLIP's images with all-MiniLM-L6-v2 captions.", "",
+            *(f"| {row} |" for row in rows), "", _source(r), ""]
+
+
 def speed_section() -> list[str]:
     out = []
     for name in ("train_speed", "train_speed_cuda"):
@@ -219,6 +241,7 @@ def main() -> None:
             *world_section(), *clip_section(), *worldbench_section(), *e2e_section(),
             *(part for tag in VARIANTS if tag
               for part in (*clip_section(tag), *worldbench_section(tag))),
+            *mean_map_section(),
             *speed_section(),
             *sampling_section(),
             *embed_section()]

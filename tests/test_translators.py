@@ -52,10 +52,10 @@ def linear_pairs(
     cond_dim: int = D,
     direction: str = "text2image",
 ) -> PairedSplit:
-    """n pairs, one caption per image: z = c·A (+ nonlinear·sin(2 c·B)) + noise·ε."""
+    """n pairs, one caption per image: z = c·A (+ nonlinear·|c|·B) + noise·ε."""
     g = torch.Generator().manual_seed(seed)
     c = torch.randn(n, cond_dim, generator=g)
-    z = c @ A[:cond_dim] + nonlinear * torch.sin(2 * c @ B[:cond_dim])
+    z = c @ A[:cond_dim] + nonlinear * c.abs() @ B[:cond_dim]
     z = z + noise * torch.randn(n, D, generator=g)
     images, texts = (z, c) if direction == "text2image" else (c, z)
     return PairedSplit(direction, images, texts, torch.arange(n))
@@ -385,6 +385,48 @@ def test_ced_beats_identity_on_val(fitted: dict, data: tuple[PairedSplit, ...]) 
     ridge_sim = sim(fitted["ridge"][0].translate(val.cond), val.target)
     assert ced_sim > 0.9 and ced_sim > identity_sim + 0.5
     assert ced_sim > ridge_sim - 0.05
+
+
+def test_ced_mlp_mean_map_learns_what_ridge_cannot(tmp_path: Path) -> None:
+    train, val = (linear_pairs(n, seed, nonlinear=5.0) for n, seed in ((N_TRAIN, 1), (N_VAL, 2)))
+    params = {**TINY["ced"], "mean_map": "mlp", "map_width": 128}
+    L.seed_everything(0, verbose=False)
+    untrained = build_translator("ced", "text2image", train, params=params)
+    cn, zn = untrained.cond_norm(train.cond), untrained.target_norm(train.target)
+    untrained.prepare(cn, zn, cn, zn)
+    with torch.no_grad():  # the correction starts at zero: training starts from the ridge map
+        torch.testing.assert_close(untrained.eval().mapped(cn), cn @ untrained.mapping)
+
+    model, info = fit_translator("ced", train, val, tmp_path, params=params,
+                                 train_config=train_config(epochs=40, batch_size=64),
+                                 progress=False)
+    vcn, vzn = model.cond_norm(val.cond), model.target_norm(val.target)
+    with torch.no_grad():
+        ridge_sim = model.val_similarity(vcn @ model.mapping, vzn)
+        mlp_sim = model.val_similarity(model.mapped(vcn), vzn)
+        residual = zn - model.mapped(cn)
+    assert mlp_sim > ridge_sim + 0.05, (mlp_sim, ridge_sim)
+    # γ is re-measured on the trained map's residual, so a draw keeps the residual's size.
+    assert float(model.gamma) == pytest.approx(float(residual.norm(dim=-1).mean()), rel=1e-4)
+    assert info["chosen"]["gamma"] == pytest.approx(float(model.gamma))
+    reloaded = Translator.load(tmp_path)
+    torch.testing.assert_close(reloaded.mapped(vcn), model.mapped(vcn))
+
+
+def test_ced_rejects_an_unknown_mean_map(data: tuple[PairedSplit, ...]) -> None:
+    with pytest.raises(ValueError, match="mean_map must be 'ridge' or 'mlp'"):
+        build_translator("ced", "text2image", data[0], params={"mean_map": "linear"})
+
+
+def test_checkpoint_without_a_newer_option_loads_with_its_default(fitted: dict,
+                                                                  tmp_path: Path) -> None:
+    ckpt = tmp_path / "ced"
+    shutil.copytree(fitted["ced"][2], ckpt)
+    config = json.loads((ckpt / "config.json").read_text())
+    del config["params"]["mean_map"]  # as written before the option existed
+    (ckpt / "config.json").write_text(json.dumps(config))
+    model = Translator.load(ckpt)
+    assert model.params["mean_map"] == "ridge" and model.correction is None
 
 
 def _mean_loss(model: Translator, cn: torch.Tensor, zn: torch.Tensor, repeats: int = 8) -> float:

@@ -163,6 +163,8 @@ def fit_translator(
                                                                                  val_zn)}
     if translator.trainable:
         info.update(_train(translator, cn, zn, val_cn, val_zn, out_dir, tc, resume, progress))
+        with torch.no_grad():
+            info["chosen"].update(translator.eval().finish(cn, zn))
     info["seconds"] = round(time.perf_counter() - start, 2)
     translator.save(out_dir)
     write_json(out_dir / "train_info.json", {**info, "train_config": tc.to_dict()})

@@ -128,6 +128,13 @@ class Translator(nn.Module):
         """
         return {}
 
+    def finish(self, cn: Tensor, zn: Tensor) -> dict[str, Any]:
+        """Closed-form fitting after gradient training (train split, normalised space).
+
+        Returns what was chosen, like :meth:`prepare`.
+        """
+        return {}
+
     def training_loss(self, cn: Tensor, zn: Tensor) -> Tensor:
         """The loss of one batch (normalised space), for translators with ``trainable``."""
         raise NotImplementedError(f"{self.method} has no gradient training")
@@ -232,7 +239,10 @@ def load_translator(path: str | Path, device: str | torch.device = "cpu") -> Tra
             "train one with `modtrans train`"
         )
     config = TranslatorConfig.from_dict(json.loads(config_file.read_text()))
-    model = translator_class(config.method)(config)
+    cls = translator_class(config.method)
+    # Options added to a method after a checkpoint was written take their defaults there.
+    config.params = {**cls.default_params, **config.params}
+    model = cls(config)
     load_weights(model, weights)
     return model.to(device).eval()
 

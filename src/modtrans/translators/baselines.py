@@ -97,6 +97,15 @@ class RidgeTranslator(Translator):
         return cn @ self.weight
 
 
+def mlp_net(in_dim: int, out_dim: int, width: int, depth: int, dropout: float) -> nn.Sequential:
+    """``depth`` hidden layers of ``width`` (GELU, dropout) and a linear output layer."""
+    layers: list[nn.Module] = [nn.Linear(in_dim, width)]
+    for _ in range(depth - 1):
+        layers += [nn.GELU(), nn.Dropout(dropout), nn.Linear(width, width)]
+    layers += [nn.GELU(), nn.Dropout(dropout), nn.Linear(width, out_dim)]
+    return nn.Sequential(*layers)
+
+
 @register_translator
 class MLPTranslator(Translator):
     """A residual MLP regressor trained with a cosine or MSE loss."""
@@ -113,11 +122,8 @@ class MLPTranslator(Translator):
         p = self.params
         if p["loss"] not in ("cosine", "mse"):
             raise ValueError(f"mlp loss must be 'cosine' or 'mse', got {p['loss']!r}")
-        layers: list[nn.Module] = [nn.Linear(config.cond_dim, p["width"])]
-        for _ in range(p["depth"] - 1):
-            layers += [nn.GELU(), nn.Dropout(p["dropout"]), nn.Linear(p["width"], p["width"])]
-        layers += [nn.GELU(), nn.Dropout(p["dropout"]), nn.Linear(p["width"], config.target_dim)]
-        self.net = nn.Sequential(*layers)
+        self.net = mlp_net(config.cond_dim, config.target_dim, p["width"], p["depth"],
+                           p["dropout"])
         self.skip = nn.Linear(config.cond_dim, config.target_dim, bias=False)
 
     def _forward(self, cn: Tensor) -> Tensor:

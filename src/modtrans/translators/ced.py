@@ -14,7 +14,10 @@ Two ways to train the same output form:
   diffusion model of the residual r = z − c·M, trained with the plain diffusion loss only (no
   backpropagation through the sampler), v-prediction on a cosine schedule, per-sample
   condition dropping, EMA weights, a 10-step DPM-Solver++ sampler. γ defaults to the mean
-  residual norm on train, so a draw has the residual's typical size.
+  residual norm on train, so a draw has the residual's typical size. With ``mean_map="mlp"``
+  the mean term is c·M + g(c), g an MLP that starts at zero and is learned jointly by MSE
+  (the residual target of the diffusion loss is detached from it), and γ is re-measured on
+  the trained map's residual.
 
 Both average their K draws in ``mean`` mode from antithetic noise pairs (ε, −ε): the
 deterministic sampler is a smooth map of the noise, so each pair cancels the first-order
@@ -31,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from modtrans.translators.base import Mode, Translator, TranslatorConfig, register_translator
-from modtrans.translators.baselines import select_ridge
+from modtrans.translators.baselines import mlp_net, select_ridge
 from modtrans.translators.denoisers import ConditionalMLP, DenoiserConfig
 from modtrans.translators.diffusion import diffusion_loss, randn
 from modtrans.translators.samplers import ddim_sample, get_sampler
@@ -44,7 +47,7 @@ SAMPLER_OPTIONS = ("sampler", "steps", "guidance", "eta")
 
 @register_translator
 class CEDTranslator(Translator):
-    """The modtrans CED: ridge M, a diffusion model of the residual, never through the sampler."""
+    """The modtrans CED: ridge M (+ an optional MLP), a diffusion model of the residual."""
 
     method = "ced"
     stochastic = True
@@ -54,6 +57,7 @@ class CEDTranslator(Translator):
         "schedule": "cosine", "timesteps": 1000, "objective": "v", "loss": "l2",
         "cond_drop": 0.1, "sampler": "dpm", "steps": 10, "guidance": 1.0, "eta": 0.0,
         "gamma": None, "ridge_lambdas": [1e-4, 1e-3, 1e-2, 0.1, 1.0],
+        "mean_map": "ridge", "map_width": 1024, "map_depth": 2, "map_dropout": 0.1,
         "lr": 1e-3, "weight_decay": 0.0, "ema_decay": 0.995,
     }
 
@@ -69,13 +73,23 @@ class CEDTranslator(Translator):
         self._init_mapping()
 
     def _init_mapping(self) -> None:
-        self.register_buffer("mapping", torch.zeros(self.config.cond_dim, self.config.target_dim))
+        p, config = self.params, self.config
+        if p["mean_map"] not in ("ridge", "mlp"):
+            raise ValueError(f"mean_map must be 'ridge' or 'mlp', got {p['mean_map']!r}")
+        self.register_buffer("mapping", torch.zeros(config.cond_dim, config.target_dim))
         self.register_buffer("residual_scale", torch.ones(()))
         self.register_buffer("gamma", torch.ones(()))
+        self.correction: nn.Sequential | None = None
+        if p["mean_map"] == "mlp":
+            self.correction = mlp_net(config.cond_dim, config.target_dim, p["map_width"],
+                                      p["map_depth"], p["map_dropout"])
+            nn.init.zeros_(self.correction[-1].weight)  # training starts at the ridge map
+            nn.init.zeros_(self.correction[-1].bias)
 
     def mapped(self, cn: Tensor) -> Tensor:
-        """c·M, the projection term."""
-        return cn @ self.mapping
+        """The mean term: c·M, plus the MLP correction g(c) when ``mean_map`` is ``mlp``."""
+        out = cn @ self.mapping
+        return out if self.correction is None else out + self.correction(cn)
 
     def prepare(self, cn: Tensor, zn: Tensor, val_cn: Tensor, val_zn: Tensor) -> dict[str, Any]:
         weight, lam, _ = select_ridge(self, cn, zn, val_cn, val_zn,
@@ -92,13 +106,28 @@ class CEDTranslator(Translator):
         """Per-sample condition dropping for classifier-free guidance: False → null condition."""
         return torch.rand(n, device=device) >= self.params["cond_drop"]
 
+    def finish(self, cn: Tensor, zn: Tensor) -> dict[str, Any]:
+        """With an MLP mean map, γ (when not given) is re-measured on the trained map's residual."""
+        if self.correction is None or self.params["gamma"] is not None:
+            return {}
+        norms = torch.cat([(z - self.mapped(c)).norm(dim=-1)
+                           for c, z in zip(cn.split(4096), zn.split(4096), strict=True)])
+        self.gamma.fill_(float(norms.mean()))
+        return {"gamma": float(self.gamma)}
+
     def training_loss(self, cn: Tensor, zn: Tensor) -> Tensor:
-        x0 = (zn - self.mapped(cn)) / self.residual_scale  # (B, D), unit-scale residual
-        return diffusion_loss(
+        mean = self.mapped(cn)
+        x0 = (zn - mean.detach()) / self.residual_scale  # (B, D), unit-scale residual
+        loss = diffusion_loss(
             self.denoiser, x0, cn, self.schedule.to(cn.device),
             objective=self.params["objective"], loss=self.params["loss"],
             cond_mask=self._drop_mask(len(cn), cn.device),
         )
+        if self.correction is not None:
+            # The map is fitted jointly by MSE (the conditional mean, as ridge is in closed
+            # form); the residual target is detached, so the two losses share no parameters.
+            loss = loss + F.mse_loss(mean, zn)
+        return loss
 
     def sample_residual(self, cn: Tensor, *, generator: torch.Generator | None = None,
                         noise: Tensor | None = None, **options: Any) -> Tensor:
@@ -160,6 +189,7 @@ class CEDPaperTranslator(CEDTranslator):
     def _init_mapping(self) -> None:
         self.projection = nn.Linear(self.config.cond_dim, self.config.target_dim, bias=False)
         self.register_buffer("gamma", torch.ones(()))
+        self.correction = None
 
     def mapped(self, cn: Tensor) -> Tensor:
         return self.projection(cn)
