@@ -32,12 +32,12 @@ from modtrans.training.translator import TrainConfig, fit_translator
 
 logger = logging.getLogger("bench_mean_map")
 
-#: variant → (method, params, epochs)
-VARIANTS: dict[str, tuple[str, dict[str, Any], int]] = {
-    "ridge": ("ridge", {}, 1),
-    "mlp": ("mlp", {}, 3),
-    "ced": ("ced", {}, 2),
-    "ced-mlp-map": ("ced", {"mean_map": "mlp"}, 2),
+#: variant → (method, params, TrainConfig overrides)
+VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
+    "ridge": ("ridge", {}, {}),
+    "mlp": ("mlp", {}, {"epochs": 3}),
+    "ced": ("ced", {}, {"epochs": 2}),
+    "ced-mlp-map": ("ced", {"mean_map": "mlp"}, {"epochs": 2}),
 }
 KEPT = ("sim", "R@1", "R@5", "R@10", "MedR", "fd", "diversity", "sim_sample")
 SPLITS = ("val", "novel")
@@ -46,12 +46,14 @@ SPLITS = ("val", "novel")
 def minilm_store(work: Path) -> Path:
     """The world's splits embedded with the world CLIP's images and MiniLM captions."""
     stores, world = work / "store_minilm", work / "world"
+    todo = [s for s in ("train", *SPLITS) if not (
+        is_store(stores / s) and EmbeddingStore(stores / s).manifest.get("complete"))]
+    if not todo:
+        return stores
     image_encoder = build_encoder(f"hf:{(work / 'world_clip').resolve()}")
     text_encoder = build_encoder("sbert:minilm")
-    for split in ("train", *SPLITS):
+    for split in todo:
         out = stores / split
-        if is_store(out) and EmbeddingStore(out).manifest.get("complete"):
-            continue
         captions = world / split / "captions.json"
         embed_captioned_images(
             read_coco_captions(captions), image_encoder, text_encoder, out, split=split,
@@ -66,11 +68,11 @@ def run_store(stores: Path, models: Path, eval_images: int, n_samples: int) -> d
     train, val = open_store(stores, "train"), open_store(stores, "val")
     for direction in ("text2image", "image2text"):
         fitted = {}
-        for name, (method, params, epochs) in VARIANTS.items():
+        for name, (method, params, train_config) in VARIANTS.items():
             model, info = fit_translator(
                 method, load_pairs(train, direction), load_pairs(val, direction),
                 models / direction / name, params=params,
-                train_config=TrainConfig(epochs=epochs), progress=False)
+                train_config=TrainConfig(**train_config), progress=False)
             fitted[name] = model
             train_info[f"{direction}/{name}"] = {
                 k: info[k] for k in ("chosen", "seconds") if k in info}
@@ -100,8 +102,8 @@ def main(argv: list[str] | None = None) -> None:
     figures = {name: run_store(path, args.work / "mean_map" / name, args.eval_images,
                                args.n_samples)
                for name, path in stores.items()}
-    config = {"variants": {k: {"method": m, "params": p, "epochs": e}
-                           for k, (m, p, e) in VARIANTS.items()},
+    config = {"variants": {k: {"method": m, "params": p, "train": t}
+                           for k, (m, p, t) in VARIANTS.items()},
               "stores": {k: str(v) for k, v in stores.items()},
               "eval_images": args.eval_images, "n_samples": args.n_samples}
     path = write_result("mean_map", config, figures)

@@ -404,13 +404,27 @@ def test_ced_mlp_mean_map_learns_what_ridge_cannot(tmp_path: Path) -> None:
     with torch.no_grad():
         ridge_sim = model.val_similarity(vcn @ model.mapping, vzn)
         mlp_sim = model.val_similarity(model.mapped(vcn), vzn)
-        residual = zn - model.mapped(cn)
+        residual = vzn - model.mapped(vcn)
     assert mlp_sim > ridge_sim + 0.05, (mlp_sim, ridge_sim)
-    # γ is re-measured on the trained map's residual, so a draw keeps the residual's size.
+    # γ is re-measured on the trained map's val residual, so a draw has its size on new data.
     assert float(model.gamma) == pytest.approx(float(residual.norm(dim=-1).mean()), rel=1e-4)
     assert info["chosen"]["gamma"] == pytest.approx(float(model.gamma))
     reloaded = Translator.load(tmp_path)
     torch.testing.assert_close(reloaded.mapped(vcn), model.mapped(vcn))
+
+
+def test_ced_diffusion_loss_leaves_the_mean_map_alone(data: tuple[PairedSplit, ...]) -> None:
+    model = build_translator("ced", "text2image", data[0],
+                             params={**TINY["ced"], "mean_map": "mlp", "map_width": 32})
+    model.correction[-1].weight.data.normal_()  # a non-zero map, as after some training
+    cn, zn = model.cond_norm(data[0].cond[:64]), model.target_norm(data[0].target[:64])
+    params = [*model.correction.parameters(), model.denoiser.out.weight]
+    *from_total, denoiser_grad = torch.autograd.grad(model.training_loss(cn, zn), params)
+    from_mse = torch.autograd.grad(F.mse_loss(model.mapped(cn), zn), params[:-1])
+    # The map's gradient is its MSE term's alone: the diffusion target is detached from it.
+    for total, mse in zip(from_total, from_mse, strict=True):
+        torch.testing.assert_close(total, mse)
+    assert denoiser_grad.abs().sum() > 0
 
 
 def test_ced_rejects_an_unknown_mean_map(data: tuple[PairedSplit, ...]) -> None:
@@ -423,10 +437,14 @@ def test_checkpoint_without_a_newer_option_loads_with_its_default(fitted: dict,
     ckpt = tmp_path / "ced"
     shutil.copytree(fitted["ced"][2], ckpt)
     config = json.loads((ckpt / "config.json").read_text())
-    del config["params"]["mean_map"]  # as written before the option existed
+    for key in ("mean_map", "map_width", "map_depth"):  # as written before they existed
+        del config["params"][key]
     (ckpt / "config.json").write_text(json.dumps(config))
-    model = Translator.load(ckpt)
-    assert model.params["mean_map"] == "ridge" and model.correction is None
+    old, new = Translator.load(ckpt), Translator.load(fitted["ced"][2])
+    assert old.params["mean_map"] == "ridge" and old.correction is None
+    c = torch.randn(8, D, generator=seeded(5))
+    torch.testing.assert_close(old.translate(c, mode="sample", generator=seeded(6)),
+                               new.translate(c, mode="sample", generator=seeded(6)))
 
 
 def _mean_loss(model: Translator, cn: torch.Tensor, zn: torch.Tensor, repeats: int = 8) -> float:

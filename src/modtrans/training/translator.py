@@ -144,7 +144,8 @@ def fit_translator(
 
     Closed-form parts (normalisers, ridge, kNN tables) are fitted first; trainable methods
     are then optimised with Lightning, logging the loss and val Sim, with EMA where the
-    method asks for it. ``resume`` continues from ``out_dir/lightning/last.ckpt``.
+    method asks for it, and finished in closed form (e.g. γ of an MLP-mapped ``ced``).
+    ``resume`` continues from ``out_dir/lightning/last.ckpt``.
 
     Returns:
         The fitted translator and a summary (what was chosen, steps, seconds, pairs/s).
@@ -164,7 +165,7 @@ def fit_translator(
     if translator.trainable:
         info.update(_train(translator, cn, zn, val_cn, val_zn, out_dir, tc, resume, progress))
         with torch.no_grad():
-            info["chosen"].update(translator.eval().finish(cn, zn))
+            info["chosen"].update(translator.eval().finish(cn, zn, val_cn, val_zn))
     info["seconds"] = round(time.perf_counter() - start, 2)
     translator.save(out_dir)
     write_json(out_dir / "train_info.json", {**info, "train_config": tc.to_dict()})

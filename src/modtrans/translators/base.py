@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -22,6 +23,8 @@ from torch import Tensor, nn
 import modtrans
 from modtrans.config import Config
 from modtrans.io import load_weights, save_weights, write_json
+
+logger = logging.getLogger(__name__)
 
 DIRECTIONS = ("text2image", "image2text")
 MODES = ("sample", "mean", "best-of-k")
@@ -128,8 +131,8 @@ class Translator(nn.Module):
         """
         return {}
 
-    def finish(self, cn: Tensor, zn: Tensor) -> dict[str, Any]:
-        """Closed-form fitting after gradient training (train split, normalised space).
+    def finish(self, cn: Tensor, zn: Tensor, val_cn: Tensor, val_zn: Tensor) -> dict[str, Any]:
+        """Closed-form fitting after gradient training, in normalised space.
 
         Returns what was chosen, like :meth:`prepare`.
         """
@@ -240,7 +243,11 @@ def load_translator(path: str | Path, device: str | torch.device = "cpu") -> Tra
         )
     config = TranslatorConfig.from_dict(json.loads(config_file.read_text()))
     cls = translator_class(config.method)
-    # Options added to a method after a checkpoint was written take their defaults there.
+    # Options added to a method after a checkpoint was written take their defaults there; a
+    # new option's default must therefore reproduce the behaviour from before it existed.
+    missing = sorted(set(cls.default_params) - set(config.params))
+    if missing:
+        logger.debug("%s: options %s not in the checkpoint, defaults used", path, missing)
     config.params = {**cls.default_params, **config.params}
     model = cls(config)
     load_weights(model, weights)
