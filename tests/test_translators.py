@@ -588,6 +588,9 @@ def test_config_validation() -> None:
         TrainConfig(epochs=0)
     with pytest.raises(ValueError, match="logger"):
         TrainConfig(logger="wandb")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        TrainConfig(precision="bf16-true")
+    assert TrainConfig(precision="bf16-mixed").precision == "bf16-mixed"
 
 
 def test_image2text_direction(tmp_path: Path) -> None:

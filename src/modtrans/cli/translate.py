@@ -37,7 +37,8 @@ def train(
     epochs: int = typer.Option(None, help="Training epochs (trainable methods)."),
     batch_size: int = typer.Option(None, help="Pairs per step."),
     max_time: str = typer.Option(None, help="Wall-clock budget DD:HH:MM:SS."),
-    precision: str = typer.Option(None, help="Lightning precision: 32, bf16-mixed (GPU)."),
+    precision: str = typer.Option(
+        None, help="Lightning precision: 32, 32-true, bf16-mixed (GPU) or 16-mixed."),
     accelerator: str = typer.Option(None, help="auto, cpu or gpu."),
     devices: int = typer.Option(None, help="Number of devices."),
     strategy: str = typer.Option(None, help="Lightning strategy, e.g. ddp."),

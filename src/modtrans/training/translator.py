@@ -22,6 +22,10 @@ from modtrans.translators.base import Translator, TranslatorConfig, translator_c
 logger = logging.getLogger(__name__)
 
 
+#: Lightning precisions that keep float32 weights.
+PRECISIONS = ("32", "32-true", "bf16-mixed", "16-mixed")
+
+
 @dataclasses.dataclass
 class TrainConfig(Config):
     """How a trainable translator is optimised (ignored by closed-form methods).
@@ -30,7 +34,8 @@ class TrainConfig(Config):
         epochs: passes over the training pairs.
         max_time: wall-clock budget ``"DD:HH:MM:SS"`` (None: none); training stops there.
         batch_size: pairs per step.
-        precision: Lightning precision, e.g. ``32`` or ``bf16-mixed`` (GPU).
+        precision: Lightning precision, one of :data:`PRECISIONS` (``bf16-mixed`` on GPU):
+            the weights stay float32, which translation and saving expect.
         accelerator, devices, strategy: Lightning's (``strategy="ddp"`` for several GPUs).
         logger: ``csv`` or ``tensorboard``.
         val_pairs: val pairs used for the per-epoch Sim.
@@ -51,6 +56,9 @@ class TrainConfig(Config):
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be at least 1")
+        if str(self.precision) not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}; "
+                             "bf16-mixed trains in bfloat16 on a GPU")
         if self.logger not in ("csv", "tensorboard"):
             raise ValueError(f"logger must be 'csv' or 'tensorboard', got {self.logger!r}")
 
