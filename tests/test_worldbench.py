@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from modtrans.data.pairs import PairedSplit
@@ -28,8 +29,8 @@ TINY_CED = {"width": 32, "depth": 2, "emb_dim": 32, "time_dim": 16, "steps": 4}
 DETERMINISTIC = ["identity", "mean-shift", "ridge", "knn", "mlp"]
 METRIC_KEYS = {
     "method", "direction", "n_queries", "n_gallery", "sim", "cos_c_z", "cos_zhat_c",
-    "cos_zhat_z", "cos_zhat_z_unrelated", "R@1", "R@5", "R@10", "MedR", "fd", "diversity",
-    "sim_sample", "cos_hist",
+    "cos_zhat_z", "cos_zhat_z_unrelated", "R@1", "R@5", "R@10", "MedR", "fd", "fd_unit",
+    "diversity", "sim_sample", "cos_hist",
 }  # fmt: skip
 
 
@@ -131,6 +132,17 @@ def test_noiseless_ridge_is_an_oracle(tmp_path: Path) -> None:
     assert result["R@1"] == 1.0 and result["MedR"] == 1.0
     assert result["sim"] > 0.999
     assert result["fd"] < 1e-3 * float(val.images.var(0).sum())
+
+
+def test_unit_fd_ignores_the_scale_raw_fd_sees(data: tuple[PairedSplit, ...]) -> None:
+    val = data[1]
+    images = F.normalize(val.images, dim=-1)  # a store's unit vectors
+    val = PairedSplit(val.direction, images, val.texts, val.owner)
+    scaled = LookupTranslator(val.cond, 8 * images[val.owner], "text2image")
+    result = evaluate(scaled, val)  # the right directions, 8 times too long
+    assert result["sim"] > 0.999
+    assert result["fd"] > 40
+    assert result["fd_unit"] < 1e-3
 
 
 def test_constant_output_scores_nothing(data: tuple[PairedSplit, ...]) -> None:

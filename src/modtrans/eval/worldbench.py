@@ -12,6 +12,7 @@ import logging
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from modtrans.data.pairs import PairedSplit
@@ -132,7 +133,11 @@ def evaluate_translator(
         result["diversity"] = 0.0
         result["sim_sample"] = result["sim"]
     result["fd"] = frechet_distance(z_sample, split.gallery)
-    cos = torch.nn.functional.cosine_similarity(z_pair, split.target, dim=-1)
+    # The same on unit vectors: a translator whose outputs have the right directions but
+    # another scale (an MLP trained on cosine) is far off in raw FD, not in this one.
+    result["fd_unit"] = frechet_distance(F.normalize(z_sample, dim=-1),
+                                         F.normalize(split.gallery, dim=-1))
+    cos = F.cosine_similarity(z_pair, split.target, dim=-1)
     counts, edges = torch.histogram(cos.double(), bins=40, range=(-1.0, 1.0))
     result["cos_hist"] = {"edges": edges.tolist(), "counts": counts.long().tolist()}
     if zero_shot is not None:
@@ -176,6 +181,7 @@ TABLE_COLUMNS = (
     ("R@10", "R@10", "{:.3f}"),
     ("MedR", "MedR", "{:.1f}"),
     ("fd", "FD", "{:.2f}"),
+    ("fd_unit", "FD (unit)", "{:.3f}"),
     ("sim_sample", "Sim (1 draw)", "{:.3f}"),
     ("diversity", "diversity", "{:.3f}"),
     ("zero_shot", "zero-shot", "{:.3f}"),
