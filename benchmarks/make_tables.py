@@ -76,8 +76,9 @@ def worldbench_section(tag: str = "") -> list[str]:
         return []
     out = [f"### WorldBench{VARIANTS[tag]}", "",
            "Mean mode (average of draws) for Sim, cosine suite and retrieval; one draw for FD "
-           "and diversity. Queries: every caption (text → image) or every image "
-           "(image → text) of the evaluated images.", ""]
+           "and diversity. FD (unit): the FD of unit vectors (– where the run predates it). "
+           "Queries: every caption (text → image) or every image (image → text) of the "
+           "evaluated images.", ""]
     order = {"text2image": 0, "image2text": 1, "val": 0, "test": 1, "novel": 2}
     tables = sorted(r["figures"]["tables"],
                     key=lambda t: (order.get(t["direction"], 9), order.get(t["split"], 9)))
