@@ -19,13 +19,14 @@ BEGIN, END = "<!-- BEGIN RESULTS -->", "<!-- END RESULTS -->"
 
 
 def _load(name: str) -> dict | None:
+    """``benchmarks/results/<name>.json`` with its file name under ``"file"``, or None."""
     path = RESULTS / f"{name}.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    return {**json.loads(path.read_text()), "file": path.name} if path.is_file() else None
 
 
 def _source(result: dict) -> str:
     m = result["machine"]
-    return (f"*`benchmarks/results/{result['benchmark']}.json`, commit "
+    return (f"*`benchmarks/results/{result['file']}`, commit "
             f"{result['git_commit'][:8]}, {m.get('gpu') or str(m['cpu_count']) + ' CPU cores'}, "
             f"{result['date'][:10]}.*")
 
@@ -113,12 +114,24 @@ def mean_map_section() -> list[str]:
             rows.append(" | ".join([store, table["direction"], table["split"],
                                     *(f"{by[v]['sim']:.4f}" for v in variants),
                                     *(f"{by[v]['R@1']:.3f}" for v in variants)]))
-    return ["### `ced`'s mean map: ridge or ridge + MLP", "",
-            f"`ced` with `mean_map` ridge (the default) against `mean_map` mlp (ridge plus an "
-            f"MLP correction trained jointly), beside the ridge and MLP regressions; mean of "
-            f"{r['config']['n_samples']} draws, {r['config']['eval_images']} images per split. "
-            "`minilm-text`: the world CLIP's images with all-MiniLM-L6-v2 captions.", "",
-            *(f"| {row} |" for row in rows), "", _source(r), ""]
+    out = ["### `ced`'s mean map: ridge or ridge + MLP", "",
+           f"`ced` with `mean_map` ridge (the default) against `mean_map` mlp (ridge plus an "
+           f"MLP correction trained jointly), beside the ridge and MLP regressions; mean of "
+           f"{r['config']['n_samples']} draws, {r['config']['eval_images']} images per split. "
+           "`minilm-text`: the world CLIP's images with all-MiniLM-L6-v2 captions.", "",
+           *(f"| {row} |" for row in rows), ""]
+    draws = [(store, table, row) for store, figures in r["figures"].items()
+             for table in figures["tables"] for row in table["rows"] if "sim_by_draws" in row]
+    if draws:
+        keys = list(draws[0][2]["sim_by_draws"])
+        head = ["store", "direction", "split", "variant",
+                *("Sim of the map alone" if k == "map" else f"Sim, mean of {k}" for k in keys)]
+        out += ["Where `ced`'s Sim goes: its mean term alone, and the mean of more draws.", "",
+                "| " + " | ".join(head) + " |", "|" + "---|" * len(head),
+                *("| " + " | ".join([store, table["direction"], table["split"], row["variant"],
+                                     *(f"{row['sim_by_draws'][k]:.4f}" for k in keys)]) + " |"
+                  for store, table, row in draws), ""]
+    return [*out, _source(r), ""]
 
 
 def speed_section() -> list[str]:
