@@ -42,9 +42,9 @@ def world_section() -> list[str]:
 
 
 VARIANTS = {"": "",
-            "meanpool": " — variant: CNN tower, plain mean pool (the default until stop 13)",
+            "meanpool": " — variant: CNN tower, plain mean pool (an earlier default)",
             "cnn": " — variant: wider CNN tower (32–64–128–128), warm-started, plain mean pool",
-            "vit": " — variant: ViT tower, no warm start (the default until stop 9)"}
+            "vit": " — variant: ViT tower, no warm start (the first default)"}
 
 
 def clip_section(tag: str = "") -> list[str]:
