@@ -254,8 +254,9 @@ def test_eval_passes_sampler_options(
 def test_eval_trainable_method_by_name(demo: Demo, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["eval", "ced", "--direction", "text2image", "--data", str(demo.store)]
     _error(capsys, argv, "ced needs training", "modtrans train")
-    _error(capsys, ["eval", "no-such", "--direction", "text2image", "--data", str(demo.store)],
-           "unknown method 'no-such'")
+    _error(capsys, ["eval", "runs/no-such", "--direction", "text2image", "--data",
+                    str(demo.store)],
+           "'runs/no-such' is neither a checkpoint directory nor a method name", "ridge")
 
 
 def test_eval_checkpoint_direction_mismatch(

@@ -102,7 +102,7 @@ def evaluate(
     )
     from modtrans.io import atomic_open, write_json
     from modtrans.training.translator import fit_translator
-    from modtrans.translators.base import load_translator, translator_class
+    from modtrans.translators.base import list_translators, load_translator, translator_class
 
     store = open_store(data, split)
     if Path(translator).is_dir():
@@ -111,6 +111,11 @@ def evaluate(
             raise ValueError(f"{translator} translates {model.config.direction}, not {direction}")
         _check_encoders(model.config, store)
     else:
+        if translator not in list_translators():
+            raise FileNotFoundError(
+                f"{translator!r} is neither a checkpoint directory nor a method name "
+                f"({', '.join(list_translators())}); check the path, or train one with "
+                "`modtrans train`")
         if translator_class(translator).trainable:
             raise ValueError(f"{translator} needs training: run `modtrans train --method "
                              f"{translator}` and pass the checkpoint directory")
