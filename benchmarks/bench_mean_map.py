@@ -27,11 +27,9 @@ from typing import Any
 import torch
 from _common import write_result
 
-from modtrans.data.coco import read_coco_captions
-from modtrans.data.embed import embed_captioned_images, load_sidecar_metadata
 from modtrans.data.pairs import PairedSplit, load_pairs
-from modtrans.data.store import EmbeddingStore, is_store, open_store
-from modtrans.encoders import build_encoder
+from modtrans.data.store import open_store
+from modtrans.demo import embed_world, stores_complete
 from modtrans.eval.metrics import mean_cosine
 from modtrans.eval.worldbench import EvalOptions, evaluate_translator
 from modtrans.training.translator import TrainConfig, fit_translator
@@ -53,19 +51,9 @@ SPLITS = ("val", "novel")
 def minilm_store(work: Path) -> Path:
     """The world's splits embedded with the world CLIP's images and MiniLM captions."""
     stores, world = work / "store_minilm", work / "world"
-    todo = [s for s in ("train", *SPLITS) if not (
-        is_store(stores / s) and EmbeddingStore(stores / s).manifest.get("complete"))]
-    if not todo:
-        return stores
-    image_encoder = build_encoder(f"hf:{(work / 'world_clip').resolve()}")
-    text_encoder = build_encoder("sbert:minilm")
-    for split in todo:
-        out = stores / split
-        captions = world / split / "captions.json"
-        embed_captioned_images(
-            read_coco_captions(captions), image_encoder, text_encoder, out, split=split,
-            source={"captions": str(captions)}, sidecar=load_sidecar_metadata(captions),
-            resume=True, progress=False)
+    if not stores_complete(stores, world):
+        embed_world(world, stores, f"hf:{(work / 'world_clip').resolve()}", "sbert:minilm",
+                    progress=False)
     return stores
 
 

@@ -110,8 +110,8 @@ def run_demo(out: str | Path, config: DemoConfig | None = None, *, progress: boo
     stage("fit-encoder", (clip / "config.json").is_file(),
           lambda: _clip(world, clip, config, progress))
     spec = f"hf:{clip.resolve()}"
-    stage("embed", _stores_complete(stores, world),
-          lambda: _embed(world, stores, spec, progress))
+    stage("embed", stores_complete(stores, world),
+          lambda: embed_world(world, stores, spec, progress=progress))
     stage("encoder-report", (out / "encoder_report.json").is_file(),
           lambda: _encoder_report(stores, out / "encoder_report.json"))
     for direction in DIRECTIONS:
@@ -151,7 +151,8 @@ def _clip(world: Path, clip: Path, config: DemoConfig, progress: bool) -> None:
     write_json(clip / "train_summary.json", summary)
 
 
-def _stores_complete(stores: Path, world: Path) -> bool:
+def stores_complete(stores: Path, world: Path) -> bool:
+    """Whether every split of ``world`` has a complete store under ``stores``."""
     from modtrans.data.store import EmbeddingStore, is_store
 
     splits = [p.parent.name for p in world.glob("*/captions.json")]
@@ -160,18 +161,22 @@ def _stores_complete(stores: Path, world: Path) -> bool:
         for s in splits)
 
 
-def _embed(world: Path, stores: Path, spec: str, progress: bool) -> None:
+def embed_world(world: Path, stores: Path, image_spec: str, text_spec: str | None = None, *,
+                progress: bool = True) -> None:
+    """Embed every split of a world into ``stores/<split>`` (resuming), its images with
+    ``image_spec`` and its captions with ``text_spec`` (default: the same encoder)."""
     from modtrans.data.coco import read_coco_captions
     from modtrans.data.embed import embed_captioned_images, load_sidecar_metadata
     from modtrans.encoders import build_encoder
 
-    encoder = build_encoder(spec)
+    image_encoder = build_encoder(image_spec)
+    text_encoder = image_encoder if text_spec in (None, image_spec) else build_encoder(text_spec)
     for captions in sorted(world.glob("*/captions.json")):
         split = captions.parent.name
         embed_captioned_images(
-            read_coco_captions(captions), encoder, encoder, stores / split, split=split,
-            source={"captions": str(captions)}, sidecar=load_sidecar_metadata(captions),
-            resume=True, progress=progress)
+            read_coco_captions(captions), image_encoder, text_encoder, stores / split,
+            split=split, source={"captions": str(captions)},
+            sidecar=load_sidecar_metadata(captions), resume=True, progress=progress)
 
 
 def _encoder_report(stores: Path, path: Path) -> None:

@@ -17,7 +17,7 @@ Two ways to train the same output form:
   residual norm on train, so a draw has the residual's typical size. With ``mean_map="mlp"``
   the mean term is c·M + g(c), g an MLP that starts at zero and is learned jointly by MSE
   (the residual target of the diffusion loss is detached from it), and γ is re-measured on
-  the trained map's residual.
+  the trained map's val residual.
 
 Both average their K draws in ``mean`` mode from antithetic noise pairs (ε, −ε): the
 deterministic sampler is a smooth map of the noise, so each pair cancels the first-order
