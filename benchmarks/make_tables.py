@@ -206,6 +206,20 @@ def e2e_section() -> list[str]:
            f"{judge['pairs_presence_accuracy']:.3f} (exact set of pairs in "
            f"{judge['pairs_set_exact']:.3f} of images), object count "
            f"{judge['count_accuracy']:.3f}.", ""]
+    if "conditioning_probes" in f:
+        probes = f["conditioning_probes"]
+
+        def read(modality: str, column: str) -> str:
+            one = probes[modality].get("one_object")
+            return f"{probes[modality]['all'][column]['accuracy']:.3f}" + (
+                f" (on images with one object {one[column]['accuracy']:.3f})" if one else "")
+
+        out += ["What the image decoders are conditioned on, as linear probes read it on val: "
+                f"the image embedding (`vae_image`) names the main shape at "
+                f"{read('image', 'main_shape')} and the main colour at "
+                f"{read('image', 'main_colour')}; the mean of an image's caption embeddings "
+                f"(`vae_text`) at {read('text', 'main_shape')} and "
+                f"{read('text', 'main_colour')}.", ""]
     refit = [name for name, summary in f["training"].items() if summary.get("prior_refit")]
     if refit:
         out += [f"The latent priors of {', '.join(refit)} were retrained (`modtrans "

@@ -141,6 +141,13 @@ def test_tiny_demo_evaluates_generation_end_to_end(demo: Demo) -> None:
         assert set(routes) == {"ced", "ced-capdec-paper", "ridge", "clipcap"}
         assert all(0 <= r["BLEU-1"] <= 1 and r["CIDEr"] >= 0 for r in routes.values())
     assert 0 <= results["recogniser"]["pairs_presence_accuracy"] <= 1
+    probes = results["conditioning_probes"]
+    assert set(probes) == {"image", "text"}
+    for modality in probes.values():
+        assert set(modality) <= {"all", "one_object"}
+        assert all(0 <= modality[s][c]["accuracy"] <= 1 for s in modality for c in modality[s])
+        assert modality["all"]["main_colour"]["n_val"] > modality.get("one_object", {}).get(
+            "main_colour", {}).get("n_val", 0)
     from PIL import Image
 
     grid = Image.open(demo.out / "e2e" / "text2image.png")

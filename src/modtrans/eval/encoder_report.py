@@ -51,36 +51,72 @@ def cross_modal_report(store: EmbeddingStore, n_items: int = 1000) -> dict:
     return report
 
 
+def _probe_inputs(store: EmbeddingStore, modality: str, n: int) -> np.ndarray:
+    """The first ``n`` images' embeddings, or for ``text`` the mean of each one's captions'."""
+    if modality == "image":
+        return store.image_embeddings[:n].astype(np.float32)
+    owner = np.asarray(store.caption_image_index)
+    rows = np.flatnonzero(owner < n)
+    sums = np.zeros((n, store.text_dim), dtype=np.float64)
+    np.add.at(sums, owner[rows], store.text_embeddings[rows].astype(np.float64))
+    counts = np.bincount(owner[rows], minlength=n)
+    if (counts == 0).any():
+        raise ValueError(f"{int((counts == 0).sum())} image(s) of {store.root} have no caption; "
+                         "a text probe needs every image captioned")
+    return (sums / counts[:, None]).astype(np.float32)
+
+
 def linear_probe(
-    train: EmbeddingStore, val: EmbeddingStore, column: str, *, max_train: int = 10_000
+    train: EmbeddingStore, val: EmbeddingStore, column: str, *, modality: str = "image",
+    where: tuple[str, object] | None = None, max_train: int = 10_000
 ) -> dict:
-    """Accuracy of a logistic-regression probe on image embeddings for a metadata column.
+    """Accuracy of a logistic-regression probe on embeddings for an image-metadata column.
 
     Args:
         train, val: stores whose image metadata hold ``column`` (e.g. the world's
             ``main_shape``).
         column: the label column.
+        modality: ``image`` probes the image embeddings; ``text`` the mean of each image's
+            caption embeddings (what its captions say, in the text space).
+        where: ``(column, value)``: probe only the images whose metadata has that value in
+            both splits (e.g. ``("n_objects", 1)``); None: every image.
         max_train: cap on training images (the probe is a check, not a model).
 
     Returns:
-        ``{"accuracy", "chance", "classes"}``; chance is the majority-class rate on val.
+        ``{"accuracy", "chance", "classes", "n_val"}``; chance is the majority-class rate on
+        val.
     """
-    train_meta, val_meta = train.image_metadata(), val.image_metadata()
-    for name, meta in (("train", train_meta), ("val", val_meta)):
-        if column not in meta.column_names:
+    if modality not in ("image", "text"):
+        raise ValueError(f"modality must be 'image' or 'text', got {modality!r}")
+    data = {}
+    for name, store in (("train", train), ("val", val)):
+        meta = store.image_metadata()
+        needed = [column] + ([where[0]] if where else [])
+        missing = [c for c in needed if c not in meta.column_names]
+        if missing:
             raise ValueError(
-                f"the {name} store's image metadata has no column {column!r}; "
+                f"the {name} store's image metadata has no column {missing[0]!r}; "
                 f"available: {meta.column_names}"
             )
-    n = min(max_train, train.n_images)
-    x_train = train.image_embeddings[:n].astype(np.float32)
-    y_train = np.asarray(train_meta.column(column).to_pylist()[:n])
-    x_val = val.image_embeddings[: val.n_images].astype(np.float32)
-    y_val = np.asarray(val_meta.column(column).to_pylist())
+        keep = np.arange(store.n_images)
+        if where:
+            keep = np.flatnonzero(np.asarray(meta.column(where[0]).to_pylist()) == where[1])
+            if not len(keep):
+                raise ValueError(f"no {name} image has {where[0]} = {where[1]!r}")
+        if name == "train":
+            keep = keep[:max_train]
+        x = _probe_inputs(store, modality, int(keep.max()) + 1)[keep]
+        data[name] = (x, np.asarray(meta.column(column).to_pylist())[keep])
+    (x_train, y_train), (x_val, y_val) = data["train"], data["val"]
+    if len(np.unique(y_train)) < 2:
+        raise ValueError(f"the probe's train images hold one {column!r} only "
+                         f"({str(y_train[0])!r}); it needs at least two classes (a larger "
+                         "train split)")
     probe = LogisticRegression(max_iter=2000, C=10.0).fit(x_train, y_train)
     _, counts = np.unique(y_val, return_counts=True)
     return {
         "accuracy": float((probe.predict(x_val) == y_val).mean()),
         "chance": float(counts.max() / counts.sum()),
         "classes": len(np.unique(y_train)),
+        "n_val": len(y_val),
     }

@@ -22,6 +22,10 @@ Works in a demo folder (world, world CLIP, store, translators) and adds ``e2e/``
   ``ced-capdec-paper`` decodes the same translations with the paper's CapDec (each
   caption's own embedding, noise variance 0.016) to show what that choice buys.
 
+Beside them, linear probes of the two conditioning embeddings (``conditioning_probes``) say
+how much of the main shape and colour the decoders are handed at all, so that a route's recall
+can be set against what its input carries.
+
 Everything is written to ``e2e/results.json``, with ``e2e/text2image.png`` (a grid: one row
 per example prompt, six samples per route) and ``e2e/image2text.json`` (captions of example
 images per route) for people to look at.
@@ -52,6 +56,7 @@ from modtrans.decoders.image_vae import (
 from modtrans.encoders import build_encoder
 from modtrans.encoders.world_clip import load_images
 from modtrans.eval.captioning import caption_metrics
+from modtrans.eval.encoder_report import linear_probe
 from modtrans.eval.recogniser import AttributeRecogniser, RecogniserConfig, fit_recogniser
 from modtrans.eval.semantic import caption_semantic_scores, image_fd, image_semantic_scores
 from modtrans.io import atomic_path, read_json, write_json
@@ -204,6 +209,27 @@ class _Generator:
         return self.vae_image.generate(e, generator=generator)
 
 
+def conditioning_probes(folder: Path, min_images: int = 20) -> dict[str, Any]:
+    """What the image decoders are conditioned on: linear probes of the main shape and colour
+    (val accuracy) in the image embeddings (``vae_image``: the translators' and the oracle's
+    input) and the caption embeddings (``vae_text``: the direct route's; the mean of an
+    image's captions), on every image (``all``) and on the images holding one object
+    (``one_object``, left out when a split has fewer than ``min_images`` of them)."""
+    train, val = open_store(folder / "store", "train"), open_store(folder / "store", "val")
+    subsets: dict[str, tuple[str, int] | None] = {"all": None}
+    if all(store.image_metadata().column("n_objects").to_pylist().count(1) >= min_images
+           for store in (train, val)):
+        subsets["one_object"] = ("n_objects", 1)
+    else:
+        logger.info("fewer than %d one-object images in train or val: probes on all only",
+                    min_images)
+    return {modality: {subset: {column: linear_probe(train, val, column, modality=modality,
+                                                     where=where)
+                                for column in ("main_shape", "main_colour")}
+                       for subset, where in subsets.items()}
+            for modality in ("image", "text")}
+
+
 def text_to_image(folder: Path, split: str, config: EndToEndConfig, judge: AttributeRecogniser,
                   clip: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor], list[str]]:
     """Semantic scores and FD per route (and the judge on the prompts' own real images);
@@ -282,6 +308,7 @@ def run_end_to_end(folder: str | Path, config: EndToEndConfig | None = None, *,
     judge = AttributeRecogniser.load(folder / "e2e" / "recogniser")
     clip = build_encoder(f"hf:{(folder / 'world_clip').resolve()}")
     results: dict[str, Any] = {"recogniser": summaries["recogniser"], "training": summaries,
+                               "conditioning_probes": conditioning_probes(folder),
                                "text_to_image": {}, "image_to_text": {}}
     for i, split in enumerate(config.splits):
         results["text_to_image"][split], examples, prompts = text_to_image(
