@@ -233,7 +233,11 @@ def e2e_section() -> list[str]:
                 "`ced` is one draw of the translator, `ced-mean` the mean of 8; "
                 "`oracle` decodes the embedding of the image the prompt describes, "
                 "`reconstruction` redraws that image from the VAE's posterior, `real` "
-                "judges that image)", "",
+                "judges that image"
+                + (f"; `-rerank`: the route draws {r['config']['candidates']} images per "
+                   "prompt and the one the world CLIP scores highest against the prompt is "
+                   "judged"
+                   if "candidates" in r["config"] else "") + ")", "",
                 "| route | objects | " + " | ".join(k.replace("_", " ") for k in keys)
                 + " | FD |", "|---|---|" + "---|" * (len(keys) + 1)]
         for route, v in routes.items():

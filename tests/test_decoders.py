@@ -305,6 +305,38 @@ def test_generate_through_a_translator_and_direct(
     _ok(capsys, ["generate", "--decoder", str(cli_models["vae_text"]), "--text", "a red circle",
                  "-n", "2", "--steps", "2", "--guidance", "1", "-o", str(tmp_path / "g1.png")])
     assert Image.open(tmp_path / "g1.png").size == (2 * 66 + 2, 66 + 2)
+    for args in ([str(cli_models["t2i"]), "--decoder", str(cli_models["vae_image"])],
+                 ["--decoder", str(cli_models["vae_text"])]):
+        said = _ok(capsys, ["generate", *args, "--text", "a red circle", "--text", "a blue star",
+                            "-n", "2", "--candidates", "3", "-o", str(tmp_path / "best.png")])
+        assert "kept the best of 3 per image" in said
+        assert Image.open(tmp_path / "best.png").size == (2 * 66 + 2, 2 * 66 + 2)
+
+
+class _MeanColour:
+    """An image encoder whose embedding is each image's mean RGB."""
+
+    @staticmethod
+    def encode_images(images: torch.Tensor) -> torch.Tensor:
+        return images.float().mean(dim=(1, 2))
+
+
+def test_best_of_keeps_the_candidate_closest_to_its_target() -> None:
+    from modtrans.decoders.rerank import best_of
+
+    colours = torch.tensor([[255, 0, 0], [0, 255, 0], [0, 0, 255],
+                            [0, 0, 255], [250, 10, 0], [0, 255, 0]], dtype=torch.uint8)
+    candidates = colours[:, None, None, :].expand(6, 4, 4, 3).contiguous()
+    targets = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]).repeat_interleave(3, 0)
+    chosen, scores = best_of(candidates, targets, _MeanColour(), k=3)
+    assert chosen[:, 0, 0].tolist() == [[0, 255, 0], [250, 10, 0]]
+    assert scores[0] == pytest.approx(1.0) and 0.99 < scores[1] < 1.0
+    with pytest.raises(ValueError, match="do not split into groups of k=4"):
+        best_of(candidates, targets, _MeanColour(), k=4)
+    with pytest.raises(ValueError, match="6 candidates but 2 targets"):
+        best_of(candidates, targets[:2], _MeanColour(), k=3)
+    with pytest.raises(ValueError, match="embeds to 3 dims but the targets have 5"):
+        best_of(candidates, torch.ones(6, 5), _MeanColour(), k=3)
 
 
 def test_generate_errors(cli_models: dict[str, Path], tmp_path: Path,
@@ -316,6 +348,8 @@ def test_generate_errors(cli_models: dict[str, Path], tmp_path: Path,
     assert_cli_error(capsys, ["generate", str(cli_models["i2t"]), "--decoder",
                               str(cli_models["vae_image"]), "--text", "x"], "image2text")
     assert not (tmp_path / "a.png").exists()
+    assert_cli_error(capsys, ["generate", "--decoder", str(cli_models["vae_text"]), "--text",
+                              "x", "--candidates", "0"], "--candidates must be ≥ 1")
 
 
 def test_caption_through_a_translator_and_direct(

@@ -132,7 +132,8 @@ def test_tiny_demo_evaluates_generation_end_to_end(demo: Demo) -> None:
     assert set(results["text_to_image"]) == set(results["image_to_text"]) == {"val", "novel"}
     for routes in results["text_to_image"].values():
         assert set(routes) == {"ced", "ced-mean", "ridge", "direct", "oracle", "reconstruction",
-                               "real"}
+                               "real", "ced-rerank", "ced-mean-rerank", "ridge-rerank",
+                               "direct-rerank"}
         for name, route in routes.items():
             assert name == "real" or route["fd"] >= 0
             for scores in route["by_objects"].values():
@@ -152,7 +153,7 @@ def test_tiny_demo_evaluates_generation_end_to_end(demo: Demo) -> None:
 
     grid = Image.open(demo.out / "e2e" / "text2image.png")
     n_prompts = len(results["examples"]["prompts"])
-    assert grid.size == (36 * 66 + 2, n_prompts * 66 + 2)  # 6 samples × 6 routes per row
+    assert grid.size == (60 * 66 + 2, n_prompts * 66 + 2)  # 6 samples × 10 routes per row
 
 
 def test_e2e_reuses_a_trained_decoder_only_with_the_same_options(demo: Demo) -> None:

@@ -72,7 +72,7 @@ PRESETS: dict[str, DemoConfig] = {
         eval_images=40,
         n_samples=2,
         generation={
-            "prompts_per_group": 4, "images": 8,
+            "prompts_per_group": 4, "images": 8, "candidates": 2,
             "recogniser": {"channels": [8, 16], "epochs": 1},
             "vae_image": {"channels": [8, 8, 16], "latent_channels": 2, "epochs": 1,
                           "prior": TINY_PRIOR},

@@ -163,30 +163,48 @@ def generate(
     guidance: float = typer.Option(None, help="Classifier-free guidance of the decoder's "
                                    "latent prior (default: the decoder's own; 5 unless "
                                    "trained otherwise)."),
+    candidates: int = typer.Option(
+        1, help="Draw this many images per image asked for and keep the one the image "
+        "encoder scores closest to the prompt (a CLIP pair: the CLIP score) or, for other "
+        "encoder pairs, to the translated embedding it was drawn from (DALL·E's reranking)."
+    ),
 ) -> None:
     """Text → embedding → translator → image embedding → decoder → a PNG grid (rows: prompts)."""
     import torch
 
     from modtrans.decoders.image_vae import ConditionalVAE, image_grid
+    from modtrans.decoders.rerank import best_of
     from modtrans.encoders import build_encoder
     from modtrans.io import atomic_path
 
     if out.suffix.lower() != ".png":
         raise ValueError(f"--out must be a .png file, got {out}")
+    if candidates < 1:
+        raise ValueError(f"--candidates must be ≥ 1, got {candidates}")
     vae = ConditionalVAE.load(decoder)
     cfg = vae.config
+    shared = cfg.image_encoder == cfg.text_encoder
+    if translator is None and cfg.condition != "text":
+        raise ValueError(f"decoder {decoder} was trained on image embeddings: give a "
+                         "text2image translator, or use a decoder trained on text embeddings")
+    if translator is None and candidates > 1 and not shared:
+        raise ValueError(f"--candidates ranks the direct route's draws by the CLIP score, but "
+                         f"{cfg.image_encoder} and {cfg.text_encoder} are not one CLIP pair; "
+                         "give a text2image translator")
     generator = torch.Generator().manual_seed(seed)
+    text_encoder = build_encoder(cfg.text_encoder)
+    c = text_encoder.encode_texts(list(text)).repeat_interleave(n * candidates, 0)
     if translator is not None:
         model = _translator_for(translator, decoder, cfg, verb="generate",
                                 direction="text2image", condition="image")
-        c = build_encoder(cfg.text_encoder).encode_texts(list(text)).repeat_interleave(n, 0)
         e = model.translate(c, mode=mode, generator=generator)
     else:
-        if cfg.condition != "text":
-            raise ValueError(f"decoder {decoder} was trained on image embeddings: give a "
-                             "text2image translator, or use a decoder trained on text embeddings")
-        e = build_encoder(cfg.text_encoder).encode_texts(list(text)).repeat_interleave(n, 0)
+        e = c
     images = vae.generate(e, generator=generator, steps=steps, guidance=guidance)
+    if candidates > 1:
+        scorer = text_encoder if shared else build_encoder(cfg.image_encoder)
+        images, scores = best_of(images, c if shared else e, scorer, candidates)
+        typer.echo(f"kept the best of {candidates} per image (mean cosine {scores.mean():.3f})")
     with atomic_path(out) as tmp:
         image_grid(images, rows=len(text)).save(tmp, format="PNG")
     typer.echo(f"wrote {len(images)} images ({len(text)} prompts × {n}) to {out}")

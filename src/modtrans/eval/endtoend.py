@@ -53,6 +53,7 @@ from modtrans.decoders.image_vae import (
     fit_image_decoder,
     image_grid,
 )
+from modtrans.decoders.rerank import best_of
 from modtrans.encoders import build_encoder
 from modtrans.encoders.world_clip import load_images
 from modtrans.eval.captioning import caption_metrics
@@ -65,6 +66,9 @@ from modtrans.translators.base import load_translator
 logger = logging.getLogger(__name__)
 
 T2I_ROUTES = ("ced", "ced-mean", "ridge", "direct", "oracle", "reconstruction")
+# the routes also run as the best of ``candidates`` draws by CLIP score against the prompt
+RERANKED = ("ced", "ced-mean", "ridge", "direct")
+RERANK = "-rerank"
 # image → text route → (image2text translator, caption decoder); ClipCap decodes the image
 # embedding itself
 I2T_ROUTES: dict[str, tuple[str | None, str]] = {
@@ -85,6 +89,8 @@ class EndToEndConfig(Config):
         recogniser, vae_image, vae_text, clipcap, capdec, capdec_paper: config overrides of
             each model (e.g. ``{"epochs": 2}``).
         beams: beam width of the caption decoders.
+        candidates: images drawn per prompt for the ``-rerank`` routes, of which the one the
+            world CLIP scores highest against the prompt is judged (1: no such routes).
         seed: seeds prompt choice, draws and latents.
     """
 
@@ -98,7 +104,18 @@ class EndToEndConfig(Config):
     capdec: dict[str, Any] = dataclasses.field(default_factory=lambda: {"epochs": 3})
     capdec_paper: dict[str, Any] = dataclasses.field(default_factory=lambda: {"epochs": 3})
     beams: int = 3
+    candidates: int = 8
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.candidates < 1:
+            raise ValueError(f"candidates must be ≥ 1, got {self.candidates}")
+
+    @property
+    def t2i_routes(self) -> tuple[str, ...]:
+        """The text → image routes evaluated, in table order."""
+        extra = tuple(r + RERANK for r in RERANKED) if self.candidates > 1 else ()
+        return T2I_ROUTES + extra
 
 
 def train_models(folder: Path, config: EndToEndConfig, progress: bool = True) -> dict[str, Any]:
@@ -185,13 +202,13 @@ def full_prompts(world_split: Path, per_group: int, seed: int
 class _Generator:
     """Images from prompts through each text → image route, seeded."""
 
-    def __init__(self, folder: Path, clip: Any, seed: int) -> None:
+    def __init__(self, folder: Path, clip: Any, seed: int, candidates: int) -> None:
         e2e = folder / "e2e"
         self.vae_image = ConditionalVAE.load(e2e / "vae_image")
         self.vae_text = ConditionalVAE.load(e2e / "vae_text")
         self.translators = {m: load_translator(folder / "translators" / "text2image" / m)
                             for m in ("ced", "ridge")}
-        self.clip, self.seed = clip, seed
+        self.clip, self.seed, self.candidates = clip, seed, candidates
 
     def __call__(self, route: str, items: list[tuple[str, Path]]) -> torch.Tensor:
         generator = torch.Generator().manual_seed(self.seed)
@@ -201,12 +218,16 @@ class _Generator:
             if route == "reconstruction":
                 return self.vae_image.reconstruct(images, e, generator=generator)
             return self.vae_image.generate(e, generator=generator)
-        text_emb = self.clip.encode_texts([prompt for prompt, _ in items])
+        k = self.candidates if route.endswith(RERANK) else 1
+        route = route.removesuffix(RERANK)
+        text_emb = self.clip.encode_texts([prompt for prompt, _ in items]).repeat_interleave(k, 0)
         if route == "direct":
-            return self.vae_text.generate(text_emb, generator=generator)
-        method, mode = ("ced", "mean") if route == "ced-mean" else (route, "sample")
-        e = self.translators[method].translate(text_emb, mode=mode, generator=generator)
-        return self.vae_image.generate(e, generator=generator)
+            images = self.vae_text.generate(text_emb, generator=generator)
+        else:
+            method, mode = ("ced", "mean") if route == "ced-mean" else (route, "sample")
+            e = self.translators[method].translate(text_emb, mode=mode, generator=generator)
+            images = self.vae_image.generate(e, generator=generator)
+        return best_of(images, text_emb, self.clip, k)[0] if k > 1 else images
 
 
 def conditioning_probes(folder: Path, min_images: int = 20) -> dict[str, Any]:
@@ -235,7 +256,7 @@ def text_to_image(folder: Path, split: str, config: EndToEndConfig, judge: Attri
     """Semantic scores and FD per route (and the judge on the prompts' own real images);
     example images and their prompts."""
     groups = full_prompts(folder / "world" / split, config.prompts_per_group, config.seed)
-    generate = _Generator(folder, clip, config.seed)
+    generate = _Generator(folder, clip, config.seed, config.candidates)
     world = read_coco_captions(folder / "world" / split / "captions.json")
     real = load_images(world.image_paths[:2000], 64)
     examples_items = [items[0] for items in groups.values() if items]
@@ -245,7 +266,7 @@ def text_to_image(folder: Path, split: str, config: EndToEndConfig, judge: Attri
             [prompt for prompt, _ in items], [True] * len(items))
         for n, items in groups.items() if items}}}
     examples: dict[str, torch.Tensor] = {}
-    for route in T2I_ROUTES:
+    for route in config.t2i_routes:
         by_objects, generated = {}, []
         for n, items in groups.items():
             if items:
@@ -316,12 +337,13 @@ def run_end_to_end(folder: str | Path, config: EndToEndConfig | None = None, *,
         results["image_to_text"][split], captioned = image_to_text(folder, split, config)
         if i == 0:
             stacked = torch.cat([examples[r].view(len(prompts), EXAMPLE_SAMPLES, 64, 64, 3)
-                                 for r in T2I_ROUTES], dim=1)
+                                 for r in config.t2i_routes], dim=1)
             with atomic_path(folder / "e2e" / "text2image.png") as tmp:
                 image_grid(stacked.reshape(-1, 64, 64, 3), rows=len(prompts)).save(
                     tmp, format="PNG")
             write_json(folder / "e2e" / "image2text.json", {"split": split, **captioned})
             results["examples"] = {"split": split, "prompts": prompts,
-                                   "columns": [f"{EXAMPLE_SAMPLES} × {r}" for r in T2I_ROUTES]}
+                                   "columns": [f"{EXAMPLE_SAMPLES} × {r}"
+                                               for r in config.t2i_routes]}
     write_json(folder / "e2e" / "results.json", results)
     return results
