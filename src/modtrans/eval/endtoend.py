@@ -7,10 +7,11 @@ Works in a demo folder (world, world CLIP, store, translators) and adds ``e2e/``
   ClipCap on image embeddings and two CapDecs on noisy text embeddings (below); a model
   already there is reused only if it was trained with the options asked for;
 - text → image, through ``ced`` (one draw; ``ced-mean``: the mean of 8 draws), ``ridge``
-  and direct: the recogniser's recall of
-  the colour–shape pairs each prompt names and its hallucinations, for "full" prompts (every
-  object named) with one, two and three objects; image FD against the split's real images in
-  the world CLIP's image space. Three references bound them: ``oracle`` decodes the image
+  and direct, each also as ``<route>-rerank`` (the best of ``candidates`` draws by the world
+  CLIP's score against the prompt, :mod:`modtrans.decoders.rerank`): the recogniser's recall
+  of the colour–shape pairs each prompt names and its hallucinations, for "full" prompts
+  (every object named) with one, two and three objects; image FD against the split's real
+  images in the world CLIP's image space. Three references bound them: ``oracle`` decodes the image
   embedding of the very image the prompt describes (what a perfect translator would hand the
   decoder), ``reconstruction`` redraws that image from the VAE's posterior (its latent has
   seen the image: what the decoder can draw at all), and ``real`` judges the image itself
