@@ -218,7 +218,8 @@ def e2e_section() -> list[str]:
                 f"the image embedding (`vae_image`) names the main shape at "
                 f"{read('image', 'main_shape')} and the main colour at "
                 f"{read('image', 'main_colour')}; the mean of an image's caption embeddings "
-                f"(`vae_text`) at {read('text', 'main_shape')} and "
+                f"(`vae_text` is trained on single captions) names the main shape at "
+                f"{read('text', 'main_shape')} and the main colour at "
                 f"{read('text', 'main_colour')}.", ""]
     refit = [name for name, summary in f["training"].items() if summary.get("prior_refit")]
     if refit:
@@ -237,7 +238,7 @@ def e2e_section() -> list[str]:
                 + (f"; `-rerank`: the route draws {r['config']['candidates']} images per "
                    "prompt and the one the world CLIP scores highest against the prompt is "
                    "judged"
-                   if "candidates" in r["config"] else "") + ")", "",
+                   if r["config"].get("candidates", 1) > 1 else "") + ")", "",
                 "| route | objects | " + " | ".join(k.replace("_", " ") for k in keys)
                 + " | FD |", "|---|---|" + "---|" * (len(keys) + 1)]
         for route, v in routes.items():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -333,7 +334,9 @@ def test_best_of_keeps_the_candidate_closest_to_its_target() -> None:
     assert scores[0] == pytest.approx(1.0) and 0.99 < scores[1] < 1.0
     with pytest.raises(ValueError, match="do not split into groups of k=4"):
         best_of(candidates, targets, _MeanColour(), k=4)
-    with pytest.raises(ValueError, match="6 candidates but 2 targets"):
+    with pytest.raises(ValueError, match="k must be ≥ 1, got 0"):
+        best_of(candidates, targets, _MeanColour(), k=0)
+    with pytest.raises(ValueError, match=r"6 candidates need targets \(6, D\), got \(2, 3\)"):
         best_of(candidates, targets[:2], _MeanColour(), k=3)
     with pytest.raises(ValueError, match="embeds to 3 dims but the targets have 5"):
         best_of(candidates, torch.ones(6, 5), _MeanColour(), k=3)
@@ -350,6 +353,13 @@ def test_generate_errors(cli_models: dict[str, Path], tmp_path: Path,
     assert not (tmp_path / "a.png").exists()
     assert_cli_error(capsys, ["generate", "--decoder", str(cli_models["vae_text"]), "--text",
                               "x", "--candidates", "0"], "--candidates must be ≥ 1")
+    other = tmp_path / "vae_minilm"  # the same decoder, said to be trained on MiniLM captions
+    shutil.copytree(cli_models["vae_text"], other)
+    config = json.loads((other / "decoder_config.json").read_text())
+    (other / "decoder_config.json").write_text(json.dumps({**config,
+                                                           "text_encoder": "sbert:minilm"}))
+    assert_cli_error(capsys, ["generate", "--decoder", str(other), "--text", "x",
+                              "--candidates", "2"], "not one CLIP pair", "give a text2image")
 
 
 def test_caption_through_a_translator_and_direct(

@@ -191,15 +191,12 @@ def generate(
         raise ValueError(f"--candidates ranks the direct route's draws by the CLIP score, but "
                          f"{cfg.image_encoder} and {cfg.text_encoder} are not one CLIP pair; "
                          "give a text2image translator")
+    model = None if translator is None else _translator_for(
+        translator, decoder, cfg, verb="generate", direction="text2image", condition="image")
     generator = torch.Generator().manual_seed(seed)
     text_encoder = build_encoder(cfg.text_encoder)
     c = text_encoder.encode_texts(list(text)).repeat_interleave(n * candidates, 0)
-    if translator is not None:
-        model = _translator_for(translator, decoder, cfg, verb="generate",
-                                direction="text2image", condition="image")
-        e = model.translate(c, mode=mode, generator=generator)
-    else:
-        e = c
+    e = c if model is None else model.translate(c, mode=mode, generator=generator)
     images = vae.generate(e, generator=generator, steps=steps, guidance=guidance)
     if candidates > 1:
         scorer = text_encoder if shared else build_encoder(cfg.image_encoder)

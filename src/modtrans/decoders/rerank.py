@@ -30,10 +30,13 @@ def best_of(candidates: torch.Tensor, targets: torch.Tensor, encoder: Any, k: in
     Returns:
         The chosen images (N, H, W, 3) and their cosine to the target (N,).
     """
-    if k < 1 or len(candidates) % k:
+    if k < 1:
+        raise ValueError(f"k must be ≥ 1, got {k}")
+    if len(candidates) % k:
         raise ValueError(f"{len(candidates)} candidates do not split into groups of k={k}")
-    if len(targets) != len(candidates):
-        raise ValueError(f"{len(candidates)} candidates but {len(targets)} targets")
+    if targets.ndim != 2 or len(targets) != len(candidates):
+        raise ValueError(f"{len(candidates)} candidates need targets ({len(candidates)}, D), "
+                         f"got {tuple(targets.shape)}")
     embedded = encoder.encode_images(candidates)
     if embedded.shape[1] != targets.shape[1]:
         raise ValueError(
@@ -43,4 +46,3 @@ def best_of(candidates: torch.Tensor, targets: torch.Tensor, encoder: Any, k: in
     scores = F.cosine_similarity(embedded, targets.to(embedded), dim=-1).view(-1, k)
     best, pick = scores.max(dim=1)
     return candidates[pick + torch.arange(len(pick)) * k], best
-

@@ -60,10 +60,7 @@ def _probe_inputs(store: EmbeddingStore, modality: str, n: int) -> np.ndarray:
     sums = np.zeros((n, store.text_dim), dtype=np.float64)
     np.add.at(sums, owner[rows], store.text_embeddings[rows].astype(np.float64))
     counts = np.bincount(owner[rows], minlength=n)
-    if (counts == 0).any():
-        raise ValueError(f"{int((counts == 0).sum())} image(s) of {store.root} have no caption; "
-                         "a text probe needs every image captioned")
-    return (sums / counts[:, None]).astype(np.float32)
+    return (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
 
 
 def linear_probe(
@@ -103,8 +100,16 @@ def linear_probe(
             keep = np.flatnonzero(np.asarray(meta.column(where[0]).to_pylist()) == where[1])
             if not len(keep):
                 raise ValueError(f"no {name} image has {where[0]} = {where[1]!r}")
+        if not len(keep):
+            raise ValueError(f"the {name} store {store.root} holds no images")
         if name == "train":
             keep = keep[:max_train]
+        if modality == "text":
+            captioned = np.bincount(np.asarray(store.caption_image_index),
+                                    minlength=store.n_images)[keep] > 0
+            if not captioned.all():
+                raise ValueError(f"{int((~captioned).sum())} probed image(s) of {store.root} "
+                                 "have no caption; a text probe needs each one captioned")
         x = _probe_inputs(store, modality, int(keep.max()) + 1)[keep]
         data[name] = (x, np.asarray(meta.column(column).to_pylist())[keep])
     (x_train, y_train), (x_val, y_val) = data["train"], data["val"]
