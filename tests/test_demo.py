@@ -123,6 +123,7 @@ def test_report_verb_regenerates_the_page(
     generation_tables = 2 * len({split for _, split in SPLITS})  # t2i and i2t per split
     assert page.count("<table>") == before.count("<table>") == len(SPLITS) + generation_tables
     assert "Prompts → samples" in page and "Images → captions" in page
+    assert "route draws 2 images per prompt" in page
 
 
 def test_tiny_demo_evaluates_generation_end_to_end(demo: Demo) -> None:

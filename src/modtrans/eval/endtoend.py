@@ -337,6 +337,7 @@ def run_end_to_end(folder: str | Path, config: EndToEndConfig | None = None, *,
     clip = build_encoder(f"hf:{(folder / 'world_clip').resolve()}")
     results: dict[str, Any] = {"recogniser": summaries["recogniser"], "training": summaries,
                                "conditioning_probes": conditioning_probes(folder),
+                               "candidates": config.candidates,
                                "text_to_image": {}, "image_to_text": {}}
     for i, split in enumerate(config.splits):
         results["text_to_image"][split], examples, prompts = text_to_image(

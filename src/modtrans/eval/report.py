@@ -161,6 +161,10 @@ def _generation(folder: Path) -> list[str]:
              f"{judge['pairs_presence_accuracy']:.3f} (the exact set of pairs in "
              f"{judge['pairs_set_exact']:.3f} of images), count "
              f"{judge['count_accuracy']:.3f}.</p>"]
+    if res.get("candidates", 1) > 1:
+        parts.append(f"<p>A <code>-rerank</code> route draws {res['candidates']} images per "
+                     "prompt and the one the world CLIP scores highest against the prompt is "
+                     "judged.</p>")
     for split, routes in res["text_to_image"].items():
         keys = ("pairs_recall", "colours_recall", "shapes_recall", "pairs_hallucination")
         rows = [[route, *(v["by_objects"].get(f"{n}_objects", {}).get(k, float("nan"))
