@@ -17,8 +17,10 @@ def test_text_probe_input_is_each_images_mean_caption(tiny_store: Path) -> None:
     owner = np.asarray(store.caption_image_index)
     texts = store.text_embeddings.to_numpy()
     expected = np.stack([texts[owner == i].mean(axis=0) for i in range(n)])
-    np.testing.assert_allclose(_probe_inputs(store, "text", n), expected, rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(_probe_inputs(store, "image", n),
+    images = np.arange(n)
+    np.testing.assert_allclose(_probe_inputs(store, "text", images), expected, rtol=1e-5,
+                               atol=1e-6)
+    np.testing.assert_array_equal(_probe_inputs(store, "image", images),
                                   store.image_embeddings.to_numpy()[:n])
 
 

@@ -51,16 +51,19 @@ def cross_modal_report(store: EmbeddingStore, n_items: int = 1000) -> dict:
     return report
 
 
-def _probe_inputs(store: EmbeddingStore, modality: str, n: int) -> np.ndarray:
-    """The first ``n`` images' embeddings, or for ``text`` the mean of each one's captions'."""
+def _probe_inputs(store: EmbeddingStore, modality: str, images: np.ndarray) -> np.ndarray:
+    """The embeddings of the given image rows, or for ``text`` the mean of each one's
+    captions' (every one of them must have a caption)."""
     if modality == "image":
-        return store.image_embeddings[:n].astype(np.float32)
+        return store.image_embeddings[images].astype(np.float32)
     owner = np.asarray(store.caption_image_index)
-    rows = np.flatnonzero(owner < n)
-    sums = np.zeros((n, store.text_dim), dtype=np.float64)
-    np.add.at(sums, owner[rows], store.text_embeddings[rows].astype(np.float64))
-    counts = np.bincount(owner[rows], minlength=n)
-    return (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
+    counts = np.bincount(owner, minlength=store.n_images)[images]
+    if (counts == 0).any():
+        raise ValueError(f"{int((counts == 0).sum())} probed image(s) of {store.root} have no "
+                         "caption; a text probe needs each one captioned")
+    sums = np.zeros((store.n_images, store.text_dim), dtype=np.float64)
+    np.add.at(sums, owner, store.text_embeddings.to_numpy(np.float64))
+    return (sums[images] / counts[:, None]).astype(np.float32)
 
 
 def linear_probe(
@@ -104,14 +107,8 @@ def linear_probe(
             raise ValueError(f"the {name} store {store.root} holds no images")
         if name == "train":
             keep = keep[:max_train]
-        if modality == "text":
-            captioned = np.bincount(np.asarray(store.caption_image_index),
-                                    minlength=store.n_images)[keep] > 0
-            if not captioned.all():
-                raise ValueError(f"{int((~captioned).sum())} probed image(s) of {store.root} "
-                                 "have no caption; a text probe needs each one captioned")
-        x = _probe_inputs(store, modality, int(keep.max()) + 1)[keep]
-        data[name] = (x, np.asarray(meta.column(column).to_pylist())[keep])
+        data[name] = (_probe_inputs(store, modality, keep),
+                      np.asarray(meta.column(column).to_pylist())[keep])
     (x_train, y_train), (x_val, y_val) = data["train"], data["val"]
     if len(np.unique(y_train)) < 2:
         raise ValueError(f"the probe's train images hold one {column!r} only "

@@ -240,13 +240,15 @@ def conditioning_probes(folder: Path, min_images: int = 20) -> dict[str, Any]:
     image's captions), on every image (``all``) and on the images holding one object
     (``one_object``, left out when a split has fewer than ``min_images`` of them)."""
     train, val = open_store(folder / "store", "train"), open_store(folder / "store", "val")
+    one_object = []
     for store in (train, val):
-        if "n_objects" not in store.image_metadata().column_names:
+        meta = store.image_metadata()
+        if "n_objects" not in meta.column_names:
             raise ValueError(f"{store.root} has no n_objects metadata: the end-to-end "
                              "evaluation runs on a store of the world (`modtrans demo`)")
+        one_object.append(meta.column("n_objects").to_pylist().count(1))
     subsets: dict[str, tuple[str, int] | None] = {"all": None}
-    if all(store.image_metadata().column("n_objects").to_pylist().count(1) >= min_images
-           for store in (train, val)):
+    if min(one_object) >= min_images:
         subsets["one_object"] = ("n_objects", 1)
     else:
         logger.info("fewer than %d one-object images in train or val: probes on all only",
