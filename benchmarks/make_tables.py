@@ -11,6 +11,7 @@ from pathlib import Path
 
 from _common import RESULTS
 
+from modtrans.eval.recogniser import describe_report
 from modtrans.eval.worldbench import markdown_table
 from modtrans.io import atomic_open
 
@@ -199,13 +200,7 @@ def e2e_section() -> list[str]:
     f = r["figures"]
     judge = f["recogniser"]
     out = ["### End to end (e2e)", "",
-           f"The judge (attribute recogniser) on {judge['n_images']} held-out "
-           f"{judge['split']} images, per label: colour presence "
-           f"{judge['colours_presence_accuracy']:.3f}, shape presence "
-           f"{judge['shapes_presence_accuracy']:.3f}, colour–shape pairs "
-           f"{judge['pairs_presence_accuracy']:.3f} (exact set of pairs in "
-           f"{judge['pairs_set_exact']:.3f} of images), object count "
-           f"{judge['count_accuracy']:.3f}.", ""]
+           f"The judge (attribute recogniser), per label, {describe_report(judge)}", ""]
     if "conditioning_probes" in f:
         probes = f["conditioning_probes"]
 

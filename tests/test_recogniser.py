@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -10,12 +11,17 @@ import torch
 from modtrans.data.captions import SHAPES
 from modtrans.eval.recogniser import (
     COLOUR_NAMES,
+    CONFIG,
     IGNORE,
     PAIRS,
     AttributeRecogniser,
     RecogniserConfig,
     attribute_targets,
+    blurred,
+    degrade,
+    describe_report,
     fit_recogniser,
+    gaussian_blur,
     object_grid,
 )
 
@@ -96,6 +102,15 @@ def test_fit_reports_held_out_accuracy(trained: tuple[Path, dict]) -> None:
                 "pairs_presence_accuracy", "shapes_set_exact", "count_accuracy"):
         assert 0.0 <= report[key] <= 1.0
     assert (out / "recogniser_report.json").is_file()
+    soft = report["blurred_1px"]  # the same held-out images, blurred
+    assert soft["n_images"] == report["n_images"]
+    assert 0.0 <= soft["shapes_presence_accuracy"] <= 1.0
+    text = describe_report(report)
+    assert f"{report['n_images']} held-out test images" in text
+    assert f"shape presence {report['shapes_presence_accuracy']:.3f}" in text
+    assert f"blurred (σ = 1 px): shape presence {soft['shapes_presence_accuracy']:.3f}" in text
+    older = {k: v for k, v in report.items() if k != "blurred_1px"}  # an earlier report
+    assert "blurred" not in describe_report(older)
 
 
 def test_save_load_round_trip(trained: tuple[Path, dict], tiny_world: Path) -> None:
@@ -108,6 +123,51 @@ def test_save_load_round_trip(trained: tuple[Path, dict], tiny_world: Path) -> N
     for key in ("shapes", "colours", "pairs", "count"):
         assert torch.equal(first[key], again[key])
     assert first["pairs"].shape == (5, 64) and first["count"].min() >= 1
+
+
+def test_gaussian_blur_keeps_flat_images_and_blurs_each_image_with_its_own_sigma() -> None:
+    flat = torch.full((2, 3, 16, 16), 0.25)
+    assert torch.allclose(gaussian_blur(flat, torch.tensor([0.5, 2.0])), flat)
+    pixels = torch.rand(2, 3, 32, 32)
+    both = gaussian_blur(pixels, torch.tensor([0.5, 1.5]))
+    one = gaussian_blur(pixels[1:], torch.tensor([1.5]))
+    assert torch.allclose(both[1], one[0], atol=1e-6)
+    assert both[1].std() < both[0].std() < pixels[0].std()
+
+
+def test_degrade_touches_the_configured_share_and_repeats_with_a_seed() -> None:
+    images = torch.randint(0, 256, (64, 64, 64, 3), dtype=torch.uint8)
+    config = RecogniserConfig(degrade=0.5)
+
+    def run() -> torch.Tensor:
+        return degrade(images, config, torch.Generator().manual_seed(3))
+
+    out = run()
+    assert out.dtype == torch.uint8 and out.shape == images.shape
+    assert torch.equal(out, run())
+    changed = (out != images).flatten(1).any(dim=1)
+    assert 16 < int(changed.sum()) < 48
+    assert torch.equal(degrade(images, RecogniserConfig(degrade=0.0)), images)
+    assert (degrade(images, RecogniserConfig(degrade=1.0)) != images).flatten(1).any(1).all()
+    assert torch.equal(blurred(images, 1.0)[:1], blurred(images[:1], 1.0))
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"degrade": 1.5}, "share of images"), ({"max_blur": 0.1}, "max_blur"),
+    ({"max_noise": -0.1}, "max_noise")])
+def test_bad_degradation_options_say_what_is_wrong(options: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        RecogniserConfig(**options)
+
+
+def test_a_recogniser_saved_before_degradation_reads_as_trained_on_crisp_images(
+        trained: tuple[Path, dict], tmp_path: Path) -> None:
+    out, _ = trained
+    options = json.loads((out / CONFIG).read_text())
+    del options["degrade"]
+    (tmp_path / CONFIG).write_text(json.dumps(options))
+    assert AttributeRecogniser.read_config(tmp_path).degrade == 0.0
+    assert AttributeRecogniser.read_config(out).degrade == TINY.degrade
 
 
 def test_load_missing_says_how_to_train(tmp_path: Path) -> None:

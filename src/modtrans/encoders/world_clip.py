@@ -341,9 +341,9 @@ def _warm_start(model, images: torch.Tensor, objects: list[dict] | None,
             "the warm start needs the world's ground truth for every training image; train "
             "on a world made by `modtrans world`, or set warm_start_epochs: 0"
         )
-    detector = AttributeRecogniser(RecogniserConfig(
+    detector = AttributeRecogniser(RecogniserConfig(  # crisp images: the recipe as measured
         channels=config.channels, epochs=config.warm_start_epochs,
-        batch_size=config.batch_size, seed=config.seed,
+        batch_size=config.batch_size, seed=config.seed, degrade=0.0,
     ), features=model.vision_model)  # trains the CLIP's own tower in place
     seconds = train_recogniser(detector, images, objects, **kwargs)
     if model.object_head is not None:  # it starts as the detector's shape head

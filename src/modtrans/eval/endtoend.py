@@ -100,7 +100,7 @@ class EndToEndConfig(Config):
     prompts_per_group: int = 150
     images: int = 300
     splits: list[str] = dataclasses.field(default_factory=lambda: ["val", "novel"])
-    recogniser: dict[str, Any] = dataclasses.field(default_factory=lambda: {"epochs": 6})
+    recogniser: dict[str, Any] = dataclasses.field(default_factory=dict)
     vae_image: dict[str, Any] = dataclasses.field(default_factory=lambda: {"epochs": 4})
     vae_text: dict[str, Any] = dataclasses.field(default_factory=lambda: {"epochs": 1})
     clipcap: dict[str, Any] = dataclasses.field(default_factory=lambda: {"epochs": 3})

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any, ClassVar
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from modtrans.config import Config
+from modtrans.config import Config, read_mapping
 from modtrans.data.captions import COLOURS, SHAPES
 from modtrans.data.coco import read_coco_captions
 from modtrans.data.world import load_ground_truth
@@ -42,6 +43,7 @@ PAIRS: tuple[tuple[str, str], ...] = tuple((c, s) for c in COLOUR_NAMES for s in
 MAX_OBJECTS = 4
 IGNORE = -100  # cell target of a hidden object: neither "nothing" nor a class
 WEIGHTS, CONFIG = "recogniser.safetensors", "recogniser_config.json"
+REPORT_BLUR = 1.0  # σ (px) of the blurred copy of the held-out images the report also scores
 
 
 @dataclasses.dataclass
@@ -55,6 +57,10 @@ class RecogniserConfig(Config):
         min_area: visible pixels an object needs to count as present (a sliver hidden under
             another object is not something a viewer, or a judge, can see).
         background_weight: loss weight of empty cells (most cells are empty).
+        degrade: share of training images blurred and noised (see :func:`degrade`), so the
+            judge reads a soft-edged object as a viewer does (0: off).
+        max_blur: the largest σ (px) of that Gaussian blur; σ is drawn from [0.3, max_blur].
+        max_noise: the largest std of that pixel noise (images in [0, 1]).
         epochs, batch_size, lr, weight_decay, seed: the recipe.
     """
 
@@ -62,7 +68,10 @@ class RecogniserConfig(Config):
     convs: int = 1
     min_area: float = 12.0
     background_weight: float = 0.2
-    epochs: int = 6
+    degrade: float = 0.5
+    max_blur: float = 1.5
+    max_noise: float = 0.05
+    epochs: int = 10
     batch_size: int = 128
     lr: float = 3e-3
     weight_decay: float = 1e-4
@@ -74,6 +83,11 @@ class RecogniserConfig(Config):
             raise ValueError(f"channels must be positive, got {self.channels}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be at least 1")
+        if not 0 <= self.degrade <= 1:
+            raise ValueError(f"degrade is a share of images in [0, 1], got {self.degrade}")
+        if self.max_blur < 0.3 or self.max_noise < 0:
+            raise ValueError(f"max_blur must be ≥ 0.3 px and max_noise ≥ 0, got "
+                             f"{self.max_blur} and {self.max_noise}")
 
 
 def attribute_targets(rows: list[dict[str, Any]], min_area: float) -> dict[str, torch.Tensor]:
@@ -178,7 +192,9 @@ class AttributeRecogniser(nn.Module):
     @staticmethod
     def read_config(path: str | Path) -> RecogniserConfig:
         """The config of the recogniser saved in ``path``."""
-        return RecogniserConfig.load(Path(path) / CONFIG)
+        options = read_mapping(Path(path) / CONFIG)
+        options.setdefault("degrade", 0.0)  # saved before training images were degraded
+        return RecogniserConfig.from_dict(options)
 
     @classmethod
     def load(cls, path: str | Path) -> AttributeRecogniser:
@@ -190,6 +206,61 @@ class AttributeRecogniser(nn.Module):
         model = cls(cls.read_config(path))
         load_weights(model, path / WEIGHTS)
         return model.eval()
+
+
+def gaussian_blur(pixels: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Blur float images (N, C, H, W), each with its own σ (N,) in px (borders replicated)."""
+    n, c, h, w = pixels.shape
+    radius = max(1, math.ceil(3 * float(sigma.max())))
+    taps = torch.arange(-radius, radius + 1, dtype=pixels.dtype, device=pixels.device)
+    kernel = torch.exp(-taps[None] ** 2 / (2 * sigma[:, None].to(pixels) ** 2))
+    kernel = (kernel / kernel.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0)
+    x = F.pad(pixels.reshape(1, n * c, h, w), (radius,) * 4, mode="replicate")
+    x = F.conv2d(x, kernel.view(n * c, 1, 1, -1), groups=n * c)
+    x = F.conv2d(x, kernel.view(n * c, 1, -1, 1), groups=n * c)
+    return x.view(n, c, h, w)
+
+
+def degrade(images: torch.Tensor, config: RecogniserConfig,
+            generator: torch.Generator | None = None) -> torch.Tensor:
+    """Blur and noise a ``config.degrade`` share of uint8 images (N, H, W, 3), each with its
+    own σ and noise level; the rest are returned as they are.
+
+    Why: decoded images are soft-edged. Trained 6 epochs on crisp images only, the judge
+    read shapes on 600 of the world's test images at 96.6% presence accuracy and the object
+    count at 94.8%, but at 88.5% and 50.5% once the images were blurred with σ = 1 px
+    (objects still plain to a viewer), and at 79.4% and 51.0% on the image VAE's redraws of
+    them: it scored the blur as well as the objects. Trained 10 epochs with half its images
+    degraded, it reads the crisp images at 97.6% and 97.3%, the blurred at 96.0% and 97.5%,
+    the redraws at 83.3% and 92.7%. It is not merely more lenient: on generated images
+    paired with another prompt than their own, its recall rose by 0.00–0.06 (README, *End
+    to end*).
+    """
+    n, device = len(images), images.device
+    chosen = (torch.rand(n, generator=generator) < config.degrade).to(device)
+    k = int(chosen.sum())
+    if not k:
+        return images
+    sigma = 0.3 + (config.max_blur - 0.3) * torch.rand(k, generator=generator)
+    noise = config.max_noise * torch.rand(k, 1, 1, 1, generator=generator)
+    noise = noise * torch.randn(k, 3, *images.shape[1:3], generator=generator)
+    picked = gaussian_blur(_unit(images[chosen]), sigma.to(device)) + noise.to(device)
+    out = images.clone()
+    out[chosen] = _uint8(picked)
+    return out
+
+
+def blurred(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """uint8 images (N, H, W, 3), all blurred with one σ (px)."""
+    return _uint8(gaussian_blur(_unit(images), torch.full((len(images),), float(sigma))))
+
+
+def _unit(images: torch.Tensor) -> torch.Tensor:
+    return images.permute(0, 3, 1, 2).float() / 255
+
+
+def _uint8(pixels: torch.Tensor) -> torch.Tensor:
+    return (pixels.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
 
 
 def _present(labels: torch.Tensor, n: int) -> torch.Tensor:
@@ -219,6 +290,7 @@ class _RecogniserModule(L.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
         images, shape, colour, count = batch
+        images = degrade(images, self.model.config)
         logits = self.model(pixel_values(images))
         loss = recogniser_loss(logits, {"shape": shape, "colour": colour, "count": count},
                                self.model.config.background_weight)
@@ -248,6 +320,22 @@ def recogniser_accuracy(model: AttributeRecogniser, images: torch.Tensor,
     out["count_accuracy"] = float((predicted["count"] == targets["count"] + 1).float().mean())
     out["n_images"] = len(rows)
     return out
+
+
+def describe_report(report: dict[str, Any]) -> str:
+    """One sentence of a :func:`fit_recogniser` report, for the README and the demo report."""
+    def figures(r: dict[str, Any]) -> str:
+        return (f"shape presence {r['shapes_presence_accuracy']:.3f}, colour presence "
+                f"{r['colours_presence_accuracy']:.3f}, colour–shape pairs "
+                f"{r['pairs_presence_accuracy']:.3f} (the exact set of pairs in "
+                f"{r['pairs_set_exact']:.3f} of images), object count "
+                f"{r['count_accuracy']:.3f}")
+
+    text = f"on {report['n_images']} held-out {report['split']} images: {figures(report)}"
+    soft = report.get(f"blurred_{REPORT_BLUR:g}px")
+    if soft:
+        text += f"; on the same images blurred (σ = {REPORT_BLUR:g} px): {figures(soft)}"
+    return text + "."
 
 
 def world_split(world_dir: Path, split: str) -> tuple[torch.Tensor, list[dict[str, Any]]]:
@@ -302,7 +390,9 @@ def fit_recogniser(world_dir: str | Path, out_dir: str | Path,
     seconds = train_recogniser(model, images, rows, accelerator=accelerator, progress=progress)
     held_out_images, held_out_rows = world_split(world_dir, eval_split)
     report = {"split": eval_split, "train_images": len(rows), "seconds": round(seconds, 1),
-              **recogniser_accuracy(model, held_out_images, held_out_rows)}
+              **recogniser_accuracy(model, held_out_images, held_out_rows),
+              f"blurred_{REPORT_BLUR:g}px": recogniser_accuracy(
+                  model, blurred(held_out_images, REPORT_BLUR), held_out_rows)}
     model.save(out_dir)
     write_json(out_dir / "recogniser_report.json", report)
     logger.info("attribute recogniser: %s", report)

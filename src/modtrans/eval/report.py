@@ -19,6 +19,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from modtrans.eval.recogniser import describe_report
 from modtrans.eval.worldbench import TABLE_COLUMNS
 from modtrans.io import atomic_open
 
@@ -154,13 +155,7 @@ def _generation(folder: Path) -> list[str]:
     res = json.loads(path.read_text())
     judge = res["recogniser"]
     parts = ["<h2>Generation (end to end)</h2>",
-             f"<p>Judge: the attribute recogniser, on {judge['n_images']} held-out "
-             f"{html.escape(judge['split'])} images: shape presence "
-             f"{judge['shapes_presence_accuracy']:.3f}, colour presence "
-             f"{judge['colours_presence_accuracy']:.3f}, colour–shape pairs "
-             f"{judge['pairs_presence_accuracy']:.3f} (the exact set of pairs in "
-             f"{judge['pairs_set_exact']:.3f} of images), count "
-             f"{judge['count_accuracy']:.3f}.</p>"]
+             f"<p>Judge: the attribute recogniser, {html.escape(describe_report(judge))}</p>"]
     if res.get("candidates", 1) > 1:
         parts.append(f"<p>A <code>-rerank</code> route draws {res['candidates']} images per "
                      "prompt and the one the world CLIP scores highest against the prompt is "
