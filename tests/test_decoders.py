@@ -431,11 +431,15 @@ def test_fit_recogniser_cli(tiny_world: Path, tmp_path: Path,
                             capsys: pytest.CaptureFixture[str]) -> None:
     import json
 
+    from modtrans.data.world import load_world_info
+
     out = _ok(capsys, ["fit-recogniser", str(tiny_world), "--out", str(tmp_path / "judge"),
-                       "--epochs", "1"])
+                       "--epochs", "1", "--train-split"])
     report = json.loads(out)
     assert report["split"] == "test" and 0 <= report["pairs_presence_accuracy"] <= 1
-    assert AttributeRecogniser.load(tmp_path / "judge").config.epochs == 1
+    assert report["train_images"] == load_world_info(tiny_world)["counts"]["train"]
+    config = AttributeRecogniser.load(tmp_path / "judge").config
+    assert config.epochs == 1 and config.all_pairs is False
 
 
 def test_e2e_needs_a_demo_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

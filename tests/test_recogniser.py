@@ -9,10 +9,12 @@ import pytest
 import torch
 
 from modtrans.data.captions import SHAPES
+from modtrans.data.world import load_ground_truth, load_world_info
 from modtrans.eval.recogniser import (
     COLOUR_NAMES,
     CONFIG,
     IGNORE,
+    JUDGE_SEED_OFFSET,
     PAIRS,
     AttributeRecogniser,
     RecogniserConfig,
@@ -22,6 +24,7 @@ from modtrans.eval.recogniser import (
     describe_report,
     fit_recogniser,
     gaussian_blur,
+    judge_training_world,
     object_grid,
 )
 
@@ -109,8 +112,24 @@ def test_fit_reports_held_out_accuracy(trained: tuple[Path, dict]) -> None:
     assert f"{report['n_images']} held-out test images" in text
     assert f"shape presence {report['shapes_presence_accuracy']:.3f}" in text
     assert f"blurred (σ = 1 px): shape presence {soft['shapes_presence_accuracy']:.3f}" in text
-    older = {k: v for k, v in report.items() if k != "blurred_1px"}  # an earlier report
-    assert "blurred" not in describe_report(older)
+    novel = report["novel"]  # the world's held-out pairs, which the judge trained on
+    assert novel["n_images"] > 0 and 0.0 <= novel["pairs_set_exact"] <= 1.0
+    assert f"on the {novel['n_images']} novel images" in text
+    older = {k: v for k, v in report.items() if k not in ("blurred_1px", "novel")}
+    assert "blurred" not in describe_report(older) and "novel" not in describe_report(older)
+
+
+def test_the_judge_trains_on_a_world_with_every_pair(tiny_world: Path, tmp_path: Path) -> None:
+    source = load_world_info(tiny_world)
+    out = judge_training_world(tiny_world, tmp_path / "judge_world", progress=False)
+    info = load_world_info(out)
+    assert info["config"]["holdout"] == [] and source["config"]["holdout"]
+    assert info["config"]["seed"] == source["config"]["seed"] + JUDGE_SEED_OFFSET
+    assert info["counts"] == {"train": source["counts"]["train"]}  # as many, all to train
+    mine = {r["file_name"]: r["objects"] for r in load_ground_truth(out / "train")}
+    theirs = {r["file_name"]: r["objects"] for r in load_ground_truth(tiny_world / "train")}
+    shared = mine.keys() & theirs.keys()  # file names repeat, scenes must not
+    assert shared and all(mine[n] != theirs[n] for n in shared)
 
 
 def test_save_load_round_trip(trained: tuple[Path, dict], tiny_world: Path) -> None:
@@ -164,10 +183,11 @@ def test_a_recogniser_saved_before_degradation_reads_as_trained_on_crisp_images(
         trained: tuple[Path, dict], tmp_path: Path) -> None:
     out, _ = trained
     options = json.loads((out / CONFIG).read_text())
-    del options["degrade"]
+    del options["degrade"], options["all_pairs"]
     (tmp_path / CONFIG).write_text(json.dumps(options))
-    assert AttributeRecogniser.read_config(tmp_path).degrade == 0.0
-    assert AttributeRecogniser.read_config(out).degrade == TINY.degrade
+    older = AttributeRecogniser.read_config(tmp_path)
+    assert older.degrade == 0.0 and older.all_pairs is False
+    assert AttributeRecogniser.read_config(out) == TINY
 
 
 def test_load_missing_says_how_to_train(tmp_path: Path) -> None:

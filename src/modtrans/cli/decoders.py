@@ -248,13 +248,17 @@ def fit_recogniser_cmd(
     world: Path = typer.Argument(..., help="A world folder made by `modtrans world`."),
     out: Path = typer.Option(..., "--out", "-o", help="Recogniser directory to write."),
     epochs: int = typer.Option(None, help="Override the config's epochs."),
+    all_pairs: bool = typer.Option(
+        True, "--all-pairs/--train-split",
+        help="Train on images drawn like WORLD's from another seed with every colour–shape "
+             "pair (so it can read the novel split), or on WORLD's own train split."),
     accelerator: str = typer.Option("auto", help="Lightning accelerator: auto, cpu, gpu."),
 ) -> None:
     """Train the attribute recogniser (judge of generated images) and report its held-out
-    accuracy on the world's test split."""
+    accuracy on the world's test split (as it is and blurred) and novel split."""
     from modtrans.eval.recogniser import RecogniserConfig, fit_recogniser
 
-    cfg = RecogniserConfig.with_overrides(epochs=epochs)
+    cfg = RecogniserConfig.with_overrides(epochs=epochs, all_pairs=all_pairs)
     with contextlib.redirect_stdout(sys.stderr):
         report = fit_recogniser(world, out, cfg, accelerator=accelerator)
     typer.echo(json.dumps(report, indent=2))
