@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from modtrans.config import Config, read_mapping
 from modtrans.data.store import EmbeddingStore
 from modtrans.decoders.latent_prior import LatentPrior, LatentPriorConfig, LatentPriorModule
-from modtrans.encoders.world_clip import load_images
+from modtrans.encoders.world_clip import load_images, uint8_images, unit_pixels
 from modtrans.io import load_weights, read_json, require_file, save_weights
 from modtrans.training.fit import fit_module, save_summary
 from modtrans.training.translator import WarmupEMA
@@ -186,9 +186,9 @@ class ConditionalVAE(nn.Module):
         device = self.embed_norm.mean.device
         means, stds = [], []
         for i in range(0, len(images), batch_size):
-            pixels = images[i:i + batch_size].permute(0, 3, 1, 2).to(device, torch.float32)
+            pixels = unit_pixels(images[i:i + batch_size]).to(device)
             e = self.embed_norm(e_raw[i:i + batch_size].to(device, torch.float32))
-            mean, logvar = self.encode(pixels / 255, e)
+            mean, logvar = self.encode(pixels, e)
             means.append(mean.flatten(1))
             stds.append((0.5 * logvar).exp().flatten(1))
         self.train(was_training)
@@ -234,7 +234,7 @@ class ConditionalVAE(nn.Module):
         out = torch.sigmoid(self.decode_logits(z.view(-1, self.config.latent_channels, GRID,
                                                       GRID), e))
         self.train(was_training)
-        return (out.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
+        return uint8_images(out).cpu()
 
     def save(self, out_dir: str | Path) -> Path:
         out_dir = Path(out_dir)
@@ -312,7 +312,7 @@ class _VAEModule(L.LightningModule):
 
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         images, e = batch
-        terms = self.model.loss(images.permute(0, 3, 1, 2).float() / 255, e)
+        terms = self.model.loss(unit_pixels(images), e)
         for key, value in terms.items():
             self.log(f"{stage}/{key}", value, prog_bar=key == "loss", batch_size=len(images))
         return terms["loss"]

@@ -212,11 +212,21 @@ def load_images(paths: list[Path], image_size: int) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
+def unit_pixels(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images (N, H, W, 3) → float (N, 3, H, W) in [0, 1]."""
+    return images.permute(0, 3, 1, 2).float() / 255
+
+
+def uint8_images(pixels: torch.Tensor) -> torch.Tensor:
+    """Float images (N, 3, H, W), clamped to [0, 1] → uint8 (N, H, W, 3)."""
+    return (pixels.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+
+
 def pixel_values(images: torch.Tensor) -> torch.Tensor:
     """uint8 (N, H, W, 3) → CLIP-normalised float (N, 3, H, W), as the image processor does."""
     mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
-    return (images.permute(0, 3, 1, 2).float() / 255.0 - mean) / std
+    return (unit_pixels(images) - mean) / std
 
 
 class _PairDataset(Dataset):

@@ -36,7 +36,7 @@ from modtrans.data.captions import COLOURS, SHAPES
 from modtrans.data.coco import read_coco_captions
 from modtrans.data.world import WorldConfig, generate_world, load_ground_truth, load_world_info
 from modtrans.encoders.conv_clip import conv_tower
-from modtrans.encoders.world_clip import load_images, pixel_values
+from modtrans.encoders.world_clip import load_images, pixel_values, uint8_images, unit_pixels
 from modtrans.io import load_weights, require_file, save_weights, write_json
 
 logger = logging.getLogger(__name__)
@@ -253,23 +253,16 @@ def degrade(images: torch.Tensor, config: RecogniserConfig,
     sigma = 0.3 + (config.max_blur - 0.3) * torch.rand(k, generator=generator)
     noise = config.max_noise * torch.rand(k, 1, 1, 1, generator=generator)
     noise = noise * torch.randn(k, 3, *images.shape[1:3], generator=generator)
-    picked = gaussian_blur(_unit(images[chosen]), sigma.to(device)) + noise.to(device)
+    picked = gaussian_blur(unit_pixels(images[chosen]), sigma.to(device)) + noise.to(device)
     out = images.clone()
-    out[chosen] = _uint8(picked)
+    out[chosen] = uint8_images(picked)
     return out
 
 
 def blurred(images: torch.Tensor, sigma: float) -> torch.Tensor:
     """uint8 images (N, H, W, 3), all blurred with one σ (px)."""
-    return _uint8(gaussian_blur(_unit(images), torch.full((len(images),), float(sigma))))
-
-
-def _unit(images: torch.Tensor) -> torch.Tensor:
-    return images.permute(0, 3, 1, 2).float() / 255
-
-
-def _uint8(pixels: torch.Tensor) -> torch.Tensor:
-    return (pixels.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+    sigmas = torch.full((len(images),), float(sigma))
+    return uint8_images(gaussian_blur(unit_pixels(images), sigmas))
 
 
 def _present(labels: torch.Tensor, n: int) -> torch.Tensor:
