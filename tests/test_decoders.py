@@ -513,3 +513,46 @@ def test_generate_uses_the_prior_and_its_overrides() -> None:
     for bad in ({"ema_decay": 1.5}, {"steps": 2000}, {"guidance": -1.0}, {"batch_size": 0}):
         with pytest.raises(ValueError):
             ImageDecoderConfig(prior=bad)
+
+
+@pytest.mark.parametrize("target", ["draw", "mean"])
+def test_latent_prior_target_is_a_posterior_draw_or_its_mean(
+        target: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from modtrans.decoders.latent_prior import LatentPrior, LatentPriorConfig, LatentPriorModule
+
+    prior = LatentPrior(LatentPriorConfig(denoiser="mlp", width=8, depth=1, emb_dim=8,
+                                          target=target), (16,), 3)
+    seen = []
+    monkeypatch.setattr(prior, "loss", lambda z, e: seen.append(z) or z.sum())
+    module = LatentPriorModule(prior)
+    monkeypatch.setattr(module, "log", lambda *args, **kwargs: None)
+    mean, std = torch.zeros(4096, 16), torch.full((4096, 16), 2.0)
+    module.training_step((mean, std, torch.randn(4096, 3)), 0)
+    if target == "mean":
+        assert torch.equal(seen[0], mean)
+    else:
+        assert abs(float(seen[0].std()) - 2.0) < 0.05
+
+
+def test_latent_prior_cosine_lr_decays_to_zero_over_its_steps() -> None:
+    from modtrans.decoders.latent_prior import LatentPrior, LatentPriorConfig, LatentPriorModule
+
+    def optimizers(**options):
+        config = LatentPriorConfig(denoiser="mlp", width=8, depth=1, emb_dim=8, lr=0.01,
+                                   train_steps=10, **options)
+        return LatentPriorModule(LatentPrior(config, (16,), 3)).configure_optimizers()
+
+    assert isinstance(optimizers(), torch.optim.AdamW)  # constant: no scheduler
+    cosine = optimizers(lr_decay="cosine")
+    optimizer, schedule = cosine["optimizer"], cosine["lr_scheduler"]["scheduler"]
+    assert cosine["lr_scheduler"]["interval"] == "step"
+    lrs = []
+    for _ in range(10):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert lrs[0] == pytest.approx(0.01) and lrs == sorted(lrs, reverse=True)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    for bad in ({"lr_decay": "linear"}, {"target": "mode"}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            LatentPriorConfig(**bad)

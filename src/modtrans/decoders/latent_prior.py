@@ -50,6 +50,11 @@ class LatentPriorConfig(Config):
             0.14/0.12/0.08 against 0.12/0.10/0.07 for 1/2/3 objects, FD 0.082 against 0.083).
         train_steps, batch_size, lr, ema_decay: the recipe (AdamW, EMA of the
             weights); steps, not epochs, so that it costs the same whatever the data size.
+        lr_decay: ``constant`` learning rate, or ``cosine`` decay to zero over
+            ``train_steps``.
+        target: what the prior learns to draw: ``draw``, a fresh draw from each image's
+            posterior at every step, or ``mean``, the posterior mean (the latent the
+            decoder reads best; the posterior's own noise is then no part of the target).
     """
 
     denoiser: str = "unet"
@@ -64,6 +69,8 @@ class LatentPriorConfig(Config):
     batch_size: int = 256
     lr: float = 1e-3
     ema_decay: float = 0.995
+    lr_decay: str = "constant"
+    target: str = "draw"
 
     def __post_init__(self) -> None:
         defaults = {"unet": (64, 1), "mlp": (1024, 4)}
@@ -81,6 +88,10 @@ class LatentPriorConfig(Config):
             raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
         if min(self.train_steps, self.batch_size, self.timesteps) < 1 or self.lr <= 0:
             raise ValueError("train_steps, batch_size and timesteps must be ≥ 1 and lr > 0")
+        if self.lr_decay not in ("constant", "cosine"):
+            raise ValueError(f"lr_decay must be 'constant' or 'cosine', got {self.lr_decay!r}")
+        if self.target not in ("draw", "mean"):
+            raise ValueError(f"target must be 'draw' or 'mean', got {self.target!r}")
         if not 1 <= self.steps <= self.timesteps or self.guidance < 0:
             raise ValueError(f"steps must be in [1, timesteps={self.timesteps}] and guidance "
                              f"≥ 0, got steps={self.steps}, guidance={self.guidance}")
@@ -133,7 +144,8 @@ class LatentPrior(nn.Module):
 
 class LatentPriorModule(L.LightningModule):
     """Trains a :class:`LatentPrior` on (posterior mean, posterior std, embedding) triples:
-    each step draws its latents from the posterior afresh."""
+    each step draws its latents from the posterior afresh, or takes the means (``target:
+    mean``)."""
 
     def __init__(self, prior: LatentPrior) -> None:
         super().__init__()
@@ -141,7 +153,8 @@ class LatentPriorModule(L.LightningModule):
 
     def _step(self, batch: tuple[Tensor, Tensor, Tensor], stage: str) -> Tensor:
         mean, std, e = batch
-        loss = self.prior.loss(mean + std * torch.randn_like(std), e)
+        z = mean if self.prior.config.target == "mean" else mean + std * torch.randn_like(std)
+        loss = self.prior.loss(z, e)
         self.log(f"{stage}/prior_loss", loss, prog_bar=True, batch_size=len(e))
         return loss
 
@@ -152,4 +165,10 @@ class LatentPriorModule(L.LightningModule):
         self._step(batch, "val")
 
     def configure_optimizers(self):
-        return torch.optim.AdamW(self.prior.parameters(), lr=self.prior.config.lr)
+        config = self.prior.config
+        optimizer = torch.optim.AdamW(self.prior.parameters(), lr=config.lr)
+        if config.lr_decay == "constant":
+            return optimizer
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.train_steps)
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

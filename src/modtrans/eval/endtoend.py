@@ -202,16 +202,27 @@ def full_prompts(world_split: Path, per_group: int, seed: int
             for n, items in groups.items()}
 
 
-class _Generator:
-    """Images from prompts through each text → image route, seeded."""
+class RouteGenerator:
+    """Images from prompts through each text → image route, seeded.
 
-    def __init__(self, folder: Path, clip: Any, seed: int, candidates: int) -> None:
-        e2e = folder / "e2e"
-        self.vae_image = ConditionalVAE.load(e2e / "vae_image")
-        self.vae_text = ConditionalVAE.load(e2e / "vae_text")
+    ``vae_image`` replaces the demo folder's ``e2e/vae_image`` (to compare decoders on the
+    same prompts and draws); ``e2e/vae_text`` is loaded when the direct route first asks.
+    """
+
+    def __init__(self, folder: Path, clip: Any, seed: int, candidates: int,
+                 vae_image: ConditionalVAE | None = None) -> None:
+        self.folder = folder
+        self.vae_image = vae_image or ConditionalVAE.load(folder / "e2e" / "vae_image")
+        self._vae_text: ConditionalVAE | None = None
         self.translators = {m: load_translator(folder / "translators" / "text2image" / m)
                             for m in ("ced", "ridge")}
         self.clip, self.seed, self.candidates = clip, seed, candidates
+
+    @property
+    def vae_text(self) -> ConditionalVAE:
+        if self._vae_text is None:
+            self._vae_text = ConditionalVAE.load(self.folder / "e2e" / "vae_text")
+        return self._vae_text
 
     def __call__(self, route: str, items: list[tuple[str, Path]]) -> torch.Tensor:
         generator = torch.Generator().manual_seed(self.seed)
@@ -265,7 +276,7 @@ def text_to_image(folder: Path, split: str, config: EndToEndConfig, judge: Attri
     """Semantic scores and FD per route (and the judge on the prompts' own real images);
     example images and their prompts."""
     groups = full_prompts(folder / "world" / split, config.prompts_per_group, config.seed)
-    generate = _Generator(folder, clip, config.seed, config.candidates)
+    generate = RouteGenerator(folder, clip, config.seed, config.candidates)
     world = read_coco_captions(folder / "world" / split / "captions.json")
     real = load_images(world.image_paths[:2000], 64)
     examples_items = [items[0] for items in groups.values() if items]
