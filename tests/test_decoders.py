@@ -83,6 +83,24 @@ def test_vae_reconstruction_reads_the_image_and_is_batch_independent() -> None:
         model.reconstruct(images, e[:2])
 
 
+@pytest.mark.parametrize("grid", [8, 16])
+def test_vae_latent_grid_sets_the_latent_and_prior_shape(grid: int) -> None:
+    torch.manual_seed(0)
+    model = ConditionalVAE(ImageDecoderConfig(embed_dim=6, grid=grid, **TINY_VAE))
+    model.embed_norm.fit(torch.randn(16, 6))
+    images = torch.randint(0, 256, (3, 64, 64, 3), dtype=torch.uint8)
+    e = torch.randn(3, 6)
+    mean, std = model.posterior(images, e)
+    assert mean.shape == std.shape == (3, 2 * grid * grid) == (3, model.config.latent_size)
+    assert model.prior.denoiser.grid == grid
+    logits = model.decode_logits(mean.view(3, 2, grid, grid), model.embed_norm(e))
+    assert logits.shape == (3, 3, 64, 64)
+    drawn = model.generate(e, generator=torch.Generator().manual_seed(0))
+    assert drawn.shape == (3, 64, 64, 3) and drawn.dtype == torch.uint8
+    with pytest.raises(ValueError, match="grid must be one of"):
+        ImageDecoderConfig(grid=4)
+
+
 def test_image_decoder_config_errors() -> None:
     with pytest.raises(ValueError, match="condition"):
         ImageDecoderConfig(condition="audio")

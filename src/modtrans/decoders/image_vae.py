@@ -3,11 +3,11 @@ diffusion prior over its latent.
 
 The encoder's convolutional features (64 → 8 px) are joined with a projection of the
 conditioning embedding and mapped to the mean and log-variance of a *spatial* latent, a
-``latent_channels × 8 × 8`` grid; the decoder takes that grid joined with another projection
-of the embedding and draws a 64×64 image. Loss: BCE or MSE reconstruction (+ optional SSIM
-term) + β·KL. New images are drawn by sampling the latent from a conditional diffusion prior
-p(z | e) (:mod:`modtrans.decoders.latent_prior`) trained on the encoder's posteriors after
-the VAE.
+``latent_channels × 8 × 8`` grid (``grid: 16``: 16 × 16); the decoder takes that grid
+joined with another projection of the embedding and draws a 64×64 image. Loss: BCE or MSE
+reconstruction (+ optional SSIM term) + β·KL. New images are drawn by sampling the latent
+from a conditional diffusion prior p(z | e) (:mod:`modtrans.decoders.latent_prior`)
+trained on the encoder's posteriors after the VAE.
 
 Why not seed 003's vector latent and N(0, I) prior: on the world it drew soft blobs the
 judge could not read, even redrawing an image from its own posterior (colour recall 0.32 to
@@ -46,7 +46,7 @@ from modtrans.translators.base import Normalizer
 
 WEIGHTS, CONFIG = "decoder.safetensors", "decoder_config.json"
 CONDITIONS = ("image", "text")
-GRID = 8  # the latent's side: 64 px / 2³
+GRIDS = (8, 16)  # the latent's side: 64 px / 2³ or / 2²
 
 
 @dataclasses.dataclass
@@ -57,8 +57,10 @@ class ImageDecoderConfig(Config):
         condition: which embeddings it is trained on: ``image`` (with the translator) or
             ``text`` (the direct route).
         embed_dim: width of the conditioning embedding (set from the store).
-        latent_channels: channels of the 8×8 latent grid (latent size: 64× this).
-        channels: conv widths at 32, 16 and 8 px (mirrored by the decoder); multiples of 8
+        latent_channels: channels of the latent grid (latent size: grid² × this).
+        grid: the latent grid's side, 8 (8 px a cell) or 16 (4 px a cell: the encoder's
+            last downsampling and the decoder's first upsampling are left out).
+        channels: conv widths at 32, 16 and grid px (mirrored by the decoder); multiples of 8
             (GroupNorm in groups of 8).
         loss: ``bce`` or ``mse`` reconstruction, summed over pixels.
         ssim_weight: weight of a (1 − SSIM)·pixels term (0: off).
@@ -71,6 +73,7 @@ class ImageDecoderConfig(Config):
     condition: str = "image"
     embed_dim: int = 0
     latent_channels: int = 4
+    grid: int = 8
     channels: tuple[int, ...] = (32, 64, 128)
     loss: str = "bce"
     ssim_weight: float = 0.0
@@ -92,6 +95,8 @@ class ImageDecoderConfig(Config):
         if len(self.channels) != 3 or any(c < 8 or c % 8 for c in self.channels):
             raise ValueError(f"channels needs 3 widths, multiples of 8 (64 → 8 px), got "
                              f"{self.channels}")
+        if self.grid not in GRIDS:
+            raise ValueError(f"grid must be one of {GRIDS}, got {self.grid}")
         if self.latent_channels < 1 or self.beta < 0 or self.ssim_weight < 0:
             raise ValueError("latent_channels must be ≥ 1, beta and ssim_weight ≥ 0")
         # every prior option written out (a saved decoder keeps its sampler settings); unknown
@@ -103,7 +108,7 @@ class ImageDecoderConfig(Config):
 
     @property
     def latent_size(self) -> int:
-        return self.latent_channels * GRID * GRID
+        return self.latent_channels * self.grid * self.grid
 
 
 def _block(a: int, b: int) -> nn.Sequential:
@@ -122,7 +127,8 @@ class ConditionalVAE(nn.Module):
         self.encoder = nn.Sequential(
             nn.Conv2d(3, c1, 4, stride=2, padding=1), nn.SiLU(), _block(c1, c1),
             nn.Conv2d(c1, c2, 4, stride=2, padding=1), nn.SiLU(), _block(c2, c2),
-            nn.Conv2d(c2, c3, 4, stride=2, padding=1), nn.SiLU(), _block(c3, c3),
+            (nn.Conv2d(c2, c3, 4, stride=2, padding=1) if config.grid == 8
+             else nn.Conv2d(c2, c3, 3, padding=1)), nn.SiLU(), _block(c3, c3),
         )  # fmt: skip
         self.enc_cond = nn.Linear(config.embed_dim, c3)
         self.to_stats = nn.Conv2d(c3, 2 * config.latent_channels, 1)
@@ -131,22 +137,23 @@ class ConditionalVAE(nn.Module):
         up = nn.Upsample(scale_factor=2)
         self.decoder = nn.Sequential(
             nn.SiLU(), _block(c3, c3),
-            up, _block(c3, c2), _block(c2, c2),
+            up if config.grid == 8 else nn.Identity(), _block(c3, c2), _block(c2, c2),
             up, _block(c2, c1), _block(c1, c1),
             up, _block(c1, c1), nn.Conv2d(c1, 3, 3, padding=1),
         )  # fmt: skip
         self.embed_norm = Normalizer(config.embed_dim)
         self.prior = LatentPrior(LatentPriorConfig(**config.prior),
-                                 (config.latent_channels, GRID, GRID), config.embed_dim)
+                                 (config.latent_channels, config.grid, config.grid),
+                                 config.embed_dim)
 
     def encode(self, images: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, 3, 64, 64) in [0, 1] and normalised embeddings → latent mean and log-variance,
-        each (N, latent_channels, 8, 8)."""
+        each (N, latent_channels, grid, grid)."""
         features = self.encoder(images * 2 - 1) + self.enc_cond(e)[:, :, None, None]
         return self.to_stats(features).chunk(2, dim=1)
 
     def decode_logits(self, z: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-        """Latents (N, latent_channels, 8, 8) and normalised embeddings → pixel logits
+        """Latents (N, latent_channels, grid, grid) and normalised embeddings → pixel logits
         (N, 3, 64, 64)."""
         return self.decoder(self.from_latent(z) + self.dec_cond(e)[:, :, None, None])
 
@@ -231,8 +238,9 @@ class ConditionalVAE(nn.Module):
         else:
             mean, std = self.posterior(images, e_raw)
             z = mean + noise * std
-        out = torch.sigmoid(self.decode_logits(z.view(-1, self.config.latent_channels, GRID,
-                                                      GRID), e))
+        grid = self.config.grid
+        out = torch.sigmoid(self.decode_logits(z.view(-1, self.config.latent_channels, grid,
+                                                      grid), e))
         self.train(was_training)
         return uint8_images(out).cpu()
 
