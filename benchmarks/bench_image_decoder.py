@@ -83,11 +83,9 @@ def variant_decoder(work: Path, name: str) -> Path:
     return out
 
 
-def judge_variant(work: Path, decoder: ConditionalVAE, judge: AttributeRecogniser, clip: Any,
-                  groups: dict[int, list[tuple[str, Path]]], routes: list[str],
-                  candidates: int) -> dict[str, Any]:
+def judge_routes(generate: RouteGenerator, judge: AttributeRecogniser,
+                 groups: dict[int, list[tuple[str, Path]]], routes: list[str]) -> dict[str, Any]:
     """Scores per route and object count on the prompts of ``groups``."""
-    generate = RouteGenerator(work, clip, seed=0, candidates=candidates, vae_image=decoder)
     out: dict[str, Any] = {}
     for route in routes:
         out[route] = {}
@@ -129,9 +127,10 @@ def main(argv: list[str] | None = None) -> None:
     groups = full_prompts(args.work / "world" / "val", args.prompts, seed=0)
     routes = ["reconstruction", "oracle", "ced"] + (["ced" + RERANK] if args.candidates > 1
                                                     else [])
+    generate = RouteGenerator(args.work, clip, seed=0, candidates=args.candidates)
     figures: dict[str, Any] = {"variants": {}}
     for name, folder in folders.items():
-        decoder = ConditionalVAE.load(folder)
+        generate.vae_image = ConditionalVAE.load(folder)
         summary = read_json(folder / "summary.json")
         figures["variants"][name] = {
             "options": VARIANTS[name],
@@ -139,8 +138,7 @@ def main(argv: list[str] | None = None) -> None:
             "prior_seconds": summary.get("prior_seconds"),
             "val_vae_rec": summary.get("val/rec"), "val_vae_kl": summary.get("val/kl"),
             "val_prior_loss": summary.get("val/prior_loss"),
-            "routes": judge_variant(args.work, decoder, judge, clip, groups, routes,
-                                    args.candidates)}
+            "routes": judge_routes(generate, judge, groups, routes)}
         logger.info("%s: %s", name, figures["variants"][name]["routes"])
     figures["real"] = {f"{n}_objects": {k: round(v, 4) for k, v in image_semantic_scores(
         judge, load_images([path for _, path in items], 64), [p for p, _ in items],

@@ -35,6 +35,7 @@ images per route) for people to look at.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 from pathlib import Path
@@ -205,24 +206,20 @@ def full_prompts(world_split: Path, per_group: int, seed: int
 class RouteGenerator:
     """Images from prompts through each text → image route, seeded.
 
-    ``vae_image`` replaces the demo folder's ``e2e/vae_image`` (to compare decoders on the
-    same prompts and draws); ``e2e/vae_text`` is loaded when the direct route first asks.
+    Assign another decoder to ``vae_image`` to compare decoders on the same prompts and
+    draws; ``e2e/vae_text`` is loaded when the direct route first asks.
     """
 
-    def __init__(self, folder: Path, clip: Any, seed: int, candidates: int,
-                 vae_image: ConditionalVAE | None = None) -> None:
+    def __init__(self, folder: Path, clip: Any, seed: int, candidates: int) -> None:
         self.folder = folder
-        self.vae_image = vae_image or ConditionalVAE.load(folder / "e2e" / "vae_image")
-        self._vae_text: ConditionalVAE | None = None
+        self.vae_image = ConditionalVAE.load(folder / "e2e" / "vae_image")
         self.translators = {m: load_translator(folder / "translators" / "text2image" / m)
                             for m in ("ced", "ridge")}
         self.clip, self.seed, self.candidates = clip, seed, candidates
 
-    @property
+    @functools.cached_property
     def vae_text(self) -> ConditionalVAE:
-        if self._vae_text is None:
-            self._vae_text = ConditionalVAE.load(self.folder / "e2e" / "vae_text")
-        return self._vae_text
+        return ConditionalVAE.load(self.folder / "e2e" / "vae_text")
 
     def __call__(self, route: str, items: list[tuple[str, Path]]) -> torch.Tensor:
         generator = torch.Generator().manual_seed(self.seed)
