@@ -32,7 +32,7 @@ from PIL import Image, ImageDraw
 from modtrans.data.coco import CaptionedImages
 from modtrans.data.embed import decoded_batches, embed_captioned_images
 from modtrans.encoders import build_encoder
-from modtrans.encoders.world_clip import build_tokenizer
+from modtrans.encoders.tokenizer import build_tokenizer
 
 logger = logging.getLogger("bench_embed")
 WORDS = ("a", "photo", "of", "the", "red", "green", "blue", "cat", "dog", "car", "tree",

@@ -36,11 +36,11 @@ from modtrans.decoders.image_vae import (
     refit_latent_prior,
 )
 from modtrans.encoders import build_encoder
-from modtrans.encoders.world_clip import load_images
 from modtrans.eval.endtoend import RERANK, RouteGenerator, full_prompts
-from modtrans.eval.recogniser import AttributeRecogniser
-from modtrans.eval.semantic import image_semantic_scores
+from modtrans.images import load_images
 from modtrans.io import read_json
+from modtrans.world.recogniser import AttributeRecogniser
+from modtrans.world.semantic import image_semantic_scores
 
 logger = logging.getLogger("bench_image_decoder")
 

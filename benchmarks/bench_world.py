@@ -15,7 +15,7 @@ from pathlib import Path
 
 from _common import write_result
 
-from modtrans.data.world import WorldConfig, generate_world
+from modtrans.world.generator import WorldConfig, generate_world
 
 logger = logging.getLogger("bench_world")
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from _common import write_result
 
 from modtrans.demo import PRESETS, DemoConfig, run_demo
-from modtrans.encoders.world_clip import WorldClipConfig
+from modtrans.world.clip import WorldClipConfig
 
 logger = logging.getLogger("bench_worldbench")
 

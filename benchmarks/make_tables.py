@@ -11,9 +11,9 @@ from pathlib import Path
 
 from _common import RESULTS
 
-from modtrans.eval.recogniser import describe_report
 from modtrans.eval.worldbench import markdown_table
 from modtrans.io import atomic_open
+from modtrans.world.recogniser import describe_report
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 BEGIN, END = "<!-- BEGIN RESULTS -->", "<!-- END RESULTS -->"

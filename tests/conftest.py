@@ -63,7 +63,7 @@ def _quiet_lightning() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A world of ``N_WORLD_IMAGES`` images (all four splits non-empty), generated once."""
-    from modtrans.data.world import WorldConfig, generate_world
+    from modtrans.world.generator import WorldConfig, generate_world
 
     out = tmp_path_factory.mktemp("tiny") / "world"
     summary = generate_world(
@@ -87,8 +87,8 @@ class TrainedClip:
 @pytest.fixture(scope="session")
 def tiny_clip(tiny_world: Path, tmp_path_factory: pytest.TempPathFactory) -> TrainedClip:
     """A tiny world CLIP trained once on ``tiny_world``; the in-memory model is kept too."""
-    from modtrans.encoders import world_clip
     from modtrans.training import contrastive
+    from modtrans.world import clip as world_clip
 
     captured: dict[str, Any] = {}
     real_module, real_tokenizer = contrastive.ContrastiveModule, world_clip.build_tokenizer

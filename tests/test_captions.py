@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from modtrans.data.captions import (
+from modtrans.world.captions import (
     BACKGROUND_COLOURS,
     CAPTION_KINDS,
     COLOURS,
@@ -17,7 +17,7 @@ from modtrans.data.captions import (
     parse_caption,
     tokenize,
 )
-from modtrans.data.world import Example, WorldConfig, make_example
+from modtrans.world.generator import Example, WorldConfig, make_example
 
 N_EXAMPLES = 300
 

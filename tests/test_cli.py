@@ -14,7 +14,6 @@ import modtrans.cli
 from modtrans.cli import main
 from modtrans.data.store import EmbeddingStore
 
-modtrans.cli._register_verbs()
 VERBS = sorted(typer.main.get_command(modtrans.cli.app).commands)
 
 

@@ -20,7 +20,7 @@ from modtrans.decoders.caption import (
     fit_caption_decoder,
 )
 from modtrans.decoders.image_vae import ConditionalVAE, ImageDecoderConfig, fit_image_decoder
-from modtrans.eval.recogniser import AttributeRecogniser
+from modtrans.world.recogniser import AttributeRecogniser
 
 TINY_PRIOR = {"width": 32, "depth": 2, "emb_dim": 32, "train_steps": 4, "steps": 3}
 TINY_VAE = dict(latent_channels=2, channels=(8, 8, 16), epochs=1, batch_size=16,
@@ -73,7 +73,8 @@ def test_vae_reconstruction_reads_the_image_and_is_batch_independent() -> None:
     assert out.shape == (3, 64, 64, 3) and out.dtype == torch.uint8
     assert model.training  # the mode it was called in comes back
     alone = model.reconstruct(images[:1], e[:1], generator=torch.Generator().manual_seed(0))
-    assert torch.equal(alone[0], out[0])
+    # equal up to float rounding, which differs between a conv's batch sizes on some CPUs
+    assert (alone[0].int() - out[0].int()).abs().max() <= 1
     # same embedding and noise, another image: the posterior latent, so the output, changes
     other = model.reconstruct(255 - images[:1], e[:1], generator=torch.Generator().manual_seed(0))
     assert not torch.equal(other[0], out[0])
@@ -449,7 +450,7 @@ def test_fit_recogniser_cli(tiny_world: Path, tmp_path: Path,
                             capsys: pytest.CaptureFixture[str]) -> None:
     import json
 
-    from modtrans.data.world import load_world_info
+    from modtrans.world.generator import load_world_info
 
     out = _ok(capsys, ["fit-recogniser", str(tiny_world), "--out", str(tmp_path / "judge"),
                        "--epochs", "1", "--train-split"])

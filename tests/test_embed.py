@@ -16,7 +16,7 @@ from modtrans.data import store as store_mod
 from modtrans.data.coco import CaptionedImages, read_coco_captions
 from modtrans.data.embed import BadInputError, embed_captioned_images, load_sidecar_metadata
 from modtrans.data.store import EmbeddingStore
-from modtrans.data.world import CAPTIONS_PER_IMAGE, load_world_info
+from modtrans.world.generator import CAPTIONS_PER_IMAGE, load_world_info
 
 ATOL = 1e-5
 

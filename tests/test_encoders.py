@@ -16,8 +16,9 @@ import torch.nn.functional as F
 from modtrans.data.coco import read_coco_captions
 from modtrans.data.embed import embed_captioned_images
 from modtrans.data.store import EmbeddingStore
-from modtrans.encoders import ModalityError, build_encoder, list_encoders, parse_spec, world_clip
-from modtrans.encoders.world_clip import load_images, pixel_values
+from modtrans.encoders import ModalityError, build_encoder, list_encoders, parse_spec
+from modtrans.encoders.tokenizer import build_tokenizer
+from modtrans.images import load_images, pixel_values
 
 HAS_OPEN_CLIP = importlib.util.find_spec("open_clip") is not None
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
@@ -239,7 +240,7 @@ def test_hf_mismatched_tokenizer_raises(tiny_clip: Any, tmp_path: Path) -> None:
 def test_hf_tokenizer_of_other_words_raises(tiny_clip: Any, tmp_path: Path) -> None:
     """A world-style tokenizer built over unrelated words: every probe word is unknown."""
     model_dir = _copy_clip(tiny_clip, tmp_path / "clip")
-    other = world_clip.build_tokenizer([f"word{i} other{i} thing{i}" for i in range(20)])
+    other = build_tokenizer([f"word{i} other{i} thing{i}" for i in range(20)])
     other.save_pretrained(model_dir)
     with pytest.raises((FileNotFoundError, ValueError), match="tokenizer"):
         build_encoder(f"hf:{model_dir}")
@@ -325,12 +326,8 @@ def test_conv_clip_world_encoder_round_trips_through_hf(tiny_world, tmp_path) ->
     """The convolutional world CLIP saves with save_pretrained and loads through hf:."""
     from modtrans.data.coco import read_coco_captions
     from modtrans.encoders import build_encoder
-    from modtrans.encoders.world_clip import (
-        WorldClipConfig,
-        fit_world_clip_from_world,
-        load_images,
-        pixel_values,
-    )
+    from modtrans.images import load_images, pixel_values
+    from modtrans.world.clip import WorldClipConfig, fit_world_clip_from_world
 
     config = WorldClipConfig(vision="cnn", channels=(8, 16), text_width=32, heads=2,
                              text_layers=1, projection_dim=16, epochs=1, batch_size=32,
@@ -355,14 +352,10 @@ def test_conv_clip_world_encoder_round_trips_through_hf(tiny_world, tmp_path) ->
 def test_warm_start_trains_the_clips_own_image_tower(tiny_world) -> None:
     """The detector warm start must update the CLIP's tower (not a copy), and only it."""
     from modtrans.data.coco import read_coco_captions
-    from modtrans.data.world import load_ground_truth
-    from modtrans.encoders.world_clip import (
-        WorldClipConfig,
-        _warm_start,
-        build_model,
-        build_tokenizer,
-        load_images,
-    )
+    from modtrans.encoders.tokenizer import build_tokenizer
+    from modtrans.images import load_images
+    from modtrans.world.clip import WorldClipConfig, _warm_start, build_model
+    from modtrans.world.generator import load_ground_truth
 
     config = WorldClipConfig(vision="cnn", channels=(8, 16), text_width=32, heads=2,
                              text_layers=1, projection_dim=16, batch_size=32,
@@ -428,7 +421,7 @@ def test_conv_clip_without_object_head_pools_the_mean() -> None:
 
 
 def test_pool_default_follows_the_warm_start() -> None:
-    from modtrans.encoders.world_clip import WorldClipConfig
+    from modtrans.world.clip import WorldClipConfig
 
     assert WorldClipConfig().pool == "objects"
     assert WorldClipConfig(warm_start_epochs=0).pool == "mean"
@@ -440,14 +433,14 @@ def test_pool_default_follows_the_warm_start() -> None:
 
 
 def test_warm_start_needs_the_cnn_tower() -> None:
-    from modtrans.encoders.world_clip import WorldClipConfig
+    from modtrans.world.clip import WorldClipConfig
 
     with pytest.raises(ValueError, match="vision: cnn"):
         WorldClipConfig(vision="vit", warm_start_epochs=2)
 
 
 def test_warm_start_default_follows_the_tower(tmp_path: Path) -> None:
-    from modtrans.encoders.world_clip import WorldClipConfig
+    from modtrans.world.clip import WorldClipConfig
 
     assert WorldClipConfig().vision == "cnn" and WorldClipConfig().warm_start_epochs == 2
     assert WorldClipConfig(vision="vit").warm_start_epochs == 0
@@ -462,7 +455,7 @@ def test_warm_start_default_follows_the_tower(tmp_path: Path) -> None:
 
 def test_fit_from_world_hands_the_default_warm_start_its_ground_truth(
         tiny_world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from modtrans.encoders import world_clip
+    from modtrans.world import clip as world_clip
 
     seen = {}
     monkeypatch.setattr(world_clip, "fit_world_clip",

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from modtrans.data.captions import SHAPES
-from modtrans.data.world import load_ground_truth, load_world_info
-from modtrans.eval.recogniser import (
+from modtrans.world.captions import SHAPES
+from modtrans.world.generator import load_ground_truth, load_world_info
+from modtrans.world.recogniser import (
     COLOUR_NAMES,
     CONFIG,
     IGNORE,

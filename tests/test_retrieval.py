@@ -160,7 +160,7 @@ def test_retrieve_across_unshared_spaces_needs_a_translator(
 @pytest.fixture(scope="module")
 def shape_folder(tiny_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """World images sorted into sub-folders by their main shape."""
-    from modtrans.data.world import load_ground_truth
+    from modtrans.world.generator import load_ground_truth
 
     root = tmp_path_factory.mktemp("zeroshot") / "shapes"
     for split in ("train", "val"):

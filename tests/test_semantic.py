@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 import torch
 
-from modtrans.data.captions import SHAPES
-from modtrans.eval.recogniser import COLOUR_NAMES, PAIRS, AttributeRecogniser, RecogniserConfig
-from modtrans.eval.semantic import caption_semantic_scores, image_fd, image_semantic_scores
+from modtrans.world.captions import SHAPES
+from modtrans.world.recogniser import COLOUR_NAMES, PAIRS, AttributeRecogniser, RecogniserConfig
+from modtrans.world.semantic import caption_semantic_scores, image_fd, image_semantic_scores
 
 needs_java = pytest.mark.skipif(shutil.which("java") is None,
                                 reason="pycocoevalcap's tokenizer and METEOR need Java")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from modtrans.data.captions import (
+from modtrans.world.captions import (
     BACKGROUND_COLOURS,
     BACKGROUNDS,
     CAPTION_KINDS,
@@ -22,7 +22,7 @@ from modtrans.data.captions import (
     SIZES,
     tokenize,
 )
-from modtrans.data.world import (
+from modtrans.world.generator import (
     SPLITS,
     Scene,
     SceneObject,
@@ -128,7 +128,7 @@ def test_holdout_only_in_novel(world: Path) -> None:
 
 def test_ground_truth_matches_captions(world: Path) -> None:
     """The captions written to disk name the objects the ground truth lists."""
-    from modtrans.data.captions import parse_caption
+    from modtrans.world.captions import parse_caption
 
     rows = {r["image_id"]: r for r in load_ground_truth(world / "train")}
     coco = json.loads((world / "train" / "captions.json").read_text())

@@ -137,14 +137,14 @@ def run_demo(out: str | Path, config: DemoConfig | None = None, *, progress: boo
 
 
 def _world(world: Path, config: DemoConfig, progress: bool) -> None:
-    from modtrans.data.world import WorldConfig, generate_world
+    from modtrans.world.generator import WorldConfig, generate_world
 
     generate_world(WorldConfig(n_images=config.n_images), world, progress=progress,
                    overwrite=True)
 
 
 def _clip(world: Path, clip: Path, config: DemoConfig, progress: bool) -> None:
-    from modtrans.encoders.world_clip import WorldClipConfig, fit_world_clip_from_world
+    from modtrans.world.clip import WorldClipConfig, fit_world_clip_from_world
 
     summary = fit_world_clip_from_world(world, clip, config=WorldClipConfig(**config.clip),
                                         progress=progress)

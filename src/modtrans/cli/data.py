@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from modtrans.cli import app
+from modtrans.cli.application import app
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def world(
     Writes OUT/world.json and, per split, OUT/<split>/images/*.png, captions.json (MS-COCO
     captions format) and ground_truth.parquet.
     """
-    from modtrans.data.world import WorldConfig, generate_world
+    from modtrans.world.generator import WorldConfig, generate_world
 
     config = WorldConfig(
         n_images=n, seed=seed, holdout=parse_holdout(holdout),

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from modtrans.cli import app
+from modtrans.cli.application import app
 
 
 @app.command("fit-decoder")
@@ -172,9 +172,10 @@ def generate(
     """Text → embedding → translator → image embedding → decoder → a PNG grid (rows: prompts)."""
     import torch
 
-    from modtrans.decoders.image_vae import ConditionalVAE, image_grid
+    from modtrans.decoders.image_vae import ConditionalVAE
     from modtrans.decoders.rerank import best_of
     from modtrans.encoders import build_encoder
+    from modtrans.images import image_grid
     from modtrans.io import atomic_path
 
     if out.suffix.lower() != ".png":
@@ -256,7 +257,7 @@ def fit_recogniser_cmd(
 ) -> None:
     """Train the attribute recogniser (judge of generated images) and report its held-out
     accuracy on the world's test split (as it is and blurred) and novel split."""
-    from modtrans.eval.recogniser import RecogniserConfig, fit_recogniser
+    from modtrans.world.recogniser import RecogniserConfig, fit_recogniser
 
     cfg = RecogniserConfig.with_overrides(epochs=epochs, all_pairs=all_pairs)
     with contextlib.redirect_stdout(sys.stderr):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from modtrans.cli import app
+from modtrans.cli.application import app
 
 
 @app.command("encoders")
@@ -48,7 +48,7 @@ def fit_encoder(
 
     The result is saved with save_pretrained and is loaded like any CLIP: --encoder hf:OUT.
     """
-    from modtrans.encoders.world_clip import WorldClipConfig, fit_world_clip_from_world
+    from modtrans.world.clip import WorldClipConfig, fit_world_clip_from_world
 
     cfg = WorldClipConfig.with_overrides(config, epochs=epochs, batch_size=batch_size, lr=lr,
                                          vision=vision, warm_start_epochs=warm_start_epochs,

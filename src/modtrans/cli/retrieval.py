@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 import typer
 
-from modtrans.cli import app
+from modtrans.cli.application import app
 
 
 def encode_queries(texts: list[str] | None, images: list[Path] | None, *, image_spec: str,

@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 import yaml
 
-from modtrans.cli import app
+from modtrans.cli.application import app
 
 
 def parse_params(items: list[str] | None) -> dict:

@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from modtrans.data.sources import Record
+from modtrans.data.records import Record
 from modtrans.io import read_json
 
 logger = logging.getLogger(__name__)

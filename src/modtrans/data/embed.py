@@ -22,7 +22,7 @@ from PIL import UnidentifiedImageError
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm.auto import tqdm
 
-from modtrans.data.sources import CaptionSource, Record
+from modtrans.data.records import CaptionSource, Record
 from modtrans.data.store import StoreWriter
 from modtrans.encoders.base import Encoder
 

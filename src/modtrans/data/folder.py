@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 
 from modtrans.data.coco import CaptionedImages
-from modtrans.data.sources import IMAGE_SUFFIXES
+from modtrans.data.records import IMAGE_SUFFIXES
 
 logger = logging.getLogger(__name__)
 

@@ -1,8 +1,7 @@
 """One interface over every captioned-image format modtrans reads.
 
-A source yields :class:`Record` s — an image (a path, or encoded bytes for streamed shards),
-its captions, and extra metadata — split across DataLoader workers by
-``records(worker, n_workers)``. The readers, one module per format:
+Every reader yields :class:`~modtrans.data.records.Record` s. The readers, one module per
+format:
 
 - :mod:`modtrans.data.coco` — MS-COCO captions JSON (2014/2017 layouts, the world's splits)
   and Karpathy-split JSON;
@@ -16,62 +15,17 @@ reads them directly.) :func:`open_sources` picks the reader from what a path loo
 
 from __future__ import annotations
 
-import dataclasses
-import io
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from PIL import Image
+from modtrans.data import coco, folder, table, webdataset
+from modtrans.data.records import CaptionSource
 
 FORMATS_HINT = (
     "expected a world folder (made by `modtrans world`), a COCO or Karpathy captions .json, "
     "a .csv/.parquet table of image paths and captions, a folder of webdataset .tar shards, "
     "or a folder of images with .txt captions"
 )
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-
-
-@dataclasses.dataclass(frozen=True)
-class Record:
-    """One image and its captions, as a reader yields it.
-
-    Attributes:
-        image_id: unique within the source (a COCO id, a relative path, a webdataset key).
-        image: the image file, or its encoded bytes (streamed shards).
-        captions: its captions (possibly empty strings: the embedder skips and lists those).
-        caption_ids: one id per caption.
-        location: where the image lives, for logs and skip lists ("a/b.jpg", "00001.tar:key").
-        meta: extra per-image columns kept in the store's metadata.
-        error: a problem the reader found (no image member, truncated shard): the embedder
-            skips and lists the record with this reason.
-    """
-
-    image_id: int | str
-    image: Path | bytes
-    captions: list[str]
-    caption_ids: list[int | str]
-    location: str
-    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
-    error: str | None = None
-
-    def open_image(self) -> Image.Image:
-        """Decode the image as RGB (raises ``OSError``/``UnidentifiedImageError`` if broken)."""
-        source = io.BytesIO(self.image) if isinstance(self.image, bytes) else self.image
-        with Image.open(source) as im:
-            return im.convert("RGB")
-
-
-class CaptionSource(Protocol):
-    """What the embedder reads: records, split across workers."""
-
-    def __len__(self) -> int:
-        """Number of images, or an estimate (used for the progress bar only)."""
-        ...
-
-    def records(self, worker: int = 0, n_workers: int = 1) -> Iterator[Record]:
-        """The records of one of ``n_workers`` disjoint parts, together covering the source."""
-        ...
 
 
 def _is_webdataset(path: Path) -> bool:
@@ -99,8 +53,6 @@ def open_sources(
     Returns:
         split name → (source, description recorded in the store manifest).
     """
-    from modtrans.data import coco, folder, table, webdataset
-
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist; {FORMATS_HINT}")

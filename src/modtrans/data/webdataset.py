@@ -18,7 +18,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from modtrans.data.sources import IMAGE_SUFFIXES, Record
+from modtrans.data.records import IMAGE_SUFFIXES, Record
 
 logger = logging.getLogger(__name__)
 

@@ -251,7 +251,7 @@ def build_caption_decoder(config: CaptionDecoderConfig, captions: list[str]) -> 
     word-level tokenizer over ``captions``."""
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-    from modtrans.encoders.world_clip import build_tokenizer
+    from modtrans.encoders.tokenizer import build_tokenizer
 
     if config.gpt2:
         source = Path(config.gpt2)

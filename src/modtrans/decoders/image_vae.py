@@ -31,14 +31,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import WeightAveraging
-from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from modtrans.config import Config, read_mapping
 from modtrans.data.store import EmbeddingStore
 from modtrans.decoders.latent_prior import LatentPrior, LatentPriorConfig, LatentPriorModule
-from modtrans.encoders.world_clip import load_images, uint8_images, unit_pixels
+from modtrans.images import load_images, uint8_images, unit_pixels
 from modtrans.io import load_weights, read_json, require_file, save_weights
 from modtrans.training.fit import fit_module, save_summary
 from modtrans.training.translator import WarmupEMA
@@ -277,19 +276,6 @@ class ConditionalVAE(nn.Module):
         model = cls(cls.read_config(path))
         load_weights(model, path / WEIGHTS)
         return model.eval()
-
-
-def image_grid(images: torch.Tensor, rows: int, pad: int = 2) -> Image.Image:
-    """uint8 images (rows·cols, H, W, 3), row-major, as one picture with ``pad`` px gutters."""
-    n, h, w, _ = images.shape
-    if rows < 1 or n % rows:
-        raise ValueError(f"{n} images do not fill {rows} rows")
-    cols = n // rows
-    grid = Image.new("RGB", (cols * (w + pad) + pad, rows * (h + pad) + pad), (255, 255, 255))
-    for i, array in enumerate(images.numpy()):
-        r, c = divmod(i, cols)
-        grid.paste(Image.fromarray(array), (pad + c * (w + pad), pad + r * (h + pad)))
-    return grid
 
 
 def decoder_pairs(store: EmbeddingStore, condition: str, max_images: int | None = None

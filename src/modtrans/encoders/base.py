@@ -69,13 +69,11 @@ def register_encoder(kind: str, help: str) -> Callable[[EncoderFactory], Encoder
 
 def list_encoders() -> dict[str, str]:
     """The registered spec kinds with a one-line description of each."""
-    _import_builtin_kinds()
     return {kind: help for kind, (_, help) in sorted(_REGISTRY.items())}
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
     """Split ``kind:argument``; raise ValueError naming the known kinds when malformed."""
-    _import_builtin_kinds()
     kind, sep, argument = spec.partition(":")
     if not sep or not argument:
         raise ValueError(
@@ -213,9 +211,3 @@ class TextOnlyEncoderBase:
 
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         raise self._no_images()
-
-
-def _import_builtin_kinds() -> None:
-    # The built-in kinds register themselves on import; importing here keeps the registry
-    # complete whichever module a caller imported first.
-    from modtrans.encoders import hf, open_clip, sbert  # noqa: F401

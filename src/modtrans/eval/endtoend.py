@@ -47,23 +47,18 @@ import torch
 from modtrans.config import Config
 from modtrans.data.coco import read_coco_captions
 from modtrans.data.store import open_store
-from modtrans.data.world import load_ground_truth
 from modtrans.decoders.caption import CaptionDecoder, CaptionDecoderConfig, fit_caption_decoder
-from modtrans.decoders.image_vae import (
-    ConditionalVAE,
-    ImageDecoderConfig,
-    fit_image_decoder,
-    image_grid,
-)
+from modtrans.decoders.image_vae import ConditionalVAE, ImageDecoderConfig, fit_image_decoder
 from modtrans.decoders.rerank import best_of
 from modtrans.encoders import build_encoder
-from modtrans.encoders.world_clip import load_images
 from modtrans.eval.captioning import caption_metrics
 from modtrans.eval.encoder_report import linear_probe
-from modtrans.eval.recogniser import AttributeRecogniser, RecogniserConfig, fit_recogniser
-from modtrans.eval.semantic import caption_semantic_scores, image_fd, image_semantic_scores
+from modtrans.images import image_grid, load_images
 from modtrans.io import atomic_path, read_json, write_json
 from modtrans.translators.base import load_translator
+from modtrans.world.generator import load_ground_truth
+from modtrans.world.recogniser import AttributeRecogniser, RecogniserConfig, fit_recogniser
+from modtrans.world.semantic import caption_semantic_scores, image_fd, image_semantic_scores
 
 logger = logging.getLogger(__name__)
 

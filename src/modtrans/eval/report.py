@@ -19,9 +19,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from modtrans.eval.recogniser import describe_report
 from modtrans.eval.worldbench import TABLE_COLUMNS
 from modtrans.io import atomic_open
+from modtrans.world.recogniser import describe_report
 
 _STYLE = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:0.9em}

@@ -215,7 +215,7 @@ def world_shape_task(
     Returns:
         The task, prompts embedded with :data:`PROMPT_TEMPLATES`.
     """
-    from modtrans.data.captions import SHAPES
+    from modtrans.world.captions import SHAPES
 
     classes = list(classes or SHAPES)
     meta = store.image_metadata()

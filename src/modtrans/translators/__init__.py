@@ -11,4 +11,9 @@ touching training:
 - :mod:`~modtrans.translators.denoisers` — the conditional denoising networks;
 - :mod:`~modtrans.translators.samplers` — reverse-process samplers (DDIM, DPM-Solver++),
   pure functions with one shared signature.
+
+Importing the package registers the built-in methods (:mod:`~modtrans.translators.baselines`,
+:mod:`~modtrans.translators.ced`), whichever of its modules a caller imports first.
 """
+
+from modtrans.translators import baselines, ced  # noqa: F401  (register their methods)

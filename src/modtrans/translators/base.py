@@ -220,13 +220,11 @@ def register_translator(cls: type[Translator]) -> type[Translator]:
 
 def list_translators() -> list[str]:
     """Names accepted by ``--method``."""
-    _import_builtin()
     return sorted(_REGISTRY)
 
 
 def translator_class(method: str) -> type[Translator]:
     """The class registered under ``method``; ValueError listing the known names otherwise."""
-    _import_builtin()
     if method not in _REGISTRY:
         raise ValueError(f"unknown method {method!r}; choose one of {sorted(_REGISTRY)}")
     return _REGISTRY[method]
@@ -252,8 +250,3 @@ def load_translator(path: str | Path, device: str | torch.device = "cpu") -> Tra
     model = cls(config)
     load_weights(model, weights)
     return model.to(device).eval()
-
-
-def _import_builtin() -> None:
-    # Built-in methods register on import.
-    from modtrans.translators import baselines, ced  # noqa: F401

@@ -2,7 +2,7 @@
 
 Each image is a background (plain or textured) and 1–4 coloured shapes, drawn anti-aliased
 (at ``supersample`` times the size, then box-filtered down), with five captions from
-:mod:`modtrans.data.captions` and its full ground truth. Image ``i`` depends only on
+:mod:`modtrans.world.captions` and its full ground truth. Image ``i`` depends only on
 ``(seed, i)``, so the output is byte-identical whatever the number of worker processes.
 
 Layout written by :func:`generate_world`::
@@ -39,7 +39,8 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from modtrans.config import Config
-from modtrans.data.captions import (
+from modtrans.io import atomic_open, atomic_path, read_json, write_json
+from modtrans.world.captions import (
     BACKGROUND_COLOUR_SYNONYMS,
     BACKGROUND_COLOURS,
     BACKGROUND_SYNONYMS,
@@ -56,7 +57,6 @@ from modtrans.data.captions import (
     Caption,
     make_captions,
 )
-from modtrans.io import atomic_open, atomic_path, read_json, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ class SceneObject:
     """One shape in a scene.
 
     Attributes:
-        shape, colour, size: canonical names (see :mod:`modtrans.data.captions`).
+        shape, colour, size: canonical names (see :mod:`modtrans.world.captions`).
         x, y: centre as fractions of the frame (0,0 is the top-left corner; y grows down).
         radius: circumradius as a fraction of the frame width.
         rotation: degrees, counter-clockwise.

@@ -6,7 +6,7 @@ The default has a small convolutional image tower (:mod:`modtrans.encoders.conv_
 through the ``hf:`` spec, exactly like a real CLIP.
 
 The CNN tower is warm-started before the contrastive epochs (``warm_start_epochs``): it is
-trained for a few epochs as the world's object detector (:mod:`modtrans.eval.recogniser`,
+trained for a few epochs as the world's object detector (:mod:`modtrans.world.recogniser`,
 the judge's recipe) on the train split's ground truth. It stands in for the pretrained
 backbone a real CLIP tower starts from. Why: trained contrastively from scratch, the world
 CLIP learns colour and not shape within a CPU budget (colour alone tells most captions in a
@@ -23,26 +23,18 @@ import dataclasses
 import logging
 import math
 import time
-from collections import Counter
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from modtrans.config import Config
 from modtrans.data.coco import CaptionedImages, read_coco_captions
+from modtrans.encoders.tokenizer import build_tokenizer
+from modtrans.images import CLIP_MEAN, CLIP_STD, load_images, pixel_values
 
 logger = logging.getLogger(__name__)
-
-SPECIAL_TOKENS = {"pad": "[PAD]", "unk": "[UNK]", "bos": "[BOS]", "eos": "[EOS]"}
-# Token ids 0..3 in this order. The eos id must not be 2: transformers' CLIP treats
-# eos_token_id == 2 as a legacy config and pools at the highest token id instead.
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
 
 @dataclasses.dataclass
 class WorldClipConfig(Config):
@@ -115,41 +107,6 @@ class WorldClipConfig(Config):
             raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
 
 
-def build_tokenizer(captions: list[str]):
-    """A lower-cased word-level tokenizer over the words of ``captions``.
-
-    Returns:
-        A ``PreTrainedTokenizerFast`` that adds ``[BOS]``/``[EOS]`` around every text.
-    """
-    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
-    from tokenizers.models import WordLevel
-    from transformers import PreTrainedTokenizerFast
-
-    counts: Counter[str] = Counter()
-    normalizer = normalizers.Lowercase()
-    pre = pre_tokenizers.Whitespace()
-    for caption in captions:
-        counts.update(w for w, _ in pre.pre_tokenize_str(normalizer.normalize_str(caption)))
-    words = sorted(counts, key=lambda w: (-counts[w], w))
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS.values())}
-    vocab.update({w: i + len(vocab) for i, w in enumerate(words)})
-    tok = Tokenizer(WordLevel(vocab, unk_token=SPECIAL_TOKENS["unk"]))
-    tok.normalizer = normalizer
-    tok.pre_tokenizer = pre
-    bos, eos = SPECIAL_TOKENS["bos"], SPECIAL_TOKENS["eos"]
-    tok.post_processor = processors.TemplateProcessing(
-        single=f"{bos} $A {eos}", special_tokens=[(bos, vocab[bos]), (eos, vocab[eos])]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token=SPECIAL_TOKENS["pad"],
-        unk_token=SPECIAL_TOKENS["unk"],
-        bos_token=bos,
-        eos_token=eos,
-        model_input_names=["input_ids", "attention_mask"],
-    )
-
-
 def build_model(config: WorldClipConfig, tokenizer):
     """A fresh world CLIP (``ConvClipModel`` or ``CLIPModel``) for a given tokenizer."""
     from transformers import CLIPConfig, CLIPModel
@@ -176,7 +133,7 @@ def build_model(config: WorldClipConfig, tokenizer):
         num_attention_heads=config.heads,
     )
     if config.vision == "cnn":
-        from modtrans.eval.recogniser import AttributeRecogniser
+        from modtrans.world.recogniser import AttributeRecogniser
 
         objects = AttributeRecogniser.HEADS["shape"] if config.pool == "objects" else 0
         return ConvClipModel(ConvClipConfig(text_config=text, channels=config.channels,
@@ -196,37 +153,6 @@ def build_image_processor(image_size: int):
         image_mean=list(CLIP_MEAN),
         image_std=list(CLIP_STD),
     )
-
-
-def load_images(paths: list[Path], image_size: int) -> torch.Tensor:
-    """Decode images into one uint8 tensor (N, H, W, 3); they must already be square."""
-    out = np.empty((len(paths), image_size, image_size, 3), dtype=np.uint8)
-    for i, path in enumerate(paths):
-        with Image.open(path) as im:
-            if im.size != (image_size, image_size):
-                raise ValueError(
-                    f"{path} is {im.size[0]}x{im.size[1]}; the world CLIP expects "
-                    f"{image_size}x{image_size} images (set --image-size to match)"
-                )
-            out[i] = np.asarray(im.convert("RGB"))
-    return torch.from_numpy(out)
-
-
-def unit_pixels(images: torch.Tensor) -> torch.Tensor:
-    """uint8 images (N, H, W, 3) → float (N, 3, H, W) in [0, 1]."""
-    return images.permute(0, 3, 1, 2).float() / 255
-
-
-def uint8_images(pixels: torch.Tensor) -> torch.Tensor:
-    """Float images (N, 3, H, W), clamped to [0, 1] → uint8 (N, H, W, 3)."""
-    return (pixels.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
-
-
-def pixel_values(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, H, W, 3) → CLIP-normalised float (N, 3, H, W), as the image processor does."""
-    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
-    return (unit_pixels(images) - mean) / std
 
 
 class _PairDataset(Dataset):
@@ -344,7 +270,7 @@ def _warm_start(model, images: torch.Tensor, objects: list[dict] | None,
                 config: WorldClipConfig, **kwargs) -> float:
     """Train the CNN image tower as the world's object detector; the object head (if any)
     then starts as the detector's shape head. Returns seconds."""
-    from modtrans.eval.recogniser import AttributeRecogniser, RecogniserConfig, train_recogniser
+    from modtrans.world.recogniser import AttributeRecogniser, RecogniserConfig, train_recogniser
 
     if objects is None or len(objects) != len(images):
         raise ValueError(
@@ -368,7 +294,7 @@ def fit_world_clip_from_world(world_dir: str | Path, out_dir: str | Path, *,
                               config: WorldClipConfig | None = None, **kwargs) -> dict:
     """:func:`fit_world_clip` on the ``train`` split of a world directory (with its ground
     truth when the config warm-starts the image tower)."""
-    from modtrans.data.world import load_ground_truth
+    from modtrans.world.generator import load_ground_truth
 
     split = Path(world_dir) / "train"
     captions = split / "captions.json"

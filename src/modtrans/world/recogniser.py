@@ -32,12 +32,17 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from modtrans.config import Config, read_mapping
-from modtrans.data.captions import COLOURS, SHAPES
 from modtrans.data.coco import read_coco_captions
-from modtrans.data.world import WorldConfig, generate_world, load_ground_truth, load_world_info
 from modtrans.encoders.conv_clip import conv_tower
-from modtrans.encoders.world_clip import load_images, pixel_values, uint8_images, unit_pixels
+from modtrans.images import load_images, pixel_values, uint8_images, unit_pixels
 from modtrans.io import load_weights, require_file, save_weights, write_json
+from modtrans.world.captions import COLOURS, SHAPES
+from modtrans.world.generator import (
+    WorldConfig,
+    generate_world,
+    load_ground_truth,
+    load_world_info,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from modtrans.data.world import Scene, SceneObject
+    from modtrans.world.generator import Scene, SceneObject
 
 RGB = tuple[int, int, int]
 

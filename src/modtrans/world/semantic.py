@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from modtrans.data.captions import SHAPES, parse_caption
-from modtrans.eval.recogniser import COLOUR_NAMES, PAIRS, AttributeRecogniser
+from modtrans.world.captions import SHAPES, parse_caption
+from modtrans.world.recogniser import COLOUR_NAMES, PAIRS, AttributeRecogniser
 
 
 def _visible_pairs(row: dict[str, Any], min_area: float) -> set[tuple[str, str]]:
