@@ -60,7 +60,7 @@ def minilm_store(work: Path) -> Path:
 def fit_or_load(method: str, params: dict[str, Any], train_config: dict[str, Any],
                 train: PairedSplit, val: PairedSplit, ckpt: Path) -> tuple[Translator, dict]:
     """The checkpoint in ``ckpt`` when it was trained with these options, else a new fit."""
-    info_file = ckpt / "train_info.json"
+    info_file = ckpt / "summary.json"
     if info_file.is_file():
         model, info = load_translator(ckpt), json.loads(info_file.read_text())
         same_train = all(info["train_config"].get(k) == v for k, v in train_config.items())

@@ -19,8 +19,9 @@ from pathlib import Path
 
 from _common import write_result
 
+from modtrans.artefacts import read_summary
 from modtrans.demo import PRESETS, DemoConfig, run_demo
-from modtrans.world.clip import WorldClipConfig
+from modtrans.world.clip import WorldClip
 
 logger = logging.getLogger("bench_worldbench")
 
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     timings = json.loads((args.work / "timings.json").read_text())
     train_info = {
         f"{p.parent.parent.name}/{p.parent.name}": json.loads(p.read_text())
-        for p in sorted(args.work.glob("translators/*/*/train_info.json"))
+        for p in sorted(args.work.glob("translators/*/*/summary.json"))
     }
     for res in results:
         for row in res["rows"]:
@@ -48,10 +49,10 @@ def main(argv: list[str] | None = None) -> None:
     write_result(f"worldbench{suffix}", config.to_dict(),
                  {"tables": results, "train": train_info, "timings_s": timings})
     clip = args.work / "world_clip"
-    clip_config = WorldClipConfig.load(clip / "world_clip_config.yaml").to_dict()
+    clip_config = WorldClip.read_config(clip).to_dict()
     write_result(f"world_clip{suffix}", clip_config | {"n_images": config.n_images},
                  {"report": json.loads((args.work / "encoder_report.json").read_text()),
-                  "training": json.loads((clip / "train_summary.json").read_text())})
+                  "training": read_summary(clip)})
     logger.info("wrote worldbench%s.json and world_clip%s.json", suffix, suffix)
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from artefact_helpers import as_format0, saved_options, write_options
 
 from modtrans.data.store import EmbeddingStore
 from modtrans.decoders.caption import (
@@ -113,9 +114,8 @@ def test_image_decoder_config_errors() -> None:
 
 def test_image_decoder_of_an_older_version_says_retrain(tmp_path: Path) -> None:
     ConditionalVAE(ImageDecoderConfig(embed_dim=6, **TINY_VAE)).save(tmp_path)
-    config = json.loads((tmp_path / "decoder_config.json").read_text())
-    (tmp_path / "decoder_config.json").write_text(
-        json.dumps({**config, "latent_dim": 32, "cond_proj": 128}))
+    as_format0(tmp_path, {**saved_options(tmp_path), "latent_dim": 32, "cond_proj": 128},
+               "decoder_config.json", "decoder.safetensors")
     with pytest.raises(ValueError, match=r"older modtrans.*fit-decoder image"):
         ConditionalVAE.load(tmp_path)
 
@@ -124,9 +124,9 @@ def test_image_decoder_saved_before_the_unet_prior_loads_its_mlp(tmp_path: Path)
     model = ConditionalVAE(ImageDecoderConfig(embed_dim=6, **{
         **TINY_VAE, "prior": {**TINY_PRIOR, "denoiser": "mlp"}}))
     model.save(tmp_path)
-    config = json.loads((tmp_path / "decoder_config.json").read_text())
+    config = saved_options(tmp_path)
     del config["prior"]["denoiser"]
-    (tmp_path / "decoder_config.json").write_text(json.dumps(config))
+    as_format0(tmp_path, config, "decoder_config.json", "decoder.safetensors")
     loaded = ConditionalVAE.load(tmp_path)
     assert loaded.config.prior["denoiser"] == "mlp"
     e = torch.randn(2, 6)
@@ -157,9 +157,7 @@ def test_refit_latent_prior_keeps_the_vae_and_swaps_the_prior(
     assert summary["prior_refit"] and "vae_seconds" in summary and "val/prior_loss" in summary
     with pytest.raises(ValueError, match="mapping"):
         refit_latent_prior(train, val, tmp_path, "unet")  # type: ignore[arg-type]
-    saved = json.loads((tmp_path / "decoder_config.json").read_text())
-    (tmp_path / "decoder_config.json").write_text(
-        json.dumps({**saved, "image_encoder": "hf:other"}))
+    write_options(tmp_path, {**saved_options(tmp_path), "image_encoder": "hf:other"})
     with pytest.raises(ValueError, match="refit it on the store it was trained on"):
         refit_latent_prior(train, val, tmp_path)
     images = after.generate(torch.randn(2, after.config.embed_dim),
@@ -374,9 +372,7 @@ def test_generate_errors(cli_models: dict[str, Path], tmp_path: Path,
                               "x", "--candidates", "0"], "--candidates must be ≥ 1")
     other = tmp_path / "vae_minilm"  # the same decoder, said to be trained on MiniLM captions
     shutil.copytree(cli_models["vae_text"], other)
-    config = json.loads((other / "decoder_config.json").read_text())
-    (other / "decoder_config.json").write_text(json.dumps({**config,
-                                                           "text_encoder": "sbert:minilm"}))
+    write_options(other, {**saved_options(other), "text_encoder": "sbert:minilm"})
     assert_cli_error(capsys, ["generate", "--decoder", str(other), "--text", "x",
                               "--candidates", "2"], "not one CLIP pair", "give a text2image")
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from artefact_helpers import saved_options
 from cli_helpers import assert_cli_error as _error
 
 from modtrans.cli import main
@@ -203,11 +204,11 @@ def test_train_then_eval(
     info = json.loads(_run(capsys, argv))
     assert info["method"] == "mlp" and info["direction"] == "image2text"
     assert info["epochs"] == 2 and info["steps"] > 0
-    config = json.loads((ckpt / "config.json").read_text())
+    config = saved_options(ckpt)
     store = EmbeddingStore(demo.store / "train")
     assert config["params"]["width"] == 16 and config["params"]["loss"] == "mse"
     assert config["image_encoder"] == config["text_encoder"] == store.image_encoder
-    train_info = json.loads((ckpt / "train_info.json").read_text())
+    train_info = json.loads((ckpt / "summary.json").read_text())
     assert train_info["train_config"]["batch_size"] == 128
 
     out = tmp_path / "eval.json"
@@ -348,4 +349,4 @@ def test_translate_image2text(demo: Demo, tmp_path: Path, capsys: pytest.Capture
 
 
 def test_translate_missing_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    _error(capsys, ["translate", str(tmp_path), "--text", "x"], "not a translator checkpoint")
+    _error(capsys, ["translate", str(tmp_path), "--text", "x"], "holds no translator")

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from artefact_helpers import saved_options
 
 from modtrans.world.captions import SHAPES
 from modtrans.world.generator import load_ground_truth, load_world_info
 from modtrans.world.recogniser import (
     COLOUR_NAMES,
-    CONFIG,
     IGNORE,
     JUDGE_SEED_OFFSET,
     PAIRS,
@@ -182,9 +182,9 @@ def test_bad_degradation_options_say_what_is_wrong(options: dict, message: str) 
 def test_a_recogniser_saved_before_degradation_reads_as_trained_on_crisp_images(
         trained: tuple[Path, dict], tmp_path: Path) -> None:
     out, _ = trained
-    options = json.loads((out / CONFIG).read_text())
+    options = saved_options(out)
     del options["degrade"], options["all_pairs"]
-    (tmp_path / CONFIG).write_text(json.dumps(options))
+    (tmp_path / "recogniser_config.json").write_text(json.dumps(options))
     older = AttributeRecogniser.read_config(tmp_path)
     assert older.degrade == 0.0 and older.all_pairs is False
     assert AttributeRecogniser.read_config(out) == TINY

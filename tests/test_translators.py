@@ -17,6 +17,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from artefact_helpers import saved_options, write_options
 from safetensors import safe_open
 
 from modtrans.data.pairs import PairedSplit
@@ -110,7 +111,7 @@ def test_every_method_fits(method: str, fitted: dict, data: tuple[PairedSplit, .
     z = model.translate(val.cond, generator=seeded(0))
     assert z.shape == (N_VAL, D) and z.dtype == torch.float32
     assert torch.isfinite(z).all()
-    saved = json.loads((ckpt / "train_info.json").read_text())
+    saved = json.loads((ckpt / "summary.json").read_text())
     assert saved["method"] == method and saved["train_config"]["epochs"] == 2
     if model.trainable:
         assert info["steps"] == 2 * (N_TRAIN // BATCH) and info["epochs"] == 2
@@ -128,13 +129,13 @@ def test_save_load_round_trip(
     model, _, ckpt = fitted[method]
     _, val = data
     top = {p.name for p in ckpt.iterdir() if p.is_file()}
-    assert top == {"model.safetensors", "config.json", "train_info.json"}
+    assert top == {"model.safetensors", "config.json", "summary.json"}
     # The only pickle is Lightning's resume state, which loading never reads (checked below).
     others = {p.relative_to(ckpt).as_posix() for p in ckpt.rglob("*")
               if p.is_file() and p.suffix not in (".json", ".safetensors", ".csv", ".yaml")}
     assert others == ({"lightning/last.ckpt"} if model.trainable else set())
 
-    config = json.loads((ckpt / "config.json").read_text())
+    config = saved_options(ckpt)
     assert config["method"] == method and config["direction"] == "text2image"
     assert (config["cond_dim"], config["target_dim"]) == (D, D)
     assert set(config["params"]) == set(translator_class(method).default_params)
@@ -162,7 +163,7 @@ def test_save_load_round_trip(
 
 
 def test_load_missing_checkpoint(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"config\.json and model\.safetensors"):
+    with pytest.raises(FileNotFoundError, match=r"config\.json is missing.*modtrans train"):
         Translator.load(tmp_path)
 
 
@@ -190,7 +191,7 @@ def test_ridge_picks_lambda_from_a_custom_grid(tmp_path: Path) -> None:
     model, info = fit_translator("ridge", train, val, tmp_path, params={"lambdas": grid},
                                  progress=False)
     assert info["chosen"]["lambda"] == 1e-3
-    assert json.loads((tmp_path / "config.json").read_text())["params"]["lambdas"] == grid
+    assert saved_options(tmp_path)["params"]["lambdas"] == grid
     heavy, _ = fit_translator("ridge", train, val, tmp_path / "heavy",
                               params={"lambdas": [100.0]}, progress=False)
     assert sim(heavy.translate(val.cond), val.target) < sim(model.translate(val.cond),
@@ -436,10 +437,10 @@ def test_checkpoint_without_a_newer_option_loads_with_its_default(fitted: dict,
                                                                   tmp_path: Path) -> None:
     ckpt = tmp_path / "ced"
     shutil.copytree(fitted["ced"][2], ckpt)
-    config = json.loads((ckpt / "config.json").read_text())
+    config = saved_options(ckpt)
     for key in ("mean_map", "map_width", "map_depth"):  # as written before they existed
         del config["params"][key]
-    (ckpt / "config.json").write_text(json.dumps(config))
+    write_options(ckpt, config)
     old, new = Translator.load(ckpt), Translator.load(fitted["ced"][2])
     assert old.params["mean_map"] == "ridge" and old.correction is None
     c = torch.randn(8, D, generator=seeded(5))
@@ -549,7 +550,7 @@ def test_resume_continues_from_last_checkpoint(
     assert (tmp_path / "lightning" / "last.ckpt").is_file()
     _, info = fit_translator("ced", *data, tmp_path, params=TINY["ced"], resume=True,
                              train_config=train_config(epochs=2), progress=False)
-    saved = json.loads((tmp_path / "train_info.json").read_text())
+    saved = json.loads((tmp_path / "summary.json").read_text())
     assert info["steps"] == saved["steps"] == 2 * steps_per_epoch
     assert saved["epochs"] == 2
     assert torch.isfinite(Translator.load(tmp_path).translate(data[1].cond[:5])).all()

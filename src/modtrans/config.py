@@ -66,8 +66,14 @@ def read_mapping(path: str | Path) -> dict[str, Any]:
     text = path.read_text()
     try:  # PyYAML reads JSON's "1e-05" as a string: JSON files are read as JSON
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except json.JSONDecodeError:  # hand-written, or saved as YAML by earlier modtrans
-        data = yaml.safe_load(text)
+    except json.JSONDecodeError as e:  # hand-written, or saved as YAML by earlier modtrans
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise ValueError(f"{path} is not valid JSON ({e}); it may be truncated") from e
+    except yaml.YAMLError as e:
+        first = str(e).strip().splitlines()[0]
+        raise ValueError(f"{path} is not valid YAML ({first}); it may be truncated") from e
     data = data or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path} must hold a mapping of option names to values")

@@ -146,9 +146,8 @@ def _world(world: Path, config: DemoConfig, progress: bool) -> None:
 def _clip(world: Path, clip: Path, config: DemoConfig, progress: bool) -> None:
     from modtrans.world.clip import WorldClipConfig, fit_world_clip_from_world
 
-    summary = fit_world_clip_from_world(world, clip, config=WorldClipConfig(**config.clip),
-                                        progress=progress)
-    write_json(clip / "train_summary.json", summary)
+    fit_world_clip_from_world(world, clip, config=WorldClipConfig(**config.clip),
+                              progress=progress)
 
 
 def stores_complete(stores: Path, world: Path) -> bool:

@@ -35,9 +35,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from modtrans.artefacts import Artefact, Layout, load_pretrained, load_state
 from modtrans.config import Config
 from modtrans.data.store import EmbeddingStore
-from modtrans.io import load_weights, require_file, save_weights
+from modtrans.io import save_weights
 from modtrans.training.fit import fit_and_save
 
 MODES = ("clipcap", "capdec")
@@ -49,7 +50,7 @@ TEXT_INPUTS = ("caption", "set-mean")
 # per dimension, so wider embeddings with the same cosine gap need less:
 # ``matched_noise_variance`` (``fit-decoder caption --noise-from``) measures it.
 DEFAULT_NOISE = {"caption": 0.016, "set-mean": 0.0013}
-MAPPING_WEIGHTS, CONFIG, LM_DIR = "mapping.safetensors", "caption_decoder.json", "lm"
+LM_DIR = "lm"  # the language model and its tokenizer, in transformers' format
 
 
 def _check_text_input(text_input: str) -> None:
@@ -141,8 +142,13 @@ def _mlp_mapper(embed_dim: int, width: int, prefix_length: int) -> nn.Module:
                          nn.Linear((embed_dim + out) // 2, out))
 
 
-class CaptionDecoder(nn.Module):
+class CaptionDecoder(Artefact, nn.Module):
     """Mapping network + causal LM; ``loss`` for training, ``generate`` for captions."""
+
+    kind = "caption-decoder"
+    config_class = CaptionDecoderConfig
+    train_hint = "train one with `modtrans fit-decoder caption --data STORE --out DIR`"
+    legacy = Layout("caption_decoder.json", "mapping.safetensors")
 
     def __init__(self, config: CaptionDecoderConfig, lm: nn.Module, tokenizer: Any) -> None:
         super().__init__()
@@ -215,35 +221,23 @@ class CaptionDecoder(nn.Module):
         self.train(was_training)
         return captions
 
-    def save(self, out_dir: str | Path) -> Path:
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        self.lm.save_pretrained(out_dir / LM_DIR)
-        self.tokenizer.save_pretrained(out_dir / LM_DIR)
-        save_weights(out_dir / MAPPING_WEIGHTS, self.mapping)
-        self.config.save(out_dir / CONFIG)
-        return out_dir
-
-    @staticmethod
-    def read_config(path: str | Path) -> CaptionDecoderConfig:
-        """The config of the decoder saved in ``path``."""
-        return CaptionDecoderConfig.load(Path(path) / CONFIG)
+    def save_payload(self, path: Path) -> None:
+        """The language model and its tokenizer in transformers' format (``lm/``); the
+        mapping network's weights as ``model.safetensors``."""
+        self.lm.save_pretrained(path / LM_DIR)
+        self.tokenizer.save_pretrained(path / LM_DIR)
+        save_weights(path / self.layout.weights, self.mapping)
 
     @classmethod
-    def load(cls, path: str | Path) -> CaptionDecoder:
-        from transformers import AutoTokenizer, GPT2LMHeadModel
+    def build(cls, config: CaptionDecoderConfig, path: Path) -> CaptionDecoder:
+        """The decoder around the language model saved in ``path/lm``."""
+        from transformers import GPT2LMHeadModel
 
-        path = Path(path)
-        require_file(path / MAPPING_WEIGHTS, (
-            f"{path} holds no caption decoder ({MAPPING_WEIGHTS}); train one with "
-            "`modtrans fit-decoder caption --data STORE --out DIR`"
-        ))
-        config = cls.read_config(path)
-        lm = GPT2LMHeadModel.from_pretrained(path / LM_DIR, local_files_only=True)
-        tokenizer = AutoTokenizer.from_pretrained(path / LM_DIR, local_files_only=True)
-        model = cls(config, lm, tokenizer)
-        load_weights(model.mapping, path / MAPPING_WEIGHTS)
-        return model.eval()
+        lm, tokenizer = load_pretrained(GPT2LMHeadModel, path / LM_DIR, cls.train_hint)
+        return cls(config, lm, tokenizer)
+
+    def load_payload(self, path: Path, layout: Layout) -> None:
+        load_state(self.mapping, path / layout.weights, path / layout.config, self.train_hint)
 
 
 def build_caption_decoder(config: CaptionDecoderConfig, captions: list[str]) -> CaptionDecoder:

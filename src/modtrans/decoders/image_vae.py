@@ -34,16 +34,15 @@ from lightning.pytorch.callbacks import WeightAveraging
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from modtrans.config import Config, read_mapping
+from modtrans.artefacts import Artefact, Layout, read_summary
+from modtrans.config import Config
 from modtrans.data.store import EmbeddingStore
 from modtrans.decoders.latent_prior import LatentPrior, LatentPriorConfig, LatentPriorModule
 from modtrans.images import load_images, uint8_images, unit_pixels
-from modtrans.io import load_weights, read_json, require_file, save_weights
-from modtrans.training.fit import fit_module, save_summary
+from modtrans.training.fit import fit_module, save_trained
 from modtrans.training.translator import WarmupEMA
 from modtrans.translators.base import Normalizer
 
-WEIGHTS, CONFIG = "decoder.safetensors", "decoder_config.json"
 CONDITIONS = ("image", "text")
 GRIDS = (8, 16)  # the latent's side: 64 px / 2³ or / 2²
 
@@ -114,8 +113,13 @@ def _block(a: int, b: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(a, b, 3, padding=1), nn.GroupNorm(8, b), nn.SiLU())
 
 
-class ConditionalVAE(nn.Module):
+class ConditionalVAE(Artefact, nn.Module):
     """q(z | x, e), p(x | z, e) over 64×64 RGB images in [0, 1], and the prior p(z | e)."""
+
+    kind = "image-decoder"
+    config_class = ImageDecoderConfig
+    train_hint = "train one with `modtrans fit-decoder image --data STORE --out DIR`"
+    legacy = Layout("decoder_config.json", "decoder.safetensors")
 
     def __init__(self, config: ImageDecoderConfig) -> None:
         super().__init__()
@@ -243,39 +247,20 @@ class ConditionalVAE(nn.Module):
         self.train(was_training)
         return uint8_images(out).cpu()
 
-    def save(self, out_dir: str | Path) -> Path:
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        save_weights(out_dir / WEIGHTS, self)
-        self.config.save(out_dir / CONFIG)
-        return out_dir
-
-    @staticmethod
-    def read_config(path: str | Path) -> ImageDecoderConfig:
-        """The config of the decoder saved in ``path``, as :meth:`load` builds it."""
-        path = Path(path)
-        options = read_mapping(path / CONFIG)
-        if "latent_dim" in options:
+    @classmethod
+    def migrate(cls, options: dict[str, Any], version: int, path: Path) -> dict[str, Any]:
+        """Format 0 (``decoder_config.json``): a vector latent cannot be read; a prior saved
+        before the U-Net became the default was an MLP."""
+        if version == 0 and "latent_dim" in options:
             raise ValueError(
                 f"{path} is an image decoder of an older modtrans (a vector latent); "
                 "retrain it with `modtrans fit-decoder image` (in a demo folder: delete "
                 f"{path} and rerun `modtrans e2e`, which retrains what is missing)"
             )
         prior = options.get("prior")
-        if isinstance(prior, dict):  # saved before the U-Net prior became the default
-            prior.setdefault("denoiser", "mlp")
-        return ImageDecoderConfig.from_dict(options)
-
-    @classmethod
-    def load(cls, path: str | Path) -> ConditionalVAE:
-        path = Path(path)
-        require_file(path / WEIGHTS, (
-            f"{path} holds no image decoder ({WEIGHTS}); train one with "
-            "`modtrans fit-decoder image --data STORE --out DIR`"
-        ))
-        model = cls(cls.read_config(path))
-        load_weights(model, path / WEIGHTS)
-        return model.eval()
+        if version == 0 and isinstance(prior, dict):
+            options = {**options, "prior": {"denoiser": "mlp", **prior}}
+        return options
 
 
 def decoder_pairs(store: EmbeddingStore, condition: str, max_images: int | None = None
@@ -349,7 +334,7 @@ def fit_image_decoder(train: EmbeddingStore, val: EmbeddingStore, out_dir: str |
     model.cpu()
     prior = _fit_prior(model, (images, e), (val_images, val_e), out_dir,
                        accelerator=accelerator, progress=progress)
-    return save_summary(model, out_dir, {
+    return save_trained(model, out_dir, {
         "pairs": len(e), "condition": config.condition, "vae_seconds": vae.pop("seconds"),
         "prior_seconds": prior.pop("seconds"), **vae, **prior})
 
@@ -417,7 +402,6 @@ def refit_latent_prior(train: EmbeddingStore, val: EmbeddingStore, decoder_dir: 
     fitted = _fit_prior(model, decoder_pairs(train, config.condition),
                         decoder_pairs(val, config.condition, max_val_images), decoder_dir,
                         accelerator=accelerator, progress=progress)
-    summary_path = decoder_dir / "summary.json"
-    summary = read_json(summary_path) if summary_path.is_file() else {}
+    summary = read_summary(decoder_dir)
     summary.update(prior_seconds=fitted.pop("seconds"), prior_refit=True, **fitted)
-    return save_summary(model, decoder_dir, summary)
+    return save_trained(model, decoder_dir, summary)

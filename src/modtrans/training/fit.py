@@ -1,7 +1,7 @@
 """Fit a LightningModule with per-epoch validation, save its model, write ``summary.json``.
 
 Shared by the decoders: the caption decoder is one stage (:func:`fit_and_save`); the image
-VAE two, the VAE then its latent prior (:func:`fit_module` twice, then :func:`save_summary`).
+VAE two, the VAE then its latent prior (:func:`fit_module` twice, then :func:`save_trained`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 import lightning as L
 from torch.utils.data import DataLoader
 
-from modtrans.io import write_json
+from modtrans.artefacts import Artefact, write_summary
 
 logger = logging.getLogger(__name__)
 
@@ -40,16 +40,18 @@ def fit_module(module: L.LightningModule, loader: DataLoader, val_loader: DataLo
     return {"seconds": round(time.perf_counter() - start, 1), **metrics}
 
 
-def save_summary(model: Any, out_dir: str | Path, summary: dict[str, Any]) -> dict[str, Any]:
-    """``model.save(out_dir)`` (on the CPU, in eval mode) and write ``summary.json``."""
-    model.cpu().eval()
+def save_trained(model: Artefact, out_dir: str | Path, summary: dict[str, Any]
+                 ) -> dict[str, Any]:
+    """Save a trained artefact (on the CPU, in eval mode) with its ``summary.json``; returns
+    the summary as written (provenance included)."""
+    model.cpu().eval()  # type: ignore[attr-defined]
     model.save(out_dir)
-    write_json(Path(out_dir) / "summary.json", summary)
+    written = write_summary(out_dir, summary)
     logger.info("%s trained: %s", type(model).__name__, summary)
-    return summary
+    return written
 
 
-def fit_and_save(model: Any, module: L.LightningModule, loader: DataLoader,
+def fit_and_save(model: Artefact, module: L.LightningModule, loader: DataLoader,
                  val_loader: DataLoader, out_dir: str | Path, *, epochs: int,
                  accelerator: str = "auto", progress: bool = True,
                  info: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -68,4 +70,4 @@ def fit_and_save(model: Any, module: L.LightningModule, loader: DataLoader,
     """
     metrics = fit_module(module, loader, val_loader, out_dir, epochs=epochs,
                          accelerator=accelerator, progress=progress)
-    return save_summary(model, out_dir, {**(info or {}), **metrics})
+    return save_trained(model, out_dir, {**(info or {}), **metrics})

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from modtrans.config import Config
 from modtrans.data.pairs import PairedSplit
-from modtrans.io import atomic_open, write_json
+from modtrans.io import atomic_open
 from modtrans.translators.base import Translator, TranslatorConfig, translator_class
 
 logger = logging.getLogger(__name__)
@@ -175,8 +175,7 @@ def fit_translator(
         with torch.no_grad():
             info["chosen"].update(translator.eval().finish(cn, zn, val_cn, val_zn))
     info["seconds"] = round(time.perf_counter() - start, 2)
-    translator.save(out_dir)
-    write_json(out_dir / "train_info.json", {**info, "train_config": tc.to_dict()})
+    translator.save(out_dir, summary={**info, "train_config": tc.to_dict()})
     return translator.eval(), info
 
 

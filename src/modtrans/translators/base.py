@@ -4,15 +4,14 @@ A translator maps condition embeddings c (N, Dc) to estimates ẑ (N, D) of targ
 Both spaces are z-normalised with statistics of the train split (stored in the checkpoint);
 subclasses work in normalised space through :meth:`Translator._translate`.
 
-A checkpoint is a directory: ``model.safetensors`` (every tensor, normalisers included) and
-``config.json`` (everything needed to rebuild: method, direction, dims, encoder specs and the
-method's own parameters). Loading never unpickles.
+A checkpoint is an artefact directory (:mod:`modtrans.artefacts`): ``model.safetensors``
+(every tensor, normalisers included), ``config.json`` (everything needed to rebuild: method,
+direction, dims, encoder specs and the method's own parameters) and ``summary.json``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -20,9 +19,8 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
-import modtrans
+from modtrans.artefacts import Artefact, Layout
 from modtrans.config import Config
-from modtrans.io import load_weights, save_weights, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +39,6 @@ class TranslatorConfig(Config):
         cond_dim, target_dim: Dc and D.
         image_encoder, text_encoder: the encoder specs of the store it was trained on.
         params: the method's own hyper-parameters and data-dependent sizes.
-        version: modtrans version that wrote it.
     """
 
     method: str
@@ -51,7 +48,6 @@ class TranslatorConfig(Config):
     image_encoder: str = "unknown"
     text_encoder: str = "unknown"
     params: dict[str, Any] = dataclasses.field(default_factory=dict)
-    version: str = modtrans.__version__
 
     def __post_init__(self) -> None:
         if self.direction not in DIRECTIONS:
@@ -106,8 +102,13 @@ def check_embeddings(x: Tensor, dim: int, what: str) -> None:
         raise ValueError(f"{what} holds NaN or inf in {bad} row(s); clean the embeddings first")
 
 
-class Translator(nn.Module):
+class Translator(Artefact, nn.Module):
     """Base class: subclasses set ``method`` and implement ``_translate`` (normalised space)."""
+
+    kind = "translator"
+    config_class = TranslatorConfig
+    train_hint = "train one with `modtrans train`"
+    legacy = Layout()  # format 0: the same file names, the config not yet wrapped
 
     method: ClassVar[str]
     stochastic: ClassVar[bool] = False
@@ -196,17 +197,22 @@ class Translator(nn.Module):
         return torch.cat(out)
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> Translator:
-        """Rebuild the translator saved in ``path``, whatever its method."""
-        return load_translator(path, device)
+    def build(cls, config: TranslatorConfig, path: Path) -> Translator:
+        """A fresh translator of the config's method, whatever class ``load`` was called on."""
+        return translator_class(config.method)(config)
 
-    def save(self, path: str | Path) -> Path:
-        """Write ``model.safetensors`` and ``config.json`` into directory ``path``."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        save_weights(path / "model.safetensors", self, {"format": "modtrans-translator"})
-        write_json(path / "config.json", self.config.to_dict())
-        return path
+    @classmethod
+    def migrate(cls, options: dict[str, Any], version: int, path: Path) -> dict[str, Any]:
+        """Format 0 kept the writing modtrans version in the config; options added to a method
+        after a checkpoint was written take their defaults (so a new option's default must
+        reproduce the behaviour from before it existed)."""
+        options = {k: v for k, v in options.items() if k != "version"}
+        method = translator_class(str(options.get("method")))
+        missing = sorted(set(method.default_params) - set(options.get("params", {})))
+        if missing:
+            logger.debug("%s: options %s not in the checkpoint, defaults used", path, missing)
+        options["params"] = {**method.default_params, **options.get("params", {})}
+        return options
 
 
 _REGISTRY: dict[str, type[Translator]] = {}
@@ -231,22 +237,5 @@ def translator_class(method: str) -> type[Translator]:
 
 
 def load_translator(path: str | Path, device: str | torch.device = "cpu") -> Translator:
-    """Rebuild a translator from a checkpoint directory written by :meth:`Translator.save`."""
-    path = Path(path)
-    config_file, weights = path / "config.json", path / "model.safetensors"
-    if not config_file.is_file() or not weights.is_file():
-        raise FileNotFoundError(
-            f"{path} is not a translator checkpoint (needs config.json and model.safetensors); "
-            "train one with `modtrans train`"
-        )
-    config = TranslatorConfig.from_dict(json.loads(config_file.read_text()))
-    cls = translator_class(config.method)
-    # Options added to a method after a checkpoint was written take their defaults there; a
-    # new option's default must therefore reproduce the behaviour from before it existed.
-    missing = sorted(set(cls.default_params) - set(config.params))
-    if missing:
-        logger.debug("%s: options %s not in the checkpoint, defaults used", path, missing)
-    config.params = {**cls.default_params, **config.params}
-    model = cls(config)
-    load_weights(model, weights)
-    return model.to(device).eval()
+    """The translator saved in ``path`` (:meth:`Translator.load`), whatever its method."""
+    return Translator.load(path, device)

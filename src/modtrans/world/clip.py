@@ -24,11 +24,14 @@ import logging
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from modtrans.artefacts import Artefact, Layout, load_pretrained
 from modtrans.config import Config
 from modtrans.data.coco import CaptionedImages, read_coco_captions
 from modtrans.encoders.tokenizer import build_tokenizer
@@ -105,6 +108,37 @@ class WorldClipConfig(Config):
                              "(vision: cnn, warm_start_epochs >= 1); or set pool: mean")
         if not 0 <= self.warmup_fraction < 1:
             raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+
+
+class WorldClip(Artefact, nn.Module):
+    """The trained world CLIP as an artefact: a transformers directory (``hf:`` loads it like
+    any CLIP) with the modtrans config and training summary beside transformers' files."""
+
+    kind = "world-clip"
+    config_class = WorldClipConfig
+    train_hint = "train one with `modtrans fit-encoder WORLD --out DIR`"
+    layout = Layout("world_clip.json", weights=None)  # config.json is transformers'
+    legacy = Layout("world_clip_config.yaml", weights=None)
+
+    def __init__(self, config: WorldClipConfig, model: nn.Module, tokenizer: Any) -> None:
+        super().__init__()
+        self.config, self.model, self.tokenizer = config, model, tokenizer
+
+    def save_payload(self, path: Path) -> None:
+        self.model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+        build_image_processor(self.config.image_size).save_pretrained(path)
+
+    @classmethod
+    def build(cls, config: WorldClipConfig, path: Path) -> WorldClip:
+        """Model and tokenizer as transformers saved them in ``path``."""
+        from transformers import AutoModel
+
+        model, tokenizer = load_pretrained(AutoModel, path, cls.train_hint)
+        return cls(config, model, tokenizer)
+
+    def load_payload(self, path: Path, layout: Layout) -> None:
+        """Nothing more: transformers read the weights in :meth:`build`."""
 
 
 def build_model(config: WorldClipConfig, tokenizer):
@@ -248,11 +282,6 @@ def fit_world_clip(
     start = time.perf_counter()
     trainer.fit(module, loader)
     seconds = time.perf_counter() - start
-    model.eval()
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    build_image_processor(config.image_size).save_pretrained(out_dir)
-    config.save(out_dir / "world_clip_config.yaml")
     summary = {
         "pairs": len(train),
         "epochs": config.epochs,
@@ -262,6 +291,7 @@ def fit_world_clip(
         "warm_start_seconds": round(warm_seconds, 1),
         "final_loss": float(trainer.callback_metrics.get("train/loss", float("nan"))),
     }
+    WorldClip(config, model.eval(), tokenizer).save(out_dir, summary)
     logger.info("world CLIP trained: %s", summary)
     return summary
 

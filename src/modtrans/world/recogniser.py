@@ -31,11 +31,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from modtrans.config import Config, read_mapping
+from modtrans.artefacts import Artefact, Layout
+from modtrans.config import Config
 from modtrans.data.coco import read_coco_captions
 from modtrans.encoders.conv_clip import conv_tower
 from modtrans.images import load_images, pixel_values, uint8_images, unit_pixels
-from modtrans.io import load_weights, require_file, save_weights, write_json
+from modtrans.io import require_file, write_json
 from modtrans.world.captions import COLOURS, SHAPES
 from modtrans.world.generator import (
     WorldConfig,
@@ -50,7 +51,6 @@ COLOUR_NAMES: tuple[str, ...] = tuple(COLOURS)
 PAIRS: tuple[tuple[str, str], ...] = tuple((c, s) for c in COLOUR_NAMES for s in SHAPES)
 MAX_OBJECTS = 4
 IGNORE = -100  # cell target of a hidden object: neither "nothing" nor a class
-WEIGHTS, CONFIG = "recogniser.safetensors", "recogniser_config.json"
 JUDGE_SEED_OFFSET = 1_000_003  # the judge's training world: the world's seed + this
 REPORT_BLUR = 1.0  # σ (px) of the blurred copy of the held-out images the report also scores
 
@@ -142,8 +142,13 @@ def object_grid(rows: list[dict[str, Any]], grid: int, min_area: float
     return shape, colour
 
 
-class AttributeRecogniser(nn.Module):
+class AttributeRecogniser(Artefact, nn.Module):
     """CNN over 64×64 world images: per-cell shape and colour classes, and an object count."""
+
+    kind = "recogniser"
+    config_class = RecogniserConfig
+    train_hint = "train one with `modtrans fit-recogniser WORLD --out DIR`"
+    legacy = Layout("recogniser_config.json", "recogniser.safetensors")
 
     HEADS: ClassVar[dict[str, int]] = {"shape": 1 + len(SHAPES), "colour": 1 + len(COLOUR_NAMES)}
 
@@ -195,31 +200,11 @@ class AttributeRecogniser(nn.Module):
         self.train(was_training)
         return {k: torch.cat(v) for k, v in parts.items()}
 
-    def save(self, out_dir: str | Path) -> Path:
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        save_weights(out_dir / WEIGHTS, self)
-        self.config.save(out_dir / CONFIG)
-        return out_dir
-
-    @staticmethod
-    def read_config(path: str | Path) -> RecogniserConfig:
-        """The config of the recogniser saved in ``path``."""
-        options = read_mapping(Path(path) / CONFIG)
-        options.setdefault("degrade", 0.0)  # saved before training images were degraded
-        options.setdefault("all_pairs", False)  # ... and before the judge saw every pair
-        return RecogniserConfig.from_dict(options)
-
     @classmethod
-    def load(cls, path: str | Path) -> AttributeRecogniser:
-        path = Path(path)
-        require_file(path / WEIGHTS, (
-            f"{path} holds no attribute recogniser ({WEIGHTS}); train one with "
-            "`modtrans fit-recogniser WORLD --out DIR`"
-        ))
-        model = cls(cls.read_config(path))
-        load_weights(model, path / WEIGHTS)
-        return model.eval()
+    def migrate(cls, options: dict[str, Any], version: int, path: Path) -> dict[str, Any]:
+        """Format 0: saved before training images were degraded and before the judge saw
+        every colour–shape pair."""
+        return {"degrade": 0.0, "all_pairs": False, **options} if version == 0 else options
 
 
 def gaussian_blur(pixels: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -433,7 +418,7 @@ def fit_recogniser(world_dir: str | Path, out_dir: str | Path,
                   model, blurred(held_out_images, REPORT_BLUR), held_out_rows)}
     if eval_split != "novel" and (world_dir / "novel" / "ground_truth.parquet").is_file():
         report["novel"] = recogniser_accuracy(model, *world_split(world_dir, "novel"))
-    model.save(out_dir)
+    model.save(out_dir, summary=report)
     write_json(out_dir / "recogniser_report.json", report)
     logger.info("attribute recogniser: %s", report)
     return report
