@@ -6,7 +6,7 @@ subclasses work in normalised space through :meth:`Translator._translate`.
 
 A checkpoint is a directory: ``model.safetensors`` (every tensor, normalisers included) and
 ``config.json`` (everything needed to rebuild: method, direction, dims, encoder specs and the
-method's own parameters). Loading never unpickles.
+method's own options, a plain dict of its options dataclass). Loading never unpickles.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import dataclasses
 import json
 import logging
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -23,6 +23,9 @@ from torch import Tensor, nn
 import modtrans
 from modtrans.config import Config
 from modtrans.io import load_weights, save_weights, write_json
+
+if TYPE_CHECKING:
+    from modtrans.translators.samplers import SamplerOptions
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +43,8 @@ class TranslatorConfig(Config):
         direction: ``text2image`` or ``image2text``.
         cond_dim, target_dim: Dc and D.
         image_encoder, text_encoder: the encoder specs of the store it was trained on.
-        params: the method's own hyper-parameters and data-dependent sizes.
+        params: the method's options (hyper-parameters and data-dependent sizes), every field
+            of its ``options_class`` as a plain dict.
         version: modtrans version that wrote it.
     """
 
@@ -106,23 +110,33 @@ def check_embeddings(x: Tensor, dim: int, what: str) -> None:
         raise ValueError(f"{what} holds NaN or inf in {bad} row(s); clean the embeddings first")
 
 
+@dataclasses.dataclass
+class NoOptions(Config):
+    """The options of a method that has none."""
+
+
 class Translator(nn.Module):
-    """Base class: subclasses set ``method`` and implement ``_translate`` (normalised space)."""
+    """Base class: subclasses set ``method`` and ``options_class`` and implement
+    ``_translate`` (normalised space)."""
 
     method: ClassVar[str]
     stochastic: ClassVar[bool] = False
     trainable: ClassVar[bool] = False
-    default_params: ClassVar[dict[str, Any]] = {}
+    options_class: ClassVar[type[Config]] = NoOptions
 
     def __init__(self, config: TranslatorConfig) -> None:
         super().__init__()
-        self.config = config
+        #: The method's options, built from ``config.params`` (an option missing there takes
+        #: its default); change them with :meth:`set_options` so the checkpoint follows.
+        self.options = self.options_class.from_dict(config.params)
+        self.config = dataclasses.replace(config, params=self.options.to_dict())
         self.cond_norm = Normalizer(config.cond_dim)
         self.target_norm = Normalizer(config.target_dim)
 
-    @property
-    def params(self) -> dict[str, Any]:
-        return self.config.params
+    def set_options(self, **changes: Any) -> None:
+        """Change some options (validated again) and the ``config.params`` saved with them."""
+        self.options = dataclasses.replace(self.options, **changes)
+        self.config.params = self.options.to_dict()
 
     def prepare(self, cn: Tensor, zn: Tensor, val_cn: Tensor, val_zn: Tensor) -> dict[str, Any]:
         """Closed-form fitting before (or instead of) gradient training, in normalised space.
@@ -148,7 +162,8 @@ class Translator(nn.Module):
         return float(torch.nn.functional.cosine_similarity(pred, z, dim=-1).mean())
 
     def _translate(self, cn: Tensor, *, mode: Mode, n_samples: int,
-                   generator: torch.Generator | None, **kwargs: Any) -> Tensor:
+                   generator: torch.Generator | None,
+                   sampling: SamplerOptions | None = None) -> Tensor:
         """(N, Dc) normalised conditions → (N, D) normalised targets."""
         raise NotImplementedError
 
@@ -161,7 +176,7 @@ class Translator(nn.Module):
         n_samples: int = 8,
         batch_size: int = 4096,
         generator: torch.Generator | None = None,
-        **kwargs: Any,
+        sampling: SamplerOptions | None = None,
     ) -> Tensor:
         """Translate condition embeddings into the target space.
 
@@ -173,7 +188,8 @@ class Translator(nn.Module):
             n_samples: draws for ``mean`` and ``best-of-k``.
             batch_size: rows translated at once.
             generator: randomness of stochastic translators.
-            **kwargs: method options (``steps``, ``guidance``, ``sampler``, ``eta`` for CED).
+            sampling: sampler settings overriding the saved ones where not None (stochastic
+                translators; the others ignore it).
 
         Returns:
             (N, D) float32 estimates in the raw target space.
@@ -190,7 +206,7 @@ class Translator(nn.Module):
         for chunk in c.split(batch_size):
             cn = self.cond_norm(chunk.to(device, torch.float32))
             zn = self._translate(cn, mode=mode, n_samples=n_samples, generator=generator,
-                                 **kwargs)
+                                 sampling=sampling)
             out.append(self.target_norm.inverse(zn).float().cpu())
         self.train(was_training)
         return torch.cat(out)
@@ -243,10 +259,9 @@ def load_translator(path: str | Path, device: str | torch.device = "cpu") -> Tra
     cls = translator_class(config.method)
     # Options added to a method after a checkpoint was written take their defaults there; a
     # new option's default must therefore reproduce the behaviour from before it existed.
-    missing = sorted(set(cls.default_params) - set(config.params))
+    missing = sorted({f.name for f in dataclasses.fields(cls.options_class)} - set(config.params))
     if missing:
         logger.debug("%s: options %s not in the checkpoint, defaults used", path, missing)
-    config.params = {**cls.default_params, **config.params}
     model = cls(config)
     load_weights(model, weights)
     return model.to(device).eval()
