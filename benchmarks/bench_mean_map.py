@@ -65,7 +65,7 @@ def fit_or_load(method: str, params: dict[str, Any], train_config: dict[str, Any
         model, info = load_translator(ckpt), json.loads(info_file.read_text())
         same_train = all(info["train_config"].get(k) == v for k, v in train_config.items())
         if model.config.method == method and same_train and all(
-                model.params.get(k) == v for k, v in params.items()):
+                model.config.params.get(k) == v for k, v in params.items()):
             return model, info
     return fit_translator(method, train, val, ckpt, params=params,
                           train_config=TrainConfig(**train_config), progress=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from cli_helpers import assert_cli_error
 import modtrans.cli
 from modtrans.cli import main
 from modtrans.data.store import EmbeddingStore
+from modtrans.translators.base import list_translators, translator_class
 
 VERBS = sorted(typer.main.get_command(modtrans.cli.app).commands)
 
@@ -58,6 +60,24 @@ def test_encoders_lists_kinds(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     for kind in ("hf:", "sbert:", "open_clip:"):
         assert kind in out
+
+
+def test_methods_lists_the_options_dataclasses(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["methods"]) == 0
+    blocks: dict[str, list[str]] = {}
+    for line in capsys.readouterr().out.splitlines():
+        if line.startswith("  "):  # an option of the method above
+            blocks[next(reversed(blocks))].append(line.strip())
+        else:
+            blocks[line.split(":")[0]] = []
+    assert sorted(blocks) == list_translators()
+    for method, lines in blocks.items():
+        options_class = translator_class(method).options_class
+        defaults = options_class().to_dict()
+        assert lines == [f"{f.name}: {f.type} = {json.dumps(defaults[f.name])}"
+                         for f in dataclasses.fields(options_class)]
+    assert "steps: int = 10" in blocks["ced"] and "loss: str = \"cosine\"" in blocks["mlp"]
+    assert blocks["identity"] == [] and "ridge_lambdas" not in str(blocks["ced-paper"])
 
 
 def test_usage_errors_exit_2_without_traceback(capsys: pytest.CaptureFixture[str]) -> None:

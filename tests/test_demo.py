@@ -20,6 +20,7 @@ from modtrans.cli import main
 from modtrans.data.store import EmbeddingStore, StoreWriter
 from modtrans.demo import PRESETS, run_demo
 from modtrans.eval.worldbench import markdown_table
+from modtrans.translators.samplers import SamplerOptions
 
 TINY = PRESETS["tiny"]
 SPLITS = [(d, s) for d in ("text2image", "image2text") for s in TINY.eval_splits]
@@ -244,11 +245,11 @@ def test_eval_passes_sampler_options(
 ) -> None:
     import modtrans.eval.worldbench as worldbench
 
-    seen: list[dict] = []
+    seen: list[SamplerOptions] = []
     real = worldbench.evaluate_translator
 
     def spy(model: Any, split: Any, *, options: Any, zero_shot: Any = None) -> dict:
-        seen.append(dict(options.sampler_options))
+        seen.append(options.sampling)
         return real(model, split, options=options, zero_shot=zero_shot)
 
     monkeypatch.setattr(worldbench, "evaluate_translator", spy)
@@ -257,7 +258,7 @@ def test_eval_passes_sampler_options(
             "--sampler", "ddim"]  # fmt: skip
     result = json.loads(_run(capsys, [*argv, "--guidance", "0"]))
     assert result["method"] == "ced" and result["diversity"] > 0
-    assert seen == [{"steps": 2, "guidance": 0.0, "sampler": "ddim"}]  # 0 is a valid scale
+    assert seen == [SamplerOptions(steps=2, guidance=0.0, sampler="ddim")]  # 0 is a valid scale
     _error(capsys, [*argv[:-2], "--sampler", "nope"], "unknown sampler 'nope'")
 
 
@@ -327,6 +328,23 @@ def test_translate_texts(demo: Demo, tmp_path: Path, capsys: pytest.CaptureFixtu
     # The same seed gives the same embeddings.
     _run(capsys, [*argv[:6], "--out", str(tmp_path / "again.npy"), "--n-samples", "2"])
     np.testing.assert_array_equal(np.load(tmp_path / "again.npy"), z)
+
+
+def test_translate_sampler_options(
+    demo: Demo, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["translate", str(demo.checkpoint("text2image", "ced")), "--text", "a red circle",
+            "--n-samples", "2"]  # fmt: skip
+    outputs = {}
+    for name, extra in (("saved", []), ("one", ["--steps", "1"]), ("again", ["--steps", "1"]),
+                        ("ddim", ["--sampler", "ddim", "--eta", "0.5", "--guidance", "2"])):
+        _run(capsys, [*argv, "--out", str(tmp_path / f"{name}.npy"), *extra])
+        outputs[name] = np.load(tmp_path / f"{name}.npy")
+    np.testing.assert_array_equal(outputs["one"], outputs["again"])
+    assert not np.array_equal(outputs["one"], outputs["saved"])
+    assert not np.array_equal(outputs["ddim"], outputs["saved"])
+    _error(capsys, [*argv, "--steps", "0"], "steps must be an int >= 1", "--steps")
+    _error(capsys, [*argv, "--sampler", "nope"], "unknown sampler 'nope'", "ddim")
 
 
 def test_translate_image_with_a_text2image_checkpoint(

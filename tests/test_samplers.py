@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from modtrans.translators.diffusion import Objective
 from modtrans.translators.samplers import (
+    SamplerOptions,
     ddim_sample,
     dpm_solver_sample,
     get_sampler,
@@ -322,3 +323,28 @@ def test_samplers_fix_the_condition_once_with_the_same_result(sampler: str,
         (grad_plain,) = torch.autograd.grad(plain.square().sum(), cond)
         torch.testing.assert_close(grad_fast, grad_plain)
         assert grad_fast.abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    ("values", "needle"),
+    [
+        ({"sampler": "euler"}, r"unknown sampler 'euler'; choose one of \['ddim', 'dpm'\]"),
+        ({"steps": 0}, r"steps must be an int >= 1, got 0 \(--steps"),
+        ({"steps": 2.5}, "steps must be an int >= 1, got 2.5"),
+        ({"guidance": -0.5}, r"guidance must be >= 0, got -0.5 \(--guidance"),
+        ({"eta": -1.0}, r"eta must be >= 0, got -1.0 \(--eta"),
+        ({"eta": math.nan}, "eta must be >= 0"),
+    ],
+)
+def test_sampler_options_validation(values: dict, needle: str) -> None:
+    with pytest.raises(ValueError, match=needle):
+        SamplerOptions(**values)
+
+
+def test_sampler_options_merge_only_the_fields_an_override_sets() -> None:
+    saved = SamplerOptions(sampler="dpm", steps=10, guidance=1.0, eta=0.0)
+    assert SamplerOptions() == SamplerOptions(None, None, None, None)  # all "the saved value"
+    assert saved.merged(None) is saved and saved.merged(SamplerOptions()) == saved
+    assert saved.merged(SamplerOptions(steps=2, guidance=0.0)) == SamplerOptions(
+        sampler="dpm", steps=2, guidance=0.0, eta=0.0)  # 0 is a value, not "unset"
+    assert set(list_samplers()) == {"ddim", "dpm"}

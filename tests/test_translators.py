@@ -7,6 +7,7 @@ the images the targets), so that the right answer of the linear methods is known
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import shutil
@@ -29,7 +30,9 @@ from modtrans.translators.base import (
     list_translators,
     translator_class,
 )
-from modtrans.translators.ced import CEDTranslator
+from modtrans.translators.baselines import KNNOptions, MLPOptions, RidgeOptions
+from modtrans.translators.ced import CEDOptions, CEDPaperOptions
+from modtrans.translators.samplers import SamplerOptions
 
 D = 16
 N_TRAIN, N_VAL = 600, 200
@@ -72,6 +75,10 @@ def sim(pred: torch.Tensor, target: torch.Tensor) -> float:
 
 def seeded(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
+
+
+def option_names(method: str) -> set[str]:
+    return {f.name for f in dataclasses.fields(translator_class(method).options_class)}
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +145,7 @@ def test_save_load_round_trip(
     config = saved_options(ckpt)
     assert config["method"] == method and config["direction"] == "text2image"
     assert (config["cond_dim"], config["target_dim"]) == (D, D)
-    assert set(config["params"]) == set(translator_class(method).default_params)
+    assert set(config["params"]) == option_names(method)
     for key, value in TINY.get(method, {}).items():
         assert config["params"][key] == value
     with safe_open(str(ckpt / "model.safetensors"), "pt") as f:
@@ -177,7 +184,7 @@ def test_ridge_recovers_linear_map(tmp_path: Path) -> None:
     assert sim(pred, val.target) > 0.999
     torch.testing.assert_close(pred, val.cond @ A, atol=0.02, rtol=0.01)
     chosen = info["chosen"]
-    grid = model.params["lambdas"]
+    grid = model.options.lambdas
     assert chosen["lambda"] in grid
     by_lambda = chosen["val_sim_by_lambda"]
     assert list(by_lambda) == grid
@@ -223,7 +230,7 @@ def test_knn_k1_returns_training_targets(data: tuple[PairedSplit, ...], tmp_path
     assert info["chosen"]["k"] == 1
     torch.testing.assert_close(model.translate(train.cond), train.target, atol=1e-4, rtol=1e-4)
     loaded = Translator.load(tmp_path)
-    assert loaded.params["n_train"] == N_TRAIN
+    assert loaded.options.n_train == N_TRAIN
     torch.testing.assert_close(loaded.translate(train.cond[:20]), train.target[:20], atol=1e-4,
                                rtol=1e-4)
 
@@ -253,7 +260,7 @@ def test_ced_mapping_is_the_ridge_solution(
     fitted: dict, data: tuple[PairedSplit, ...], tmp_path: Path
 ) -> None:
     ced, ced_info, _ = fitted["ced"]
-    lambdas = CEDTranslator.default_params["ridge_lambdas"]
+    lambdas = CEDOptions().ridge_lambdas
     ridge, ridge_info = fit_translator("ridge", *data, tmp_path, params={"lambdas": lambdas},
                                        progress=False)
     assert ced_info["chosen"]["ridge_lambda"] == ridge_info["chosen"]["lambda"]
@@ -366,16 +373,39 @@ def test_ced_sampler_options_override_the_defaults(
     model = fitted["ced"][0]
     c = data[1].cond[:20]
     default = model.translate(c, mode="sample", generator=seeded(0))
-    explicit = {k: model.params[k] for k in ("sampler", "steps", "guidance", "eta")}
-    assert torch.equal(model.translate(c, mode="sample", generator=seeded(0), **explicit),
+    explicit = model.options.sampling
+    assert torch.equal(model.translate(c, mode="sample", generator=seeded(0), sampling=explicit),
                        default)
     for override in ({"steps": 2}, {"sampler": "ddim"}, {"guidance": 0.0}):
-        other = model.translate(c, mode="sample", generator=seeded(0), **override)
+        other = model.translate(c, mode="sample", generator=seeded(0),
+                                sampling=SamplerOptions(**override))
         assert not torch.equal(other, default), override
-    with pytest.raises(ValueError, match=r"unknown sampler option\(s\) \['step'\].*'steps'"):
-        model.translate(c, step=2)
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['step'\].*'steps'"):
+        model.translate(c, sampling=SamplerOptions.from_dict({"step": 2}))
     with pytest.raises(ValueError, match="unknown sampler 'nope'"):
-        model.translate(c, sampler="nope")
+        model.translate(c, sampling=SamplerOptions(sampler="nope"))
+
+
+def test_sampling_override_equals_a_checkpoint_saved_with_it(
+    fitted: dict, data: tuple[PairedSplit, ...], tmp_path: Path
+) -> None:
+    model, _, ckpt = fitted["ced"]
+    c = data[1].cond[:20]
+    one_step = model.translate(c, generator=seeded(0), sampling=SamplerOptions(steps=1))
+    assert not torch.equal(one_step, model.translate(c, generator=seeded(0)))
+    shutil.copytree(ckpt, tmp_path / "ced")
+    config = json.loads((tmp_path / "ced" / "config.json").read_text())
+    config["params"]["steps"] = 1
+    (tmp_path / "ced" / "config.json").write_text(json.dumps(config))
+    saved = Translator.load(tmp_path / "ced")
+    assert saved.options.sampling == dataclasses.replace(model.options.sampling, steps=1)
+    assert torch.equal(saved.translate(c, generator=seeded(0)), one_step)
+
+
+def test_baselines_ignore_sampling(fitted: dict, data: tuple[PairedSplit, ...]) -> None:
+    model, c = fitted["ridge"][0], data[1].cond[:20]
+    assert torch.equal(model.translate(c, sampling=SamplerOptions(steps=1, sampler="ddim")),
+                       model.translate(c))
 
 
 def test_ced_beats_identity_on_val(fitted: dict, data: tuple[PairedSplit, ...]) -> None:
@@ -442,7 +472,8 @@ def test_checkpoint_without_a_newer_option_loads_with_its_default(fitted: dict,
         del config["params"][key]
     write_options(ckpt, config)
     old, new = Translator.load(ckpt), Translator.load(fitted["ced"][2])
-    assert old.params["mean_map"] == "ridge" and old.correction is None
+    assert old.options.mean_map == "ridge" and old.correction is None
+    assert old.options == new.options and old.config.params == new.config.params
     c = torch.randn(8, D, generator=seeded(5))
     torch.testing.assert_close(old.translate(c, mode="sample", generator=seeded(6)),
                                new.translate(c, mode="sample", generator=seeded(6)))
@@ -465,7 +496,7 @@ def test_ced_training_lowers_the_loss(tmp_path: Path) -> None:
     train, val = pairs(N_TRAIN, 1), pairs(N_VAL, 2)
     tc = train_config(epochs=5, batch_size=64)
     losses: dict[Any, float] = {}
-    default_ema = CEDTranslator.default_params["ema_decay"]
+    default_ema = CEDOptions().ema_decay
     for ema in (None, default_ema):
         params = {**TINY["ced"], "ema_decay": ema}
         model, info = fit_translator("ced", train, val, tmp_path / str(ema), params=params,
@@ -493,7 +524,7 @@ def test_ced_paper_rec_loss_backpropagates_through_the_sampler(
     fitted: dict, data: tuple[PairedSplit, ...]
 ) -> None:
     model = Translator.load(fitted["ced-paper"][2])  # own copy: its params are changed here
-    model.params["lambda_diff"] = 0.0  # the L1 term through the DDIM sample, alone
+    model.set_options(lambda_diff=0.0)  # the L1 term through the DDIM sample, alone
     train, _ = data
     cn, zn = model.cond_norm(train.cond[:64]), model.target_norm(train.target[:64])
     model.train()
@@ -573,6 +604,50 @@ def test_unknown_method_option(data: tuple[PairedSplit, ...], tmp_path: Path) ->
     with pytest.raises(ValueError, match=r"\['widht'\].*valid options: .*'width'"):
         fit_translator("mlp", *data, tmp_path, params={"widht": 32}, progress=False)
     assert not (tmp_path / "config.json").exists()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_unknown_option_lists_the_options_dataclass_fields(
+    method: str, data: tuple[PairedSplit, ...]
+) -> None:
+    with pytest.raises(ValueError, match=r"\['nope'\].*valid options") as error:
+        build_translator(method, "text2image", data[0], params={"nope": 1})
+    assert f"valid options: {sorted(option_names(method))}" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("options_class", "values", "needle"),
+    [
+        (CEDOptions, {"cond_drop": 1.0}, r"cond_drop must be in \[0, 1\).*--param cond_drop"),
+        (CEDOptions, {"mean_map": "linear"}, "mean_map must be 'ridge' or 'mlp'.*--param"),
+        (CEDOptions, {"objective": "score"}, "objective must be one of.*--param objective"),
+        (CEDOptions, {"ridge_lambdas": []}, "ridge_lambdas must be a non-empty.*--param"),
+        (CEDOptions, {"steps": 0}, "steps must be an int >= 1"),
+        (CEDOptions, {"steps": None}, "steps.*need values.*--param"),
+        (CEDOptions, {"sampler": "euler"}, "unknown sampler 'euler'.*'ddim'"),
+        (CEDPaperOptions, {"guidance": -1.0}, "guidance must be >= 0"),
+        (CEDPaperOptions, {"cond_drop": -0.1}, "cond_drop"),
+        (RidgeOptions, {"lambdas": [0.1, -1.0]}, "lambdas must be a non-empty list.*--param"),
+        (MLPOptions, {"loss": "l1"}, "mlp loss must be 'cosine' or 'mse'.*--param loss"),
+        (MLPOptions, {"width": 0}, "width and depth must be at least 1.*--param width"),
+        (MLPOptions, {"dropout": 1.0}, r"dropout must be in \[0, 1\).*--param dropout"),
+        (KNNOptions, {"ks": []}, "ks must be a non-empty list.*--param ks"),
+        (KNNOptions, {"k": 0}, "k must be >= 1"),
+    ],
+)
+def test_options_validation_names_the_option(options_class: type, values: dict,
+                                             needle: str) -> None:
+    with pytest.raises(ValueError, match=needle):
+        options_class(**values)
+
+
+def test_options_round_trip_as_the_checkpoint_dict(fitted: dict) -> None:
+    for method in METHODS:
+        model = fitted[method][0]
+        assert model.config.params == model.options.to_dict()
+        assert type(model.options).from_dict(model.config.params) == model.options
+    knn = fitted["knn"][0]
+    assert (knn.options.n_train, knn.config.params["n_train"]) == (N_TRAIN, N_TRAIN)
 
 
 def test_unknown_method(data: tuple[PairedSplit, ...], tmp_path: Path) -> None:

@@ -12,6 +12,15 @@ import yaml
 
 from modtrans.cli.application import app
 
+#: The sampler settings ``eval`` and ``translate`` take; unset, the checkpoint's are used.
+SAMPLER = typer.Option(None, help="Sampler of a stochastic translator: ddim or dpm "
+                       "(default: the checkpoint's).")
+STEPS = typer.Option(None, help="Sampling steps (default: the checkpoint's).")
+GUIDANCE = typer.Option(None, help="Classifier-free guidance scale, >= 0 (default: the "
+                        "checkpoint's).")
+ETA = typer.Option(None, help="Sampler noise η, >= 0; dpm takes 0 or 1 (default: the "
+                   "checkpoint's).")
+
 
 def parse_params(items: list[str] | None) -> dict:
     """``["steps=20", "ks=[1, 5]"]`` → ``{"steps": 20, "ks": [1, 5]}`` (values read as YAML)."""
@@ -31,8 +40,9 @@ def train(
     method: str = typer.Option("ced", help="ced, ced-paper, ridge, mlp, knn, mean-shift, "
                                "identity (`modtrans methods` lists them)."),
     out: Path = typer.Option(..., "--out", "-o", help="Checkpoint directory to write."),
-    param: list[str] = typer.Option(None, help="Method option KEY=VALUE (repeatable), e.g. "
-                                    "--param width=1024 --param steps=20."),
+    param: list[str] = typer.Option(None, help="Method option KEY=VALUE, the value read as "
+                                    "YAML (repeatable; `modtrans methods` lists each method's "
+                                    "options), e.g. --param width=1024 --param steps=20."),
     config: Path = typer.Option(None, help="YAML/JSON file of TrainConfig options."),
     epochs: int = typer.Option(None, help="Training epochs (trainable methods)."),
     batch_size: int = typer.Option(None, help="Pairs per step."),
@@ -67,11 +77,18 @@ def train(
 
 @app.command("methods")
 def methods() -> None:
-    """List the translator methods and their default options."""
+    """List the translator methods and their options (name: type = default), which `train`
+    takes as --param NAME=VALUE."""
+    import dataclasses
+
     from modtrans.translators.base import list_translators, translator_class
 
     for name in list_translators():
-        typer.echo(f"{name}: {json.dumps(translator_class(name).default_params)}")
+        options_class = translator_class(name).options_class
+        defaults = options_class().to_dict()
+        typer.echo(f"{name}:" if defaults else f"{name}: (no options)")
+        for field in dataclasses.fields(options_class):
+            typer.echo(f"  {field.name}: {field.type} = {json.dumps(defaults[field.name])}")
 
 
 @app.command("eval")
@@ -84,9 +101,10 @@ def evaluate(
     direction: str = typer.Option(None, help="Needed with a method name."),
     max_images: int = typer.Option(1000, help="Evaluate on the first N images (0: all)."),
     n_samples: int = typer.Option(8, help="Draws averaged in mean mode."),
-    steps: int = typer.Option(None, help="Sampling steps (stochastic translators)."),
-    guidance: float = typer.Option(None, help="Classifier-free guidance scale."),
-    sampler: str = typer.Option(None, help="ddim or dpm."),
+    sampler: str = SAMPLER,
+    steps: int = STEPS,
+    guidance: float = GUIDANCE,
+    eta: float = ETA,
     zero_shot: bool = typer.Option(True, help="Zero-shot shape classification (world stores)."),
     out: Path = typer.Option(None, help="Write the results here (.json; a .md table beside)."),
 ) -> None:
@@ -103,7 +121,9 @@ def evaluate(
     from modtrans.io import atomic_open, write_json
     from modtrans.training.translator import fit_translator
     from modtrans.translators.base import list_translators, load_translator, translator_class
+    from modtrans.translators.samplers import SamplerOptions
 
+    sampling = SamplerOptions(sampler=sampler, steps=steps, guidance=guidance, eta=eta)
     store = open_store(data, split)
     if Path(translator).is_dir():
         model = load_translator(translator)
@@ -128,13 +148,11 @@ def evaluate(
                 translator, load_pairs(open_store(data, "train"), direction),
                 load_pairs(open_store(data, "val"), direction), tmp, progress=False)
     pairs = load_pairs(store, model.config.direction, max_images or None)
-    sampler_options = {k: v for k, v in dict(steps=steps, guidance=guidance,
-                                             sampler=sampler).items() if v is not None}
     task = None
     if zero_shot and "main_shape" in store.image_metadata().column_names:
         task = world_shape_task(store, build_encoder(store.text_encoder))
     result = evaluate_translator(model, pairs, zero_shot=task, options=EvalOptions(
-        n_samples=n_samples, sampler_options=sampler_options))
+        n_samples=n_samples, sampling=sampling))
     result["split"] = split
     if out:
         write_json(out, result)
@@ -167,6 +185,10 @@ def translate(
     mode: str = typer.Option("mean", help="sample, mean or best-of-k."),
     n_samples: int = typer.Option(8, help="Draws for mean and best-of-k."),
     seed: int = typer.Option(0, help="Seed of the draws."),
+    sampler: str = SAMPLER,
+    steps: int = STEPS,
+    guidance: float = GUIDANCE,
+    eta: float = ETA,
 ) -> None:
     """Translate texts or images into the other space; save them and show neighbours."""
     import numpy as np
@@ -176,7 +198,9 @@ def translate(
     from modtrans.data.store import open_store
     from modtrans.io import save_npy
     from modtrans.translators.base import load_translator
+    from modtrans.translators.samplers import SamplerOptions
 
+    sampling = SamplerOptions(sampler=sampler, steps=steps, guidance=guidance, eta=eta)
     model = load_translator(checkpoint)
     cfg = model.config
     wrong = image if cfg.cond_modality == "text" else text
@@ -187,7 +211,7 @@ def translate(
     _, c, labels = encode_queries(text, image, image_spec=cfg.image_encoder,
                                   text_spec=cfg.text_encoder)
     z = model.translate(c, mode=mode, n_samples=n_samples,
-                        generator=torch.Generator().manual_seed(seed))
+                        generator=torch.Generator().manual_seed(seed), sampling=sampling)
     if out:
         save_npy(out, z.numpy().astype(np.float32))
         typer.echo(f"wrote {tuple(z.shape)} embeddings to {out}")

@@ -26,6 +26,7 @@ from modtrans.eval.metrics import (
     zero_shot_accuracy,
 )
 from modtrans.translators.base import Translator
+from modtrans.translators.samplers import SamplerOptions
 
 logger = logging.getLogger(__name__)
 
@@ -58,20 +59,21 @@ class EvalOptions:
         diversity_conditions, diversity_draws: conditions and draws per condition for the
             diversity metric.
         seed: seeds every draw, so a table is reproducible.
-        sampler_options: passed to ``translate`` (``steps``, ``guidance``, ``sampler``...).
+        sampling: sampler settings passed to ``translate`` (None: the saved ones).
     """
 
     n_samples: int = 8
     diversity_conditions: int = 256
     diversity_draws: int = 4
     seed: int = 0
-    sampler_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    sampling: SamplerOptions | None = None
 
 
 def _translate(translator: Translator, c: Tensor, mode: str, n: int, seed: int,
-               options: dict[str, Any]) -> Tensor:
+               sampling: SamplerOptions | None) -> Tensor:
     generator = torch.Generator().manual_seed(seed)
-    return translator.translate(c, mode=mode, n_samples=n, generator=generator, **options)
+    return translator.translate(c, mode=mode, n_samples=n, generator=generator,
+                                sampling=sampling)
 
 
 def evaluate_translator(
@@ -105,10 +107,10 @@ def evaluate_translator(
             f"targets, the store has {split.cond.shape[1]} and {split.target.shape[1]}: it "
             "was trained on other encoders"
         )
-    opts, seed = options.sampler_options, options.seed
+    sampling, seed = options.sampling, options.seed
     t2i = split.direction == "text2image"
     queries = split.queries
-    z_mean = _translate(translator, queries, "mean", options.n_samples, seed, opts)
+    z_mean = _translate(translator, queries, "mean", options.n_samples, seed, sampling)
     z_pair = z_mean if t2i else z_mean[split.owner]
     positives = {"target_index": split.owner} if t2i else {"gallery_owner": split.owner}
     result: dict[str, Any] = {
@@ -122,9 +124,9 @@ def evaluate_translator(
         **retrieval_metrics(z_mean, split.gallery, **positives),
     }
     if translator.stochastic:
-        z_sample = _translate(translator, queries, "sample", 1, seed + 1, opts)
+        z_sample = _translate(translator, queries, "sample", 1, seed + 1, sampling)
         m, k = min(options.diversity_conditions, len(queries)), options.diversity_draws
-        draws = _translate(translator, queries[:m].repeat(k, 1), "sample", 1, seed + 2, opts)
+        draws = _translate(translator, queries[:m].repeat(k, 1), "sample", 1, seed + 2, sampling)
         result["diversity"] = diversity(draws.view(k, m, -1))
         result["sim_sample"] = mean_cosine(z_sample if t2i else z_sample[split.owner],
                                            split.target)
@@ -157,15 +159,15 @@ def _zero_shot(translator: Translator, split: PairedSplit, task: ZeroShotTask,
                options: EvalOptions) -> dict[str, Any]:
     """Classify images through the translator: prompts → image space, or images → text."""
     c, p, d = task.prompt_emb.shape
-    opts, seed = options.sampler_options, options.seed
+    sampling, seed = options.sampling, options.seed
     labels = task.labels[: len(split.images)]
     if split.direction == "text2image":
         prompts = _translate(translator, task.prompt_emb.reshape(c * p, d), "mean",
-                             options.n_samples, seed, opts)
+                             options.n_samples, seed, sampling)
         classes = class_embeddings_from_prompts(prompts.view(c, p, -1))
         acc = zero_shot_accuracy(split.images, classes, labels)
     else:
-        images = _translate(translator, split.images, "mean", options.n_samples, seed, opts)
+        images = _translate(translator, split.images, "mean", options.n_samples, seed, sampling)
         acc = zero_shot_accuracy(images, class_embeddings_from_prompts(task.prompt_emb), labels)
     return {"zero_shot": acc, "zero_shot_raw": raw_zero_shot(split, task)}
 

@@ -115,19 +115,19 @@ def build_translator(
     image_encoder: str = "unknown",
     text_encoder: str = "unknown",
 ) -> Translator:
-    """A fresh translator with its params (defaults updated by ``params``) and normalisers."""
+    """A fresh translator with its options (defaults updated by ``params``) and normalisers."""
     cls = translator_class(method)
     params = dict(params or {})
-    unknown = sorted(set(params) - set(cls.default_params))
+    names = sorted(f.name for f in dataclasses.fields(cls.options_class))
+    unknown = sorted(set(params) - set(names))
     if unknown:
         raise ValueError(
-            f"unknown option(s) {unknown} for method {method!r}; "
-            f"valid options: {sorted(cls.default_params)}"
+            f"unknown option(s) {unknown} for method {method!r}; valid options: {names}"
         )
     config = TranslatorConfig(
         method=method, direction=direction, cond_dim=train.cond.shape[1],
         target_dim=train.target.shape[1], image_encoder=image_encoder,
-        text_encoder=text_encoder, params={**cls.default_params, **params},
+        text_encoder=text_encoder, params=params,
     )
     translator = cls(config)
     translator.cond_norm.fit(train.cond)
@@ -181,15 +181,16 @@ def fit_translator(
 
 def _train(translator: Translator, cn, zn, val_cn, val_zn, out_dir: Path, tc: TrainConfig,
            resume: bool, progress: bool) -> dict[str, Any]:
-    p = translator.params
+    options = translator.options
     train_loader = DataLoader(TensorDataset(cn, zn), batch_size=tc.batch_size, shuffle=True,
                               drop_last=len(cn) > tc.batch_size)
     val_loader = DataLoader(TensorDataset(val_cn, val_zn), batch_size=4096)
     ckpt_dir = out_dir / "lightning"
     callbacks: list[L.Callback] = [ModelCheckpoint(dirpath=ckpt_dir, save_last=True,
                                                    save_top_k=0)]
-    if p.get("ema_decay"):
-        callbacks.append(WeightAveraging(avg_fn=WarmupEMA(p["ema_decay"])))
+    ema_decay = getattr(options, "ema_decay", None)  # methods without the option: no EMA
+    if ema_decay:
+        callbacks.append(WeightAveraging(avg_fn=WarmupEMA(ema_decay)))
     logger_cls = (L.pytorch.loggers.CSVLogger if tc.logger == "csv"
                   else L.pytorch.loggers.TensorBoardLogger)
     trainer = L.Trainer(
@@ -198,7 +199,7 @@ def _train(translator: Translator, cn, zn, val_cn, val_zn, out_dir: Path, tc: Tr
         logger=logger_cls(out_dir, name="logs", version=""), callbacks=callbacks,
         enable_progress_bar=progress, enable_model_summary=False, log_every_n_steps=10,
     )
-    module = TranslatorModule(translator, lr=p["lr"], weight_decay=p["weight_decay"])
+    module = TranslatorModule(translator, lr=options.lr, weight_decay=options.weight_decay)
     last = ckpt_dir / "last.ckpt"
     if resume and not last.is_file():
         raise FileNotFoundError(f"--resume: no checkpoint at {last}; train without --resume")

@@ -6,7 +6,8 @@ subclasses work in normalised space through :meth:`Translator._translate`.
 
 A checkpoint is an artefact directory (:mod:`modtrans.artefacts`): ``model.safetensors``
 (every tensor, normalisers included), ``config.json`` (everything needed to rebuild: method,
-direction, dims, encoder specs and the method's own parameters) and ``summary.json``.
+direction, dims, encoder specs and the method's options as a plain dict of its options
+dataclass) and ``summary.json``.
 """
 
 from __future__ import annotations
@@ -14,13 +15,16 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 
 from modtrans.artefacts import Artefact, Layout
 from modtrans.config import Config
+
+if TYPE_CHECKING:
+    from modtrans.translators.samplers import SamplerOptions
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +42,8 @@ class TranslatorConfig(Config):
         direction: ``text2image`` or ``image2text``.
         cond_dim, target_dim: Dc and D.
         image_encoder, text_encoder: the encoder specs of the store it was trained on.
-        params: the method's own hyper-parameters and data-dependent sizes.
+        params: the method's options (hyper-parameters and data-dependent sizes), every field
+            of its ``options_class`` as a plain dict.
     """
 
     method: str
@@ -102,8 +107,14 @@ def check_embeddings(x: Tensor, dim: int, what: str) -> None:
         raise ValueError(f"{what} holds NaN or inf in {bad} row(s); clean the embeddings first")
 
 
+@dataclasses.dataclass
+class NoOptions(Config):
+    """The options of a method that has none."""
+
+
 class Translator(Artefact, nn.Module):
-    """Base class: subclasses set ``method`` and implement ``_translate`` (normalised space)."""
+    """Base class: subclasses set ``method`` and ``options_class`` and implement
+    ``_translate`` (normalised space)."""
 
     kind = "translator"
     config_class = TranslatorConfig
@@ -113,17 +124,21 @@ class Translator(Artefact, nn.Module):
     method: ClassVar[str]
     stochastic: ClassVar[bool] = False
     trainable: ClassVar[bool] = False
-    default_params: ClassVar[dict[str, Any]] = {}
+    options_class: ClassVar[type[Config]] = NoOptions
 
     def __init__(self, config: TranslatorConfig) -> None:
         super().__init__()
-        self.config = config
+        #: The method's options, built from ``config.params`` (an option missing there takes
+        #: its default); change them with :meth:`set_options` so the checkpoint follows.
+        self.options = self.options_class.from_dict(config.params)
+        self.config = dataclasses.replace(config, params=self.options.to_dict())
         self.cond_norm = Normalizer(config.cond_dim)
         self.target_norm = Normalizer(config.target_dim)
 
-    @property
-    def params(self) -> dict[str, Any]:
-        return self.config.params
+    def set_options(self, **changes: Any) -> None:
+        """Change some options (validated again) and the ``config.params`` saved with them."""
+        self.options = dataclasses.replace(self.options, **changes)
+        self.config.params = self.options.to_dict()
 
     def prepare(self, cn: Tensor, zn: Tensor, val_cn: Tensor, val_zn: Tensor) -> dict[str, Any]:
         """Closed-form fitting before (or instead of) gradient training, in normalised space.
@@ -149,7 +164,8 @@ class Translator(Artefact, nn.Module):
         return float(torch.nn.functional.cosine_similarity(pred, z, dim=-1).mean())
 
     def _translate(self, cn: Tensor, *, mode: Mode, n_samples: int,
-                   generator: torch.Generator | None, **kwargs: Any) -> Tensor:
+                   generator: torch.Generator | None,
+                   sampling: SamplerOptions | None = None) -> Tensor:
         """(N, Dc) normalised conditions → (N, D) normalised targets."""
         raise NotImplementedError
 
@@ -162,7 +178,7 @@ class Translator(Artefact, nn.Module):
         n_samples: int = 8,
         batch_size: int = 4096,
         generator: torch.Generator | None = None,
-        **kwargs: Any,
+        sampling: SamplerOptions | None = None,
     ) -> Tensor:
         """Translate condition embeddings into the target space.
 
@@ -174,7 +190,8 @@ class Translator(Artefact, nn.Module):
             n_samples: draws for ``mean`` and ``best-of-k``.
             batch_size: rows translated at once.
             generator: randomness of stochastic translators.
-            **kwargs: method options (``steps``, ``guidance``, ``sampler``, ``eta`` for CED).
+            sampling: sampler settings overriding the saved ones where not None (stochastic
+                translators; the others ignore it).
 
         Returns:
             (N, D) float32 estimates in the raw target space.
@@ -191,7 +208,7 @@ class Translator(Artefact, nn.Module):
         for chunk in c.split(batch_size):
             cn = self.cond_norm(chunk.to(device, torch.float32))
             zn = self._translate(cn, mode=mode, n_samples=n_samples, generator=generator,
-                                 **kwargs)
+                                 sampling=sampling)
             out.append(self.target_norm.inverse(zn).float().cpu())
         self.train(was_training)
         return torch.cat(out)
@@ -203,15 +220,15 @@ class Translator(Artefact, nn.Module):
 
     @classmethod
     def migrate(cls, options: dict[str, Any], version: int, path: Path) -> dict[str, Any]:
-        """Format 0 kept the writing modtrans version in the config; options added to a method
-        after a checkpoint was written take their defaults (so a new option's default must
-        reproduce the behaviour from before it existed)."""
+        """Format 0 kept the writing modtrans version in the config. Options added to a method
+        after a checkpoint was written take their defaults when its options are built (so a
+        new option's default must reproduce the behaviour from before it existed)."""
         options = {k: v for k, v in options.items() if k != "version"}
         method = translator_class(str(options.get("method")))
-        missing = sorted(set(method.default_params) - set(options.get("params", {})))
+        fields = {f.name for f in dataclasses.fields(method.options_class)}
+        missing = sorted(fields - set(options.get("params", {})))
         if missing:
             logger.debug("%s: options %s not in the checkpoint, defaults used", path, missing)
-        options["params"] = {**method.default_params, **options.get("params", {})}
         return options
 
 

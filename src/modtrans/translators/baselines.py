@@ -7,12 +7,14 @@ every inference mode returns the same output.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import dataclasses
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from modtrans.config import Config
 from modtrans.translators.base import Translator, TranslatorConfig, register_translator
 
 
@@ -75,21 +77,42 @@ def select_ridge(translator: Translator, cn: Tensor, zn: Tensor, val_cn: Tensor,
     return solutions[best], lambdas[best], dict(zip(lambdas, sims, strict=True))
 
 
+def check_lambdas(name: str, lambdas: list[float]) -> None:
+    """A ridge grid must hold at least one λ and no negative one."""
+    if not lambdas or min(lambdas) < 0:
+        raise ValueError(f"{name} must be a non-empty list of λ >= 0, got {lambdas!r}; "
+                         f"e.g. --param {name}=[0.01,0.1,1]")
+
+
+@dataclasses.dataclass
+class RidgeOptions(Config):
+    """Options of ``ridge``.
+
+    Attributes:
+        lambdas: the grid of λ (times N) tried; the one with the best val Sim is kept.
+    """
+
+    lambdas: list[float] = dataclasses.field(
+        default_factory=lambda: [1e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0])
+
+    def __post_init__(self) -> None:
+        check_lambdas("lambdas", self.lambdas)
+
+
 @register_translator
 class RidgeTranslator(Translator):
     """ẑ = c·W with W the ridge solution in normalised space; λ chosen by val Sim."""
 
     method = "ridge"
-    default_params: ClassVar[dict[str, Any]] = {
-        "lambdas": [1e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0],
-    }
+    options_class = RidgeOptions
+    options: RidgeOptions
 
     def __init__(self, config: TranslatorConfig) -> None:
         super().__init__(config)
         self.register_buffer("weight", torch.zeros(config.cond_dim, config.target_dim))
 
     def prepare(self, cn: Tensor, zn: Tensor, val_cn: Tensor, val_zn: Tensor) -> dict[str, Any]:
-        weight, lam, sims = select_ridge(self, cn, zn, val_cn, val_zn, self.params["lambdas"])
+        weight, lam, sims = select_ridge(self, cn, zn, val_cn, val_zn, self.options.lambdas)
         self.weight.copy_(weight)
         return {"lambda": lam, "val_sim_by_lambda": sims}
 
@@ -106,24 +129,49 @@ def mlp_net(in_dim: int, out_dim: int, width: int, depth: int, dropout: float) -
     return nn.Sequential(*layers)
 
 
+@dataclasses.dataclass
+class MLPOptions(Config):
+    """Options of ``mlp``.
+
+    Attributes:
+        width, depth: hidden width and number of hidden layers.
+        dropout: dropout probability after every hidden layer.
+        loss: ``cosine`` (in the raw target space) or ``mse`` (in normalised space).
+        lr, weight_decay: AdamW's.
+    """
+
+    width: int = 1024
+    depth: int = 2
+    dropout: float = 0.1
+    loss: str = "cosine"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+
+    def __post_init__(self) -> None:
+        if self.loss not in ("cosine", "mse"):
+            raise ValueError(f"mlp loss must be 'cosine' or 'mse', got {self.loss!r} "
+                             "(--param loss=mse)")
+        if self.width < 1 or self.depth < 1:
+            raise ValueError(f"width and depth must be at least 1, got {self.width} and "
+                             f"{self.depth} (e.g. --param width=1024 --param depth=2)")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout} "
+                             "(e.g. --param dropout=0.1)")
+
+
 @register_translator
 class MLPTranslator(Translator):
     """A residual MLP regressor trained with a cosine or MSE loss."""
 
     method = "mlp"
     trainable = True
-    default_params: ClassVar[dict[str, Any]] = {
-        "width": 1024, "depth": 2, "dropout": 0.1, "loss": "cosine", "lr": 1e-3,
-        "weight_decay": 1e-4,
-    }
+    options_class = MLPOptions
+    options: MLPOptions
 
     def __init__(self, config: TranslatorConfig) -> None:
         super().__init__(config)
-        p = self.params
-        if p["loss"] not in ("cosine", "mse"):
-            raise ValueError(f"mlp loss must be 'cosine' or 'mse', got {p['loss']!r}")
-        self.net = mlp_net(config.cond_dim, config.target_dim, p["width"], p["depth"],
-                           p["dropout"])
+        o = self.options
+        self.net = mlp_net(config.cond_dim, config.target_dim, o.width, o.depth, o.dropout)
         self.skip = nn.Linear(config.cond_dim, config.target_dim, bias=False)
 
     def _forward(self, cn: Tensor) -> Tensor:
@@ -131,7 +179,7 @@ class MLPTranslator(Translator):
 
     def training_loss(self, cn: Tensor, zn: Tensor) -> Tensor:
         pred = self._forward(cn)
-        if self.params["loss"] == "mse":
+        if self.options.loss == "mse":
             return F.mse_loss(pred, zn)
         pred_raw, z_raw = self.target_norm.inverse(pred), self.target_norm.inverse(zn)
         return 1 - F.cosine_similarity(pred_raw, z_raw, dim=-1).mean()
@@ -140,27 +188,50 @@ class MLPTranslator(Translator):
         return self._forward(cn)
 
 
+@dataclasses.dataclass
+class KNNOptions(Config):
+    """Options of ``knn``.
+
+    Attributes:
+        ks: the k tried on val; the one with the best val Sim is kept (as ``k``).
+        k: neighbours averaged (set by fitting).
+        n_train: training pairs kept as neighbours (set by fitting).
+    """
+
+    ks: list[int] = dataclasses.field(default_factory=lambda: [1, 5, 10, 20, 50])
+    k: int = 10
+    n_train: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.ks or min(self.ks) < 1:
+            raise ValueError(f"ks must be a non-empty list of k >= 1, got {self.ks!r}; "
+                             "e.g. --param ks=[1,5,10]")
+        if self.k < 1 or self.n_train < 0:
+            raise ValueError(f"k must be >= 1 and n_train >= 0, got {self.k} and "
+                             f"{self.n_train} (both are set by fitting)")
+
+
 @register_translator
 class KNNTranslator(Translator):
     """ẑ = the mean target of the k training conditions nearest to c (cosine); k chosen on val."""
 
     method = "knn"
-    default_params: ClassVar[dict[str, Any]] = {"ks": [1, 5, 10, 20, 50], "k": 10, "n_train": 0}
+    options_class = KNNOptions
+    options: KNNOptions
 
     def __init__(self, config: TranslatorConfig) -> None:
         super().__init__(config)
-        n = int(self.params["n_train"])
+        n = self.options.n_train
         self.register_buffer("keys", torch.zeros(n, config.cond_dim))
         self.register_buffer("values", torch.zeros(n, config.target_dim))
 
     def prepare(self, cn: Tensor, zn: Tensor, val_cn: Tensor, val_zn: Tensor) -> dict[str, Any]:
         self.keys = F.normalize(cn, dim=-1)
         self.values = zn.clone()
-        self.params["n_train"] = len(cn)
-        ks = [k for k in self.params["ks"] if k <= len(cn)]
+        ks = [k for k in self.options.ks if k <= len(cn)]
         sims = {k: self.val_similarity(self._neighbour_mean(val_cn, k), val_zn) for k in ks}
-        self.params["k"] = max(sims, key=sims.__getitem__)
-        return {"k": self.params["k"], "val_sim_by_k": sims}
+        self.set_options(n_train=len(cn), k=max(sims, key=sims.__getitem__))
+        return {"k": self.options.k, "val_sim_by_k": sims}
 
     def _neighbour_mean(self, cn: Tensor, k: int, chunk: int = 1024) -> Tensor:
         out = []
@@ -170,4 +241,4 @@ class KNNTranslator(Translator):
         return torch.cat(out)
 
     def _translate(self, cn: Tensor, **kwargs: Any) -> Tensor:
-        return self._neighbour_mean(cn, int(self.params["k"]))
+        return self._neighbour_mean(cn, self.options.k)

@@ -27,22 +27,103 @@ reach the Sim that K = 64 independent ones do.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import dataclasses
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from modtrans.config import Config
 from modtrans.translators.base import Mode, Translator, TranslatorConfig, register_translator
-from modtrans.translators.baselines import mlp_net, select_ridge
+from modtrans.translators.baselines import check_lambdas, mlp_net, select_ridge
 from modtrans.translators.denoisers import ConditionalMLP, DenoiserConfig
-from modtrans.translators.diffusion import diffusion_loss, randn
-from modtrans.translators.samplers import ddim_sample, get_sampler
+from modtrans.translators.diffusion import OBJECTIVES, diffusion_loss, randn
+from modtrans.translators.samplers import SamplerOptions, ddim_sample, get_sampler
 from modtrans.translators.schedules import NoiseSchedule
 
-_NET_KEYS = ("width", "depth", "dropout", "time_dim", "emb_dim")
-#: Sampler settings that ``translate(..., **options)`` may override.
-SAMPLER_OPTIONS = ("sampler", "steps", "guidance", "eta")
+
+@dataclasses.dataclass
+class DiffusionOptions(Config):
+    """The options both CED methods share (defaults: ``ced``'s): the denoiser, its noise
+    schedule and loss, the sampler and γ.
+
+    Attributes:
+        width, depth, dropout, time_dim, emb_dim: the :class:`DenoiserConfig` of the denoiser.
+        schedule, timesteps: the noise schedule's name and T.
+        objective: what the denoiser predicts (``eps``, ``x0`` or ``v``).
+        loss: the diffusion loss, ``l2`` or ``l1``.
+        cond_drop: fraction of conditions replaced by the null one in training (for guidance).
+        sampler, steps, guidance, eta: the saved :class:`SamplerOptions`.
+        gamma: γ, the size of the residual term (None: the mean residual norm on train).
+    """
+
+    width: int = 512
+    depth: int = 4
+    dropout: float = 0.0
+    time_dim: int = 128
+    emb_dim: int = 256
+    schedule: str = "cosine"
+    timesteps: int = 1000
+    objective: str = "v"
+    loss: str = "l2"
+    cond_drop: float = 0.1
+    sampler: str = "dpm"
+    steps: int = 10
+    guidance: float = 1.0
+    eta: float = 0.0
+    gamma: float | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.cond_drop < 1:
+            raise ValueError(f"cond_drop must be in [0, 1), got {self.cond_drop} "
+                             "(e.g. --param cond_drop=0.1)")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {list(OBJECTIVES)}, got "
+                             f"{self.objective!r} (e.g. --param objective=v)")
+        if None in dataclasses.astuple(self.sampling):  # building it validates the values
+            raise ValueError("sampler, steps, guidance and eta need values (None is only "
+                             "for overrides), e.g. --param steps=10")
+
+    @property
+    def sampling(self) -> SamplerOptions:
+        """The saved sampler settings, into which ``translate(..., sampling=...)`` merges."""
+        return SamplerOptions(sampler=self.sampler, steps=self.steps, guidance=self.guidance,
+                              eta=self.eta)
+
+    def denoiser_config(self, dim: int, cond_dim: int) -> DenoiserConfig:
+        """The denoiser's shape for D = ``dim`` targets and Dc = ``cond_dim`` conditions."""
+        return DenoiserConfig(dim=dim, cond_dim=cond_dim, width=self.width, depth=self.depth,
+                              dropout=self.dropout, time_dim=self.time_dim, emb_dim=self.emb_dim)
+
+
+@dataclasses.dataclass
+class CEDOptions(DiffusionOptions):
+    """Options of ``ced`` (besides :class:`DiffusionOptions`).
+
+    Attributes:
+        ridge_lambdas: the ridge grid of the map M (λ chosen on val).
+        mean_map: ``ridge`` (c·M) or ``mlp`` (c·M + g(c), g learned jointly).
+        map_width, map_depth: the size of g.
+        lr, weight_decay: AdamW's.
+        ema_decay: decay of the EMA weights that are saved (None: no EMA).
+    """
+
+    ridge_lambdas: list[float] = dataclasses.field(
+        default_factory=lambda: [1e-4, 1e-3, 1e-2, 0.1, 1.0])
+    mean_map: str = "ridge"
+    map_width: int = 1024
+    map_depth: int = 2
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    ema_decay: float | None = 0.995
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_lambdas("ridge_lambdas", self.ridge_lambdas)
+        if self.mean_map not in ("ridge", "mlp"):
+            raise ValueError(f"mean_map must be 'ridge' or 'mlp', got {self.mean_map!r} "
+                             "(--param mean_map=mlp)")
 
 
 @register_translator
@@ -52,38 +133,26 @@ class CEDTranslator(Translator):
     method = "ced"
     stochastic = True
     trainable = True
-    default_params: ClassVar[dict[str, Any]] = {
-        "width": 512, "depth": 4, "dropout": 0.0, "time_dim": 128, "emb_dim": 256,
-        "schedule": "cosine", "timesteps": 1000, "objective": "v", "loss": "l2",
-        "cond_drop": 0.1, "sampler": "dpm", "steps": 10, "guidance": 1.0, "eta": 0.0,
-        "gamma": None, "ridge_lambdas": [1e-4, 1e-3, 1e-2, 0.1, 1.0],
-        "mean_map": "ridge", "map_width": 1024, "map_depth": 2,
-        "lr": 1e-3, "weight_decay": 0.0, "ema_decay": 0.995,
-    }
+    options_class = CEDOptions
+    options: CEDOptions
 
     def __init__(self, config: TranslatorConfig) -> None:
         super().__init__(config)
-        p = self.params
-        if not 0 <= p["cond_drop"] < 1:
-            raise ValueError(f"cond_drop must be in [0, 1), got {p['cond_drop']}")
-        self.denoiser = ConditionalMLP(DenoiserConfig(
-            dim=config.target_dim, cond_dim=config.cond_dim, **{k: p[k] for k in _NET_KEYS}
-        ))
-        self.schedule = NoiseSchedule.from_name(p["schedule"], p["timesteps"])
+        o = self.options
+        self.denoiser = ConditionalMLP(o.denoiser_config(config.target_dim, config.cond_dim))
+        self.schedule = NoiseSchedule.from_name(o.schedule, o.timesteps)
         self._init_mapping()
 
     def _init_mapping(self) -> None:
-        p, config = self.params, self.config
-        if p["mean_map"] not in ("ridge", "mlp"):
-            raise ValueError(f"mean_map must be 'ridge' or 'mlp', got {p['mean_map']!r}")
+        o, config = self.options, self.config
         self.register_buffer("mapping", torch.zeros(config.cond_dim, config.target_dim))
         self.register_buffer("residual_scale", torch.ones(()))
         self.register_buffer("gamma", torch.ones(()))
         self.correction: nn.Sequential | None = None
-        if p["mean_map"] == "mlp":
+        if o.mean_map == "mlp":
             # No dropout: the residual the diffusion model learns is the one it is used with.
-            self.correction = mlp_net(config.cond_dim, config.target_dim, p["map_width"],
-                                      p["map_depth"], dropout=0.0)
+            self.correction = mlp_net(config.cond_dim, config.target_dim, o.map_width,
+                                      o.map_depth, dropout=0.0)
             nn.init.zeros_(self.correction[-1].weight)  # training starts at the ridge map
             nn.init.zeros_(self.correction[-1].bias)
 
@@ -93,25 +162,24 @@ class CEDTranslator(Translator):
         return out if self.correction is None else out + self.correction(cn)
 
     def prepare(self, cn: Tensor, zn: Tensor, val_cn: Tensor, val_zn: Tensor) -> dict[str, Any]:
-        weight, lam, _ = select_ridge(self, cn, zn, val_cn, val_zn,
-                                      self.params["ridge_lambdas"])
+        weight, lam, _ = select_ridge(self, cn, zn, val_cn, val_zn, self.options.ridge_lambdas)
         self.mapping.copy_(weight)
         residual = zn - cn @ self.mapping
         self.residual_scale.fill_(float(residual.std()))
-        gamma = self.params["gamma"]
+        gamma = self.options.gamma
         self.gamma.fill_(float(residual.norm(dim=-1).mean()) if gamma is None else gamma)
         return {"ridge_lambda": lam, "gamma": float(self.gamma),
                 "residual_scale": float(self.residual_scale)}
 
     def _drop_mask(self, n: int, device: torch.device) -> Tensor:
         """Per-sample condition dropping for classifier-free guidance: False → null condition."""
-        return torch.rand(n, device=device) >= self.params["cond_drop"]
+        return torch.rand(n, device=device) >= self.options.cond_drop
 
     def finish(self, cn: Tensor, zn: Tensor, val_cn: Tensor, val_zn: Tensor) -> dict[str, Any]:
         """With an MLP mean map, γ (when not given) is re-measured on the trained map's val
         residual: the MLP fits the train split more closely than ridge does, so its train
         residual is smaller than the one it meets on new data."""
-        if self.correction is None or self.params["gamma"] is not None:
+        if self.correction is None or self.options.gamma is not None:
             return {}
         self.gamma.fill_(float((val_zn - self.mapped(val_cn)).norm(dim=-1).mean()))
         return {"gamma": float(self.gamma)}
@@ -123,7 +191,7 @@ class CEDTranslator(Translator):
         x0 = (zn - mean.detach()) / self.residual_scale
         loss = diffusion_loss(
             self.denoiser, x0, cn, self.schedule.to(cn.device),
-            objective=self.params["objective"], loss=self.params["loss"],
+            objective=self.options.objective, loss=self.options.loss,
             cond_mask=self._drop_mask(len(cn), cn.device),
         )
         if self.correction is not None:
@@ -133,21 +201,18 @@ class CEDTranslator(Translator):
         return loss
 
     def sample_residual(self, cn: Tensor, *, generator: torch.Generator | None = None,
-                        noise: Tensor | None = None, **options: Any) -> Tensor:
+                        noise: Tensor | None = None,
+                        sampling: SamplerOptions | None = None) -> Tensor:
         """F(c): one diffusion draw per row, (N, D), from ``noise`` (default: drawn from
-        ``generator``); options override the sampler settings."""
-        unknown = sorted(set(options) - set(SAMPLER_OPTIONS))
-        if unknown:
-            raise ValueError(f"unknown sampler option(s) {unknown} for {self.method}; "
-                             f"valid options: {list(SAMPLER_OPTIONS)}")
-        p = {**self.params, **{k: v for k, v in options.items() if v is not None}}
+        ``generator``); the fields ``sampling`` sets override the saved sampler settings."""
+        s = self.options.sampling.merged(sampling)
         if noise is None:
             noise = randn(tuple((len(cn), self.config.target_dim)), generator=generator,
                           device=cn.device, dtype=cn.dtype)
-        sampler = get_sampler(p["sampler"])
+        sampler = get_sampler(s.sampler)
         return sampler(
-            self.denoiser, noise, self.schedule.to(cn.device), cn, steps=p["steps"],
-            eta=p["eta"], guidance=p["guidance"], objective=p["objective"], generator=generator,
+            self.denoiser, noise, self.schedule.to(cn.device), cn, steps=s.steps, eta=s.eta,
+            guidance=s.guidance, objective=self.options.objective, generator=generator,
         )
 
     def combine(self, cn: Tensor, residual: Tensor) -> Tensor:
@@ -155,7 +220,8 @@ class CEDTranslator(Translator):
         return self.mapped(cn) + self.gamma * F.normalize(residual, dim=-1)
 
     def _translate(self, cn: Tensor, *, mode: Mode, n_samples: int,
-                   generator: torch.Generator | None, **options: Any) -> Tensor:
+                   generator: torch.Generator | None,
+                   sampling: SamplerOptions | None = None) -> Tensor:
         k = 1 if mode == "sample" else n_samples
         noise = randn((k, len(cn), self.config.target_dim), generator=generator,
                       device=cn.device, dtype=cn.dtype)
@@ -166,7 +232,7 @@ class CEDTranslator(Translator):
             half = (k + 1) // 2
             noise = torch.cat([noise[:half], -noise[:half]])[:k]
         draws = self.sample_residual(cn.repeat(k, 1), generator=generator,
-                                     noise=noise.reshape(k * len(cn), -1), **options)
+                                     noise=noise.reshape(k * len(cn), -1), sampling=sampling)
         z_hat = self.combine(cn.repeat(k, 1), draws).view(k, len(cn), -1)  # (K, N, D)
         if mode != "best-of-k":
             return z_hat.mean(0)
@@ -176,18 +242,42 @@ class CEDTranslator(Translator):
         return z_hat[best, torch.arange(len(cn), device=cn.device)]
 
 
+@dataclasses.dataclass
+class CEDPaperOptions(DiffusionOptions):
+    """Options of ``ced-paper``: :class:`DiffusionOptions` with the seed's defaults, and its
+    loss weights.
+
+    Attributes:
+        lambda_rec, lambda_diff: weights of the L1 reconstruction and the diffusion loss.
+        lr, weight_decay: AdamW's.
+        ema_decay: decay of the EMA weights that are saved (None: no EMA).
+    """
+
+    width: int = 2048
+    depth: int = 10
+    dropout: float = 0.1
+    emb_dim: int = 512
+    schedule: str = "constant"
+    objective: str = "eps"
+    cond_drop: float = 0.05
+    sampler: str = "ddim"
+    steps: int = 50
+    guidance: float = 5.0
+    gamma: float | None = 1.0
+    lambda_rec: float = 1.0
+    lambda_diff: float = 2.0
+    lr: float = 1e-4
+    weight_decay: float = 1e-2
+    ema_decay: float | None = None
+
+
 @register_translator
 class CEDPaperTranslator(CEDTranslator):
     """The seed's training: learned M, diffusion of z, L1 through a 50-step guided DDIM."""
 
     method = "ced-paper"
-    default_params: ClassVar[dict[str, Any]] = {
-        "width": 2048, "depth": 10, "dropout": 0.1, "time_dim": 128, "emb_dim": 512,
-        "schedule": "constant", "timesteps": 1000, "objective": "eps", "loss": "l2",
-        "cond_drop": 0.05, "sampler": "ddim", "steps": 50, "guidance": 5.0, "eta": 0.0,
-        "gamma": 1.0, "lambda_rec": 1.0, "lambda_diff": 2.0,
-        "lr": 1e-4, "weight_decay": 1e-2, "ema_decay": None,
-    }
+    options_class = CEDPaperOptions
+    options: CEDPaperOptions
 
     def _init_mapping(self) -> None:
         self.projection = nn.Linear(self.config.cond_dim, self.config.target_dim, bias=False)
@@ -198,17 +288,17 @@ class CEDPaperTranslator(CEDTranslator):
         return self.projection(cn)
 
     def prepare(self, cn: Tensor, zn: Tensor, val_cn: Tensor, val_zn: Tensor) -> dict[str, Any]:
-        self.gamma.fill_(float(self.params["gamma"]))
+        self.gamma.fill_(float(self.options.gamma))
         return {"gamma": float(self.gamma)}
 
     def training_loss(self, cn: Tensor, zn: Tensor) -> Tensor:
-        p = self.params
+        o = self.options
         mask = self._drop_mask(len(cn), cn.device)
         schedule = self.schedule.to(cn.device)
-        diff = diffusion_loss(self.denoiser, zn, cn, schedule, objective=p["objective"],
-                              loss=p["loss"], cond_mask=mask)
+        diff = diffusion_loss(self.denoiser, zn, cn, schedule, objective=o.objective,
+                              loss=o.loss, cond_mask=mask)
         noise = torch.randn_like(zn)
-        sample = ddim_sample(self.denoiser, noise, schedule, cn, steps=p["steps"], eta=p["eta"],
-                             guidance=p["guidance"], objective=p["objective"])
+        sample = ddim_sample(self.denoiser, noise, schedule, cn, steps=o.steps, eta=o.eta,
+                             guidance=o.guidance, objective=o.objective)
         rec = F.l1_loss(self.combine(cn, sample), zn)
-        return p["lambda_rec"] * rec + p["lambda_diff"] * diff
+        return o.lambda_rec * rec + o.lambda_diff * diff

@@ -21,10 +21,14 @@ t = 0 before the last jump to ᾱ = 1, so that jump — a denoise to the posteri
 shrinks the sample spread by √(ᾱσ²/(ᾱσ² + 1-ᾱ)) for data of spread σ — starts from the least
 noise. DPM-Solver++ uses diffusers' "trailing" spacing, with which its multistep update is
 stable (ending at t = 0 makes its last step too long in log-SNR).
+
+:class:`SamplerOptions` carries the settings a translator's sampler runs with (name, steps,
+guidance, η) from the command line down to these functions.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from typing import Protocol
@@ -34,6 +38,7 @@ import torch
 from diffusers import DPMSolverMultistepScheduler
 from torch import Tensor
 
+from modtrans.config import Config
 from modtrans.translators.diffusion import (
     OBJECTIVES,
     Denoiser,
@@ -45,6 +50,7 @@ from modtrans.translators.schedules import NoiseSchedule
 
 __all__ = [
     "Sampler",
+    "SamplerOptions",
     "ddim_sample",
     "dpm_solver_sample",
     "get_sampler",
@@ -251,3 +257,38 @@ def get_sampler(name: str) -> Sampler:
     if name not in _SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; choose one of {list_samplers()}")
     return _SAMPLERS[name]
+
+
+@dataclasses.dataclass
+class SamplerOptions(Config):
+    """Which sampler a translator draws with and how; None leaves the translator's saved value.
+
+    Attributes:
+        sampler: a name from :func:`list_samplers`.
+        steps: denoising steps (at least 1, at most the schedule's T).
+        guidance: classifier-free guidance scale (0 = unconditional, 1 = conditional only).
+        eta: η, the noise added per step (0 = deterministic; ``dpm`` takes only 0 or 1).
+    """
+
+    sampler: str | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    eta: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.sampler is not None and self.sampler not in _SAMPLERS:
+            raise ValueError(f"unknown sampler {self.sampler!r}; choose one of "
+                             f"{list_samplers()} (--sampler)")
+        if self.steps is not None and (not isinstance(self.steps, int) or self.steps < 1):
+            raise ValueError(f"steps must be an int >= 1, got {self.steps!r} (--steps 10)")
+        for name in ("guidance", "eta"):
+            value = getattr(self, name)
+            if value is not None and not value >= 0:
+                raise ValueError(f"{name} must be >= 0, got {value!r} (--{name} 0 or more)")
+
+    def merged(self, override: SamplerOptions | None) -> SamplerOptions:
+        """These settings with every field that ``override`` sets (not None) in its place."""
+        if override is None:
+            return self
+        changes = {k: v for k, v in dataclasses.asdict(override).items() if v is not None}
+        return dataclasses.replace(self, **changes)
