@@ -394,9 +394,9 @@ def test_sampling_override_equals_a_checkpoint_saved_with_it(
     one_step = model.translate(c, generator=seeded(0), sampling=SamplerOptions(steps=1))
     assert not torch.equal(one_step, model.translate(c, generator=seeded(0)))
     shutil.copytree(ckpt, tmp_path / "ced")
-    config = json.loads((tmp_path / "ced" / "config.json").read_text())
+    config = saved_options(tmp_path / "ced")
     config["params"]["steps"] = 1
-    (tmp_path / "ced" / "config.json").write_text(json.dumps(config))
+    write_options(tmp_path / "ced", config)
     saved = Translator.load(tmp_path / "ced")
     assert saved.options.sampling == dataclasses.replace(model.options.sampling, steps=1)
     assert torch.equal(saved.translate(c, generator=seeded(0)), one_step)
