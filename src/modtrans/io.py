@@ -83,9 +83,3 @@ def require_file(path: str | os.PathLike, message: str) -> None:
     if not Path(path).is_file():
         raise FileNotFoundError(message)
 
-
-def load_weights(module: Any, path: str | os.PathLike) -> None:
-    """Load safetensors weights written by :func:`save_weights` into ``module`` (strict)."""
-    from safetensors.torch import load_file
-
-    module.load_state_dict(load_file(str(path)), strict=True)
