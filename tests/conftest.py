@@ -87,16 +87,14 @@ class TrainedClip:
 @pytest.fixture(scope="session")
 def tiny_clip(tiny_world: Path, tmp_path_factory: pytest.TempPathFactory) -> TrainedClip:
     """A tiny world CLIP trained once on ``tiny_world``; the in-memory model is kept too."""
-    from modtrans.training import contrastive
     from modtrans.world import clip as world_clip
 
     captured: dict[str, Any] = {}
-    real_module, real_tokenizer = contrastive.ContrastiveModule, world_clip.build_tokenizer
+    real_model, real_tokenizer = world_clip.build_model, world_clip.build_tokenizer
 
-    class CapturingModule(real_module):  # type: ignore[misc, valid-type]
-        def __init__(self, model: Any, **kwargs: Any) -> None:
-            super().__init__(model, **kwargs)
-            captured["model"] = model
+    def capturing_model(config: Any, tokenizer: Any) -> Any:
+        captured["model"] = real_model(config, tokenizer)
+        return captured["model"]
 
     def capturing_tokenizer(captions: list[str]) -> Any:
         captured["tokenizer"] = real_tokenizer(captions)
@@ -105,7 +103,7 @@ def tiny_clip(tiny_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Tra
     config = world_clip.WorldClipConfig(**TINY_CLIP)
     out = tmp_path_factory.mktemp("tiny_clip") / "clip"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(contrastive, "ContrastiveModule", CapturingModule)
+        mp.setattr(world_clip, "build_model", capturing_model)
         mp.setattr(world_clip, "build_tokenizer", capturing_tokenizer)
         world_clip.fit_world_clip_from_world(
             tiny_world, out, config=config, accelerator="cpu", progress=False

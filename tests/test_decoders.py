@@ -469,10 +469,10 @@ def test_latent_prior_learns_a_conditional_distribution(denoiser: str,
     """Trained on z = A·e + small noise, its draws follow the condition: their mean is close to
     A·e and far from the unconditional mean (zero), and their spread is the noise's (guidance 1:
     the learned distribution itself, not its guided sharpening)."""
-    import lightning as L
     from torch.utils.data import DataLoader, TensorDataset
 
-    from modtrans.decoders.latent_prior import LatentPrior, LatentPriorConfig, LatentPriorModule
+    from modtrans.decoders.latent_prior import LatentPrior, LatentPriorConfig
+    from modtrans.training.fit import Recipe, fit
 
     torch.manual_seed(0)
     a = torch.randn(3, 8)
@@ -484,10 +484,10 @@ def test_latent_prior_learns_a_conditional_distribution(denoiser: str,
                                steps=10, guidance=1.0)
     prior = LatentPrior(config, shape, 3)
     prior.scale.fill_(float(mean.std()))
-    L.Trainer(max_steps=600, accelerator="cpu", logger=False, enable_checkpointing=False,
-              enable_progress_bar=False, enable_model_summary=False).fit(
-        LatentPriorModule(prior), DataLoader(TensorDataset(mean, std, e), batch_size=256,
-                                             shuffle=True))
+    recipe = Recipe(epochs=75, max_steps=600, batch_size=256, lr=config.lr, weight_decay=0.01,
+                    accelerator="cpu", logger="none", progress=False)
+    fit(prior, prior.training_loss, DataLoader(TensorDataset(mean, std, e), batch_size=256,
+                                               shuffle=True), None, recipe, None)
     test_e = torch.randn(8, 3)
     draws = prior.sample(test_e.repeat(64, 1),
                          torch.randn(512, 8, generator=torch.Generator().manual_seed(1)))
@@ -533,16 +533,14 @@ def test_generate_uses_the_prior_and_its_overrides() -> None:
 @pytest.mark.parametrize("target", ["draw", "mean"])
 def test_latent_prior_target_is_a_posterior_draw_or_its_mean(
         target: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from modtrans.decoders.latent_prior import LatentPrior, LatentPriorConfig, LatentPriorModule
+    from modtrans.decoders.latent_prior import LatentPrior, LatentPriorConfig
 
     prior = LatentPrior(LatentPriorConfig(denoiser="mlp", width=8, depth=1, emb_dim=8,
                                           target=target), (16,), 3)
     seen = []
     monkeypatch.setattr(prior, "loss", lambda z, e: seen.append(z) or z.sum())
-    module = LatentPriorModule(prior)
-    monkeypatch.setattr(module, "log", lambda *args, **kwargs: None)
     mean, std = torch.zeros(4096, 16), torch.full((4096, 16), 2.0)
-    module.training_step((mean, std, torch.randn(4096, 3)), 0)
+    prior.training_loss((mean, std, torch.randn(4096, 3)))
     if target == "mean":
         assert torch.equal(seen[0], mean)
     else:
@@ -550,12 +548,15 @@ def test_latent_prior_target_is_a_posterior_draw_or_its_mean(
 
 
 def test_latent_prior_cosine_lr_decays_to_zero_over_its_steps() -> None:
-    from modtrans.decoders.latent_prior import LatentPrior, LatentPriorConfig, LatentPriorModule
+    from modtrans.decoders.latent_prior import LatentPrior, LatentPriorConfig
+    from modtrans.training.fit import FitModule
 
     def optimizers(**options):
         config = LatentPriorConfig(denoiser="mlp", width=8, depth=1, emb_dim=8, lr=0.01,
                                    train_steps=10, **options)
-        return LatentPriorModule(LatentPrior(config, (16,), 3)).configure_optimizers()
+        prior = LatentPrior(config, (16,), 3)
+        return FitModule(prior, prior.training_loss, config.recipe(1),
+                         config.train_steps).configure_optimizers()
 
     assert isinstance(optimizers(), torch.optim.AdamW)  # constant: no scheduler
     cosine = optimizers(lr_decay="cosine")

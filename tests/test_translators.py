@@ -22,7 +22,8 @@ from artefact_helpers import saved_options, write_options
 from safetensors import safe_open
 
 from modtrans.data.pairs import PairedSplit
-from modtrans.training.translator import TrainConfig, build_translator, fit_translator
+from modtrans.training.fit import Recipe
+from modtrans.training.translator import build_translator, fit_translator
 from modtrans.translators.base import (
     MODES,
     Translator,
@@ -36,7 +37,7 @@ from modtrans.translators.samplers import SamplerOptions
 
 D = 16
 N_TRAIN, N_VAL = 600, 200
-BATCH = 256  # TrainConfig's default batch size
+BATCH = 256  # Recipe's default batch size
 A = torch.randn(D, D, generator=torch.Generator().manual_seed(1234))
 B = torch.randn(D, D, generator=torch.Generator().manual_seed(4321)) / math.sqrt(D)
 METHODS = list_translators()
@@ -65,8 +66,8 @@ def linear_pairs(
     return PairedSplit(direction, images, texts, torch.arange(n))
 
 
-def train_config(epochs: int = 2, **kwargs: Any) -> TrainConfig:
-    return TrainConfig(epochs=epochs, accelerator="cpu", **kwargs)
+def train_config(epochs: int = 2, **kwargs: Any) -> Recipe:
+    return Recipe(epochs=epochs, accelerator="cpu", **kwargs)
 
 
 def sim(pred: torch.Tensor, target: torch.Tensor) -> float:
@@ -96,7 +97,7 @@ def fitted(
     for method in METHODS:
         model, info = fit_translator(
             method, *data, root / method, params=TINY.get(method),
-            train_config=train_config(), progress=False,
+            recipe=train_config(), progress=False,
         )  # fmt: skip
         out[method] = (model, info, root / method)
     return out
@@ -429,7 +430,7 @@ def test_ced_mlp_mean_map_learns_what_ridge_cannot(tmp_path: Path) -> None:
         torch.testing.assert_close(untrained.eval().mapped(cn), cn @ untrained.mapping)
 
     model, info = fit_translator("ced", train, val, tmp_path, params=params,
-                                 train_config=train_config(epochs=40, batch_size=64),
+                                 recipe=train_config(epochs=40, batch_size=64),
                                  progress=False)
     vcn, vzn = model.cond_norm(val.cond), model.target_norm(val.target)
     with torch.no_grad():
@@ -500,7 +501,7 @@ def test_ced_training_lowers_the_loss(tmp_path: Path) -> None:
     for ema in (None, default_ema):
         params = {**TINY["ced"], "ema_decay": ema}
         model, info = fit_translator("ced", train, val, tmp_path / str(ema), params=params,
-                                     train_config=tc, progress=False)
+                                     recipe=tc, progress=False)
         assert info["steps"] == 5 * (N_TRAIN // 64)
         L.seed_everything(tc.seed, verbose=False)  # the same initial weights as the fit
         untrained = build_translator("ced", "text2image", train, params=params)
@@ -576,11 +577,11 @@ def test_resume_continues_from_last_checkpoint(
 ) -> None:
     steps_per_epoch = N_TRAIN // BATCH
     _, first = fit_translator("ced", *data, tmp_path, params=TINY["ced"],
-                              train_config=train_config(epochs=1), progress=False)
+                              recipe=train_config(epochs=1), progress=False)
     assert first["steps"] == steps_per_epoch
     assert (tmp_path / "lightning" / "last.ckpt").is_file()
     _, info = fit_translator("ced", *data, tmp_path, params=TINY["ced"], resume=True,
-                             train_config=train_config(epochs=2), progress=False)
+                             recipe=train_config(epochs=2), progress=False)
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert info["steps"] == saved["steps"] == 2 * steps_per_epoch
     assert saved["epochs"] == 2
@@ -597,7 +598,7 @@ def test_resume_continues_from_last_checkpoint(
 def test_resume_without_checkpoint(data: tuple[PairedSplit, ...], tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"last\.ckpt"):
         fit_translator("ced", *data, tmp_path, params=TINY["ced"], resume=True,
-                       train_config=train_config(epochs=1), progress=False)
+                       recipe=train_config(epochs=1), progress=False)
 
 
 def test_unknown_method_option(data: tuple[PairedSplit, ...], tmp_path: Path) -> None:
@@ -661,12 +662,12 @@ def test_config_validation() -> None:
     with pytest.raises(ValueError, match="cond_dim must be positive"):
         TranslatorConfig(method="ridge", direction="text2image", cond_dim=0, target_dim=4)
     with pytest.raises(ValueError, match="epochs and batch_size"):
-        TrainConfig(epochs=0)
+        Recipe(epochs=0)
     with pytest.raises(ValueError, match="logger"):
-        TrainConfig(logger="wandb")
+        Recipe(logger="wandb")
     with pytest.raises(ValueError, match="precision must be one of"):
-        TrainConfig(precision="bf16-true")
-    assert TrainConfig(precision="bf16-mixed").precision == "bf16-mixed"
+        Recipe(precision="bf16-true")
+    assert Recipe(precision="bf16-mixed").precision == "bf16-mixed"
 
 
 def test_image2text_direction(tmp_path: Path) -> None:

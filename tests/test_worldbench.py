@@ -20,7 +20,8 @@ from modtrans.eval.worldbench import (
     evaluate_translator,
     markdown_table,
 )
-from modtrans.training.translator import TrainConfig, fit_translator
+from modtrans.training.fit import Recipe
+from modtrans.training.translator import fit_translator
 from modtrans.translators.base import Translator, TranslatorConfig
 
 D = 16
@@ -79,10 +80,10 @@ def models(
 ) -> dict[str, Translator]:
     root = tmp_path_factory.mktemp("worldbench")
     params = {"ced": TINY_CED, "mlp": {"width": 32}}
-    tc = TrainConfig(epochs=1, accelerator="cpu")
+    tc = Recipe(epochs=1, accelerator="cpu")
     return {
         method: fit_translator(method, *data, root / method, params=params.get(method),
-                               train_config=tc, progress=False)[0]
+                               recipe=tc, progress=False)[0]
         for method in [*DETERMINISTIC, "ced"]
     }
 

@@ -29,7 +29,7 @@ class DemoConfig(Config):
         clip: WorldClipConfig overrides.
         methods: translators trained and compared, in table order.
         method_params: per-method option overrides (e.g. net size).
-        method_train: per-method TrainConfig overrides (epochs, max_time).
+        method_train: per-method Recipe overrides (epochs, max_time).
         eval_images: images of each evaluation split used (their captions included).
         eval_splits: splits evaluated.
         n_samples: draws averaged in mean mode.
@@ -192,13 +192,14 @@ def _train(stores: Path, direction: str, method: str, ckpt: Path, config: DemoCo
            progress: bool) -> None:
     from modtrans.data.pairs import load_pairs
     from modtrans.data.store import open_store
-    from modtrans.training.translator import TrainConfig, fit_translator
+    from modtrans.training.fit import Recipe
+    from modtrans.training.translator import fit_translator
 
     train, val = open_store(stores, "train"), open_store(stores, "val")
     fit_translator(
         method, load_pairs(train, direction), load_pairs(val, direction), ckpt,
         params=config.method_params.get(method),
-        train_config=TrainConfig(**config.method_train.get(method, {})),
+        recipe=Recipe(**config.method_train.get(method, {})),
         image_encoder=train.image_encoder, text_encoder=train.text_encoder, progress=progress)
 
 

@@ -43,7 +43,7 @@ def train(
     param: list[str] = typer.Option(None, help="Method option KEY=VALUE, the value read as "
                                     "YAML (repeatable; `modtrans methods` lists each method's "
                                     "options), e.g. --param width=1024 --param steps=20."),
-    config: Path = typer.Option(None, help="YAML/JSON file of TrainConfig options."),
+    config: Path = typer.Option(None, help="YAML/JSON file of Recipe options."),
     epochs: int = typer.Option(None, help="Training epochs (trainable methods)."),
     batch_size: int = typer.Option(None, help="Pairs per step."),
     max_time: str = typer.Option(None, help="Wall-clock budget DD:HH:MM:SS."),
@@ -59,9 +59,10 @@ def train(
     """Train a translator on the train split (validation Sim on val each epoch)."""
     from modtrans.data.pairs import load_pairs
     from modtrans.data.store import open_store
-    from modtrans.training.translator import TrainConfig, fit_translator
+    from modtrans.training.fit import Recipe
+    from modtrans.training.translator import fit_translator
 
-    tc = TrainConfig.with_overrides(
+    tc = Recipe.with_overrides(
         config, epochs=epochs, batch_size=batch_size, max_time=max_time, precision=precision,
         accelerator=accelerator, devices=devices, strategy=strategy, logger=logger, seed=seed)
     train_store, val_store = open_store(data, "train"), open_store(data, "val")
@@ -69,7 +70,7 @@ def train(
     with contextlib.redirect_stdout(sys.stderr):
         _, info = fit_translator(
             method, load_pairs(train_store, direction), load_pairs(val_store, direction), out,
-            params=parse_params(param), train_config=tc, image_encoder=train_store.image_encoder,
+            params=parse_params(param), recipe=tc, image_encoder=train_store.image_encoder,
             text_encoder=train_store.text_encoder, resume=resume,
         )
     typer.echo(json.dumps(info, indent=2, default=str))

@@ -39,7 +39,7 @@ from modtrans.artefacts import Artefact, Layout, load_pretrained, load_state
 from modtrans.config import Config
 from modtrans.data.store import EmbeddingStore
 from modtrans.io import save_weights
-from modtrans.training.fit import fit_and_save
+from modtrans.training.fit import Recipe, fit, save_trained
 
 MODES = ("clipcap", "capdec")
 MAPPINGS = ("mlp", "transformer")
@@ -109,6 +109,11 @@ class CaptionDecoderConfig(Config):
             self.noise_variance = DEFAULT_NOISE[self.text_input]
         if self.noise_variance < 0 or self.prefix_length < 1 or self.max_length < 2:
             raise ValueError("noise_variance ≥ 0, prefix_length ≥ 1 and max_length ≥ 2 needed")
+
+    def recipe(self) -> Recipe:
+        """AdamW (torch's default weight decay 0.01, as it was tuned) on the captions' loss."""
+        return Recipe(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+                      weight_decay=0.01, seed=self.seed)
 
     @property
     def condition(self) -> str:
@@ -186,6 +191,13 @@ class CaptionDecoder(Artefact, nn.Module):
             ids[i, : len(row)] = torch.tensor(row)
             mask[i, : len(row)] = 1
         return {"input_ids": ids, "attention_mask": mask}
+
+    def training_loss(self, batch: tuple[torch.Tensor, list[str]]) -> dict[str, torch.Tensor]:
+        """The loss of a batch of (embeddings, captions)."""
+        e, captions = batch
+        tokens = self.tokenize(list(captions))
+        return {"loss": self.loss(e, tokens["input_ids"].to(e.device),
+                                  tokens["attention_mask"].to(e.device))}
 
     def loss(self, e: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
              ) -> torch.Tensor:
@@ -318,34 +330,12 @@ class _Captions(Dataset):
         return self.e[i], self.captions[i]
 
 
-class _CaptionModule(L.LightningModule):
-    def __init__(self, model: CaptionDecoder) -> None:
-        super().__init__()
-        self.model = model
-
-    def _loss(self, batch: tuple[torch.Tensor, list[str]]) -> torch.Tensor:
-        e, captions = batch
-        tokens = self.model.tokenize(list(captions))
-        return self.model.loss(e, tokens["input_ids"].to(e.device),
-                               tokens["attention_mask"].to(e.device))
-
-    def training_step(self, batch: tuple[torch.Tensor, list[str]], batch_idx: int):
-        loss = self._loss(batch)
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch[1]))
-        return loss
-
-    def validation_step(self, batch: tuple[torch.Tensor, list[str]], batch_idx: int) -> None:
-        self.log("val/loss", self._loss(batch), prog_bar=True, batch_size=len(batch[1]))
-
-    def configure_optimizers(self):
-        return torch.optim.AdamW(self.model.parameters(), lr=self.model.config.lr)
-
-
 def fit_caption_decoder(train: EmbeddingStore, val: EmbeddingStore, out_dir: str | Path,
                         config: CaptionDecoderConfig | None = None, *,
                         accelerator: str = "auto", max_val_images: int = 500,
-                        progress: bool = True) -> dict[str, Any]:
-    """Train a caption decoder on a store's captions; validate its loss on ``val``.
+                        progress: bool = True, resume: bool = False) -> dict[str, Any]:
+    """Train a caption decoder on a store's captions; validate its loss on ``val``;
+    ``resume`` continues from ``out_dir/lightning/last.ckpt``.
 
     Returns:
         A summary (pairs, seconds, final losses), also in ``summary.json``.
@@ -354,13 +344,15 @@ def fit_caption_decoder(train: EmbeddingStore, val: EmbeddingStore, out_dir: str
                                  image_encoder=train.image_encoder,
                                  text_encoder=train.text_encoder)
     config.embed_dim = train.image_dim if config.condition == "image" else train.text_dim
+    recipe = dataclasses.replace(config.recipe(), accelerator=accelerator, progress=progress,
+                                 resume=resume)
     L.seed_everything(config.seed, verbose=False)
     e, captions = caption_pairs(train, config.condition, text_input=config.text_input)
     val_e, val_captions = caption_pairs(val, config.condition, max_val_images,
                                         config.text_input)
     model = build_caption_decoder(config, captions)
-    loader = DataLoader(_Captions(e, captions), batch_size=config.batch_size, shuffle=True)
-    val_loader = DataLoader(_Captions(val_e, val_captions), batch_size=512)
-    return fit_and_save(model, _CaptionModule(model), loader, val_loader, out_dir,
-                        epochs=config.epochs, accelerator=accelerator, progress=progress,
-                        info={"pairs": len(captions), "mode": config.mode})
+    result = fit(model, model.training_loss, recipe.loader(_Captions(e, captions),
+                                                           drop_last=False),
+                 DataLoader(_Captions(val_e, val_captions), batch_size=512), recipe, out_dir)
+    return save_trained(model, out_dir, {"pairs": len(captions), "mode": config.mode,
+                                         **result})

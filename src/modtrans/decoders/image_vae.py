@@ -30,17 +30,15 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import WeightAveraging
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from modtrans.artefacts import Artefact, Layout, read_summary
 from modtrans.config import Config
 from modtrans.data.store import EmbeddingStore
-from modtrans.decoders.latent_prior import LatentPrior, LatentPriorConfig, LatentPriorModule
+from modtrans.decoders.latent_prior import LatentPrior, LatentPriorConfig
 from modtrans.images import load_images, uint8_images, unit_pixels
-from modtrans.training.fit import fit_module, save_trained
-from modtrans.training.translator import WarmupEMA
+from modtrans.training.fit import Recipe, fit, save_trained, stage_metrics
 from modtrans.translators.base import Normalizer
 
 CONDITIONS = ("image", "text")
@@ -103,6 +101,11 @@ class ImageDecoderConfig(Config):
             raise ValueError(f"prior must be a mapping of LatentPriorConfig options, got "
                              f"{self.prior!r}")
         self.prior = LatentPriorConfig.from_dict(self.prior).to_dict()
+
+    def recipe(self) -> Recipe:
+        """The VAE stage's recipe: Adam on the ELBO."""
+        return Recipe(epochs=self.epochs, batch_size=self.batch_size, optimizer="adam",
+                      lr=self.lr, seed=self.seed)
 
     @property
     def latent_size(self) -> int:
@@ -284,87 +287,61 @@ def decoder_pairs(store: EmbeddingStore, condition: str, max_images: int | None 
     return images[torch.from_numpy(owner[rows])], texts
 
 
-class _VAEModule(L.LightningModule):
-    def __init__(self, model: ConditionalVAE) -> None:
-        super().__init__()
-        self.model = model
-
-    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
-        images, e = batch
-        terms = self.model.loss(unit_pixels(images), e)
-        for key, value in terms.items():
-            self.log(f"{stage}/{key}", value, prog_bar=key == "loss", batch_size=len(images))
-        return terms["loss"]
-
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
-        return self._step(batch, "train")
-
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._step(batch, "val")
-
-    def configure_optimizers(self):
-        return torch.optim.Adam(self.model.parameters(), lr=self.model.config.lr)
-
-
 def fit_image_decoder(train: EmbeddingStore, val: EmbeddingStore, out_dir: str | Path,
                       config: ImageDecoderConfig | None = None, *, accelerator: str = "auto",
-                      max_val_images: int = 1000, progress: bool = True) -> dict[str, Any]:
+                      max_val_images: int = 1000, progress: bool = True,
+                      resume: bool = False) -> dict[str, Any]:
     """Train the conditional VAE on a store's images and embeddings, then its latent prior on
-    the trained encoder's posteriors; validate both on ``val``.
+    the trained encoder's posteriors; validate both on ``val``. ``resume`` continues each
+    stage from its checkpoint in ``out_dir/lightning``.
 
     Returns:
-        A summary (pairs, seconds of each stage, final train and val losses), also in
-        ``summary.json``; the stages' CSV logs are ``logs/`` (VAE) and ``prior_logs/``.
+        A summary (pairs, seconds and steps of each stage, final train and val losses), also
+        in ``summary.json``; the stages' CSV logs are ``logs/`` (VAE) and ``prior_logs/``.
     """
     config = dataclasses.replace(config or ImageDecoderConfig(),
                                  image_encoder=train.image_encoder,
                                  text_encoder=train.text_encoder)
     config.embed_dim = train.image_dim if config.condition == "image" else train.text_dim
+    run = {"accelerator": accelerator, "progress": progress, "resume": resume}
+    recipe = dataclasses.replace(config.recipe(), **run)
     L.seed_everything(config.seed, verbose=False)
     images, e = decoder_pairs(train, config.condition)
     val_images, val_e = decoder_pairs(val, config.condition, max_val_images)
     model = ConditionalVAE(config)
     model.embed_norm.fit(e)
-    loader = DataLoader(TensorDataset(images, e), batch_size=config.batch_size, shuffle=True,
-                        drop_last=len(e) > config.batch_size)
-    val_loader = DataLoader(TensorDataset(val_images, val_e), batch_size=512)
-    vae = fit_module(_VAEModule(model), loader, val_loader, out_dir, epochs=config.epochs,
-                     accelerator=accelerator, progress=progress, log_name="logs")
-
+    vae = fit(model, lambda batch: model.loss(unit_pixels(batch[0]), batch[1]),
+              recipe.loader(TensorDataset(images, e)),
+              DataLoader(TensorDataset(val_images, val_e), batch_size=512), recipe, out_dir)
     model.cpu()
-    prior = _fit_prior(model, (images, e), (val_images, val_e), out_dir,
-                       accelerator=accelerator, progress=progress)
+    prior = _fit_prior(model, (images, e), (val_images, val_e), out_dir, run)
     return save_trained(model, out_dir, {
-        "pairs": len(e), "condition": config.condition, "vae_seconds": vae.pop("seconds"),
-        "prior_seconds": prior.pop("seconds"), **vae, **prior})
+        "pairs": len(e), "condition": config.condition, **stage_metrics(vae, "vae"),
+        **stage_metrics(prior, "prior")})
 
 
 def _fit_prior(model: ConditionalVAE, train: tuple[torch.Tensor, torch.Tensor],
-               val: tuple[torch.Tensor, torch.Tensor], out_dir: str | Path, *,
-               accelerator: str, progress: bool) -> dict[str, Any]:
+               val: tuple[torch.Tensor, torch.Tensor], out_dir: str | Path,
+               run: dict[str, Any]) -> dict[str, Any]:
     """The second stage: the latent prior, on posterior draws of the trained encoder for
-    (images, raw embeddings) pairs. Returns its seconds and last logged losses."""
+    (images, raw embeddings) pairs. Returns its :func:`fit` result."""
     (images, e), (val_images, val_e) = train, val
     mean, std = model.posterior(images, e)
     model.prior.scale.fill_(float(mean.std()))
-    pc = model.prior.config
     val_mean, val_std = model.posterior(val_images, val_e)
-    prior_loader = DataLoader(TensorDataset(mean, std, model.embed_norm(e)),
-                              batch_size=pc.batch_size, shuffle=True,
-                              drop_last=len(e) > pc.batch_size)
-    prior_val = DataLoader(TensorDataset(val_mean, val_std, model.embed_norm(val_e)),
-                           batch_size=2048)
-    return fit_module(
-        LatentPriorModule(model.prior), prior_loader, val_loader=prior_val, out_dir=out_dir,
-        epochs=-(-pc.train_steps // len(prior_loader)), max_steps=pc.train_steps,
-        accelerator=accelerator, progress=progress, log_name="prior_logs",
-        callbacks=[WeightAveraging(avg_fn=WarmupEMA(pc.ema_decay))],
-    )  # fmt: skip
+    batches = max(1, len(e) // model.prior.config.batch_size)
+    recipe = dataclasses.replace(model.prior.config.recipe(batches), **run)
+    return fit(model.prior, model.prior.training_loss,
+               recipe.loader(TensorDataset(mean, std, model.embed_norm(e))),
+               DataLoader(TensorDataset(val_mean, val_std, model.embed_norm(val_e)),
+                          batch_size=2048),
+               recipe, out_dir, stage="prior", log_prefix="prior_")
 
 
 def refit_latent_prior(train: EmbeddingStore, val: EmbeddingStore, decoder_dir: str | Path,
                        prior: dict[str, Any] | None = None, *, accelerator: str = "auto",
-                       max_val_images: int = 1000, progress: bool = True) -> dict[str, Any]:
+                       max_val_images: int = 1000, progress: bool = True,
+                       resume: bool = False) -> dict[str, Any]:
     """Retrain only the latent prior of the image decoder in ``decoder_dir``, its VAE kept,
     and rewrite the decoder there.
 
@@ -373,7 +350,7 @@ def refit_latent_prior(train: EmbeddingStore, val: EmbeddingStore, decoder_dir: 
         decoder_dir: a decoder saved by :func:`fit_image_decoder`.
         prior: :class:`LatentPriorConfig` options replacing the saved ones. A new
             ``denoiser`` starts from its own default width and depth.
-        accelerator, max_val_images, progress: as for :func:`fit_image_decoder`.
+        accelerator, max_val_images, progress, resume: as for :func:`fit_image_decoder`.
 
     Returns:
         The updated summary (the VAE's figures kept, the prior's replaced), also in
@@ -401,7 +378,7 @@ def refit_latent_prior(train: EmbeddingStore, val: EmbeddingStore, decoder_dir: 
     L.seed_everything(config.seed, verbose=False)
     fitted = _fit_prior(model, decoder_pairs(train, config.condition),
                         decoder_pairs(val, config.condition, max_val_images), decoder_dir,
-                        accelerator=accelerator, progress=progress)
+                        {"accelerator": accelerator, "progress": progress, "resume": resume})
     summary = read_summary(decoder_dir)
-    summary.update(prior_seconds=fitted.pop("seconds"), prior_refit=True, **fitted)
+    summary.update(prior_refit=True, **stage_metrics(fitted, "prior"))
     return save_trained(model, decoder_dir, summary)

@@ -15,11 +15,11 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import lightning as L
 import torch
 from torch import Tensor, nn
 
 from modtrans.config import Config
+from modtrans.training.fit import Recipe
 from modtrans.translators.denoisers import ConditionalGridUNet, ConditionalMLP, DenoiserConfig
 from modtrans.translators.diffusion import diffusion_loss
 from modtrans.translators.samplers import get_sampler
@@ -96,6 +96,14 @@ class LatentPriorConfig(Config):
             raise ValueError(f"steps must be in [1, timesteps={self.timesteps}] and guidance "
                              f"≥ 0, got steps={self.steps}, guidance={self.guidance}")
 
+    def recipe(self, batches_per_epoch: int) -> Recipe:
+        """``train_steps`` of AdamW (torch's default weight decay 0.01, as it was tuned) with
+        EMA weights, as epochs of ``batches_per_epoch``."""
+        return Recipe(epochs=-(-self.train_steps // batches_per_epoch),
+                      max_steps=self.train_steps, batch_size=self.batch_size, lr=self.lr,
+                      weight_decay=0.01, schedule="cosine" if self.lr_decay == "cosine"
+                      else "constant", ema_decay=self.ema_decay)
+
 
 class LatentPrior(nn.Module):
     """p(z | e) for flattened latents z (N, dim) given normalised embeddings e (N, cond_dim).
@@ -123,6 +131,13 @@ class LatentPrior(nn.Module):
         self.schedule = NoiseSchedule.from_name("cosine", config.timesteps)
         self.register_buffer("scale", torch.ones(()))
 
+    def training_loss(self, batch: tuple[Tensor, Tensor, Tensor]) -> dict[str, Tensor]:
+        """The loss of a batch of (posterior mean, posterior std, embedding) triples: its
+        latents drawn from the posterior afresh, or the means (``target: mean``)."""
+        mean, std, e = batch
+        z = mean if self.config.target == "mean" else mean + std * torch.randn_like(std)
+        return {"loss": self.loss(z, e)}
+
     def loss(self, z: Tensor, e: Tensor) -> Tensor:
         """The v-prediction diffusion loss of latents ``z`` under conditions ``e``."""
         keep = torch.rand(len(e), device=e.device) >= self.config.cond_drop
@@ -140,35 +155,3 @@ class LatentPrior(nn.Module):
                     guidance=self.config.guidance if guidance is None else guidance,
                     objective="v")
         return z * self.scale
-
-
-class LatentPriorModule(L.LightningModule):
-    """Trains a :class:`LatentPrior` on (posterior mean, posterior std, embedding) triples:
-    each step draws its latents from the posterior afresh, or takes the means (``target:
-    mean``)."""
-
-    def __init__(self, prior: LatentPrior) -> None:
-        super().__init__()
-        self.prior = prior
-
-    def _step(self, batch: tuple[Tensor, Tensor, Tensor], stage: str) -> Tensor:
-        mean, std, e = batch
-        z = mean if self.prior.config.target == "mean" else mean + std * torch.randn_like(std)
-        loss = self.prior.loss(z, e)
-        self.log(f"{stage}/prior_loss", loss, prog_bar=True, batch_size=len(e))
-        return loss
-
-    def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self._step(batch, "train")
-
-    def validation_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
-        self._step(batch, "val")
-
-    def configure_optimizers(self):
-        config = self.prior.config
-        optimizer = torch.optim.AdamW(self.prior.parameters(), lr=config.lr)
-        if config.lr_decay == "constant":
-            return optimizer
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.train_steps)
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

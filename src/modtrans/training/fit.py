@@ -1,43 +1,267 @@
-"""Fit a LightningModule with per-epoch validation, save its model, write ``summary.json``.
+"""The one fit loop: every trained model optimises through :func:`fit` and one :class:`Recipe`.
 
-Shared by the decoders: the caption decoder is one stage (:func:`fit_and_save`); the image
-VAE two, the VAE then its latent prior (:func:`fit_module` twice, then :func:`save_trained`).
+A model brings only its loss (a ``step`` function from a batch to named tensors, ``loss``
+among them) and its data (loaders); :func:`fit` builds the optimiser, schedule, EMA,
+checkpoints, logger and the Lightning ``Trainer``, so that precision, devices, strategy and
+``resume`` work the same for all of them.
 """
 
 from __future__ import annotations
 
+import csv
+import dataclasses
 import logging
+import math
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-from torch.utils.data import DataLoader
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint, WeightAveraging
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
 from modtrans.artefacts import Artefact, write_summary
+from modtrans.config import Config
+from modtrans.io import atomic_open
 
 logger = logging.getLogger(__name__)
 
+#: Lightning precisions that keep float32 weights.
+PRECISIONS = ("32", "32-true", "bf16-mixed", "16-mixed")
+OPTIMIZERS = ("adamw", "adam")
+SCHEDULES = ("constant", "cosine", "warmup-cosine", "one-cycle")
+LOGGERS = ("csv", "tensorboard", "none")
 
-def fit_module(module: L.LightningModule, loader: DataLoader, val_loader: DataLoader,
-               out_dir: str | Path, *, epochs: int, max_steps: int = -1,
-               accelerator: str = "auto", progress: bool = True, log_name: str = "logs",
-               callbacks: list[L.Callback] | None = None) -> dict[str, Any]:
-    """Train ``module`` with validation every epoch, CSV logs in ``out_dir/log_name``.
+Step = Callable[[Any], dict[str, torch.Tensor]]
+
+
+@dataclasses.dataclass
+class Recipe(Config):
+    """How a model is optimised and where it runs.
+
+    Attributes:
+        epochs: passes over the training data.
+        max_steps: stop after this many optimiser steps (-1: none).
+        max_time: wall-clock budget ``"DD:HH:MM:SS"`` (None: none).
+        batch_size: examples per step.
+        optimizer: ``adamw`` or ``adam``.
+        lr, betas, weight_decay: the optimiser's.
+        decay_filter: no weight decay on biases, norms and embeddings (CLIP's recipe).
+        schedule: ``constant``, ``cosine`` (to 0 over the run), ``warmup-cosine`` (linear
+            warm-up over ``warmup_fraction`` of the run, then cosine) or ``one-cycle``.
+        warmup_fraction: share of the run spent warming up (``warmup-cosine``).
+        ema_decay: EMA of the weights with warm-up (None: none).
+        seed: seeds Lightning where the model is built (weights, shuffling, noise).
+        precision: Lightning precision, one of :data:`PRECISIONS` (``bf16-mixed`` on GPU):
+            the weights stay float32, which saving expects.
+        accelerator, devices, strategy: Lightning's (``strategy="ddp"`` for several GPUs).
+        logger: ``csv``, ``tensorboard`` or ``none``.
+        log_every_n_steps: how often training metrics are logged.
+        resume: continue each stage from its ``lightning/`` checkpoint (a later stage
+            without one starts from the beginning).
+        progress: show Lightning's progress bar.
+    """
+
+    epochs: int = 20
+    max_steps: int = -1
+    max_time: str | None = None
+    batch_size: int = 256
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    decay_filter: bool = False
+    schedule: str = "constant"
+    warmup_fraction: float = 0.0
+    ema_decay: float | None = None
+    seed: int = 0
+    precision: str = "32"
+    accelerator: str = "auto"
+    devices: int = 1
+    strategy: str = "auto"
+    logger: str = "csv"
+    log_every_n_steps: int = 10
+    resume: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)
+        self.precision = str(self.precision)
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be at least 1")
+        for name, value, allowed in (("precision", self.precision, PRECISIONS),
+                                     ("optimizer", self.optimizer, OPTIMIZERS),
+                                     ("schedule", self.schedule, SCHEDULES),
+                                     ("logger", self.logger, LOGGERS)):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}"
+                                 + ("; bf16-mixed trains in bfloat16 on a GPU"
+                                    if name == "precision" else ""))
+        if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.warmup_fraction < 1:
+            raise ValueError("lr must be > 0, weight_decay ≥ 0 and warmup_fraction in [0, 1)")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
+
+    def loader(self, dataset: Dataset, *, shuffle: bool = True, drop_last: bool | None = None,
+               collate_fn: Callable | None = None) -> DataLoader:
+        """A training loader of ``batch_size``; by default the last partial batch is dropped
+        when there is more than one batch."""
+        if drop_last is None:
+            drop_last = len(dataset) > self.batch_size  # type: ignore[arg-type]
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle,
+                          drop_last=drop_last, collate_fn=collate_fn)
+
+
+class WarmupEMA:
+    """EMA update with warm-up: decay_n = min(decay, (1 + n) / (10 + n)) after n updates.
+
+    Without the warm-up the average lags far behind short runs (it starts at the random
+    initialisation and forgets it at rate 1 − decay).
+    """
+
+    def __init__(self, decay: float) -> None:
+        if not 0 < decay < 1:
+            raise ValueError(f"ema_decay must be in (0, 1), got {decay}")
+        self.decay = decay
+
+    def __call__(self, averaged: torch.Tensor, current: torch.Tensor,
+                 num_averaged: torch.Tensor) -> torch.Tensor:
+        n = float(num_averaged)
+        decay = min(self.decay, (1 + n) / (10 + n))
+        return decay * averaged + (1 - decay) * current
+
+
+class FitModule(L.LightningModule):
+    """Lightning's view of one model: its ``step`` as the training (and by default the
+    validation) step, logged as ``train/<prefix><name>`` and ``val/<prefix><name>``, and the
+    recipe's optimiser and schedule."""
+
+    def __init__(self, model: nn.Module, step: Step, recipe: Recipe, total_steps: int, *,
+                 val_step: Step | None = None, after_step: Callable[[], None] | None = None,
+                 log_prefix: str = "") -> None:
+        super().__init__()
+        self.model = model
+        self.step, self.val_step, self.after_step = step, val_step or step, after_step
+        self.recipe, self.total_steps, self.log_prefix = recipe, total_steps, log_prefix
+
+    def _log(self, stage: str, metrics: dict[str, torch.Tensor], batch: Any) -> None:
+        n = len(next(iter(batch.values()))) if isinstance(batch, dict) else len(batch[0])
+        for key, value in metrics.items():
+            self.log(f"{stage}/{self.log_prefix}{key}", value, prog_bar=key == "loss",
+                     batch_size=n)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        metrics = self.step(batch)
+        self._log("train", metrics, batch)
+        return metrics["loss"]
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._log("val", self.val_step(batch), batch)
+
+    def on_train_batch_end(self, *args: Any) -> None:
+        if self.after_step is not None:
+            self.after_step()
+
+    def configure_optimizers(self):
+        r = self.recipe
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        if r.decay_filter:
+            no_decay = [p for n, p in named if p.ndim < 2 or "embedding" in n]
+            decay = [p for n, p in named if not (p.ndim < 2 or "embedding" in n)]
+            params: Any = [{"params": decay, "weight_decay": r.weight_decay},
+                           {"params": no_decay, "weight_decay": 0.0}]
+        else:
+            params = [p for _, p in named]
+        cls = torch.optim.AdamW if r.optimizer == "adamw" else torch.optim.Adam
+        optimizer = cls(params, lr=r.lr, betas=r.betas, weight_decay=r.weight_decay)
+        if r.schedule == "constant":
+            return optimizer
+        if r.schedule == "cosine":
+            schedule: Any = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer,
+                                                                       self.total_steps)
+        elif r.schedule == "one-cycle":
+            schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=r.lr,
+                                                           total_steps=self.total_steps)
+        else:
+            from transformers import get_cosine_schedule_with_warmup
+
+            schedule = get_cosine_schedule_with_warmup(
+                optimizer, math.ceil(r.warmup_fraction * self.total_steps), self.total_steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule,
+                                                         "interval": "step"}}
+
+
+def fit(model: nn.Module, step: Step, train: DataLoader, val: DataLoader | None,
+        recipe: Recipe, out_dir: str | Path | None, *, stage: str = "",
+        val_step: Step | None = None, after_step: Callable[[], None] | None = None,
+        log_prefix: str = "") -> dict[str, Any]:
+    """Optimise ``model`` by ``step`` on ``train`` with ``recipe``, validating every epoch on
+    ``val``; the caller seeds (``L.seed_everything(recipe.seed)``) where it builds the model.
+
+    Args:
+        model: the module whose parameters are trained (in place).
+        step: batch → named tensors; ``loss`` is minimised, every entry is logged.
+        train, val: the loaders (``val`` may be None).
+        recipe: optimiser, schedule, EMA, length, precision, devices, resume.
+        out_dir: where CSV logs (``logs/``, ``<stage>_logs/``) and the resume checkpoint
+            (``lightning/``, ``lightning/<stage>/``) go; None: neither.
+        stage: the name of this stage of a model trained in several.
+        val_step: the validation metrics (default: ``step``).
+        after_step: called after every optimiser step (e.g. clamping a temperature).
+        log_prefix: prefix of the logged metric names.
 
     Returns:
-        ``seconds`` and the last logged metrics (``train/*``, ``val/*``), rounded.
+        ``seconds``, ``steps``, ``epochs`` and the last logged metrics, rounded.
     """
+    total = recipe.max_steps if recipe.max_steps > 0 else recipe.epochs * len(train)
+    module = FitModule(model, step, recipe, total, val_step=val_step, after_step=after_step,
+                       log_prefix=log_prefix)
+    callbacks: list[L.Callback] = []
+    if recipe.ema_decay:
+        callbacks.append(WeightAveraging(avg_fn=WarmupEMA(recipe.ema_decay)))
+    last = log_file = None
+    if out_dir is not None:
+        ckpt_dir = Path(out_dir) / "lightning" / stage
+        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0))
+        last = ckpt_dir / "last.ckpt"
+        log_name = f"{stage}_logs" if stage else "logs"
+        log_file = Path(out_dir) / log_name / "metrics.csv"
+    resume_from = last if recipe.resume and last is not None and last.is_file() else None
+    if recipe.resume and resume_from is None:
+        earlier_stages = out_dir is not None and any(
+            (Path(out_dir) / "lightning").rglob("last.ckpt"))
+        if not earlier_stages:
+            raise FileNotFoundError(f"--resume: no checkpoint at {last}; train without "
+                                    "--resume")
+        logger.info("stage %r has no checkpoint yet: it starts from the beginning", stage)
     trainer = L.Trainer(
-        accelerator=accelerator, devices=1, max_epochs=epochs, max_steps=max_steps,
-        logger=L.pytorch.loggers.CSVLogger(out_dir, name=log_name, version=""),
-        callbacks=callbacks, enable_checkpointing=False, enable_progress_bar=progress,
-        enable_model_summary=False,
+        max_epochs=recipe.epochs, max_steps=recipe.max_steps, max_time=recipe.max_time,
+        accelerator=recipe.accelerator, devices=recipe.devices, strategy=recipe.strategy,
+        precision=recipe.precision, logger=_logger(recipe, out_dir, stage),
+        callbacks=callbacks, enable_checkpointing=out_dir is not None,
+        enable_progress_bar=recipe.progress, enable_model_summary=False,
+        log_every_n_steps=recipe.log_every_n_steps,
     )  # fmt: skip
+    earlier = _read_csv(log_file) if resume_from and recipe.logger == "csv" else []
     start = time.perf_counter()
-    trainer.fit(module, loader, val_loader)
-    metrics = {k: round(float(v), 3) for k, v in trainer.callback_metrics.items()}
-    return {"seconds": round(time.perf_counter() - start, 1), **metrics}
+    trainer.fit(module, train, val, ckpt_path=resume_from, weights_only=True)
+    seconds = time.perf_counter() - start
+    if earlier:
+        _restore_earlier_rows(log_file, earlier)
+    metrics = {k: round(float(v), 4) for k, v in trainer.callback_metrics.items()}
+    return {"seconds": round(seconds, 2), "steps": trainer.global_step,
+            "epochs": trainer.current_epoch, **metrics}
+
+
+def _logger(recipe: Recipe, out_dir: str | Path | None, stage: str) -> Any:
+    if out_dir is None or recipe.logger == "none":
+        return False
+    cls = (L.pytorch.loggers.CSVLogger if recipe.logger == "csv"
+           else L.pytorch.loggers.TensorBoardLogger)
+    return cls(out_dir, name=f"{stage}_logs" if stage else "logs", version="")
 
 
 def save_trained(model: Artefact, out_dir: str | Path, summary: dict[str, Any]
@@ -51,23 +275,31 @@ def save_trained(model: Artefact, out_dir: str | Path, summary: dict[str, Any]
     return written
 
 
-def fit_and_save(model: Artefact, module: L.LightningModule, loader: DataLoader,
-                 val_loader: DataLoader, out_dir: str | Path, *, epochs: int,
-                 accelerator: str = "auto", progress: bool = True,
-                 info: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Train ``module`` (which wraps ``model``), then ``model.save(out_dir)``.
+def stage_metrics(metrics: dict[str, Any], stage: str,
+                  keys: Sequence[str] = ("seconds", "steps", "epochs")) -> dict[str, Any]:
+    """A stage's :func:`fit` result for a summary of several: its ``seconds``, ``steps``
+    and ``epochs`` named after the stage, the logged metrics as they are."""
+    return {(f"{stage}_{k}" if k in keys else k): v for k, v in metrics.items()}
 
-    Args:
-        model: the trained object; it has ``save(out_dir)``.
-        module: the LightningModule that trains it (logging ``train/*`` and ``val/*``).
-        loader, val_loader: training and validation batches.
-        out_dir: where the model, the CSV logs and ``summary.json`` go.
-        epochs, accelerator, progress: Lightning's.
-        info: extra summary fields (pairs, mode, ...).
 
-    Returns:
-        The summary: ``info``, seconds, and the last logged metrics.
+def _read_csv(path: Path | None) -> list[dict[str, str]]:
+    if path is None or not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _restore_earlier_rows(path: Path, earlier: list[dict[str, str]]) -> None:
+    """Put the resumed run's log rows back in front: Lightning's CSV logger deletes them.
+
+    Rows logged after the checkpoint (by an interrupted epoch) are dropped, since the resumed
+    run logs those steps again.
     """
-    metrics = fit_module(module, loader, val_loader, out_dir, epochs=epochs,
-                         accelerator=accelerator, progress=progress)
-    return save_trained(model, out_dir, {**(info or {}), **metrics})
+    later = _read_csv(path)
+    first = min((float(r["step"]) for r in later if r.get("step")), default=float("inf"))
+    rows = [r for r in earlier if r.get("step") and float(r["step"]) < first] + later
+    fields = list(dict.fromkeys(key for row in rows for key in row))
+    with atomic_open(path, "w") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)

@@ -20,22 +20,23 @@ contrastive loss.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
-import math
-import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from modtrans.artefacts import Artefact, Layout, load_pretrained
 from modtrans.config import Config
 from modtrans.data.coco import CaptionedImages, read_coco_captions
 from modtrans.encoders.tokenizer import build_tokenizer
 from modtrans.images import CLIP_MEAN, CLIP_STD, load_images, pixel_values
+from modtrans.training.contrastive import clamp_logit_scale, contrastive_step
+from modtrans.training.fit import Recipe, fit
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +109,14 @@ class WorldClipConfig(Config):
                              "(vision: cnn, warm_start_epochs >= 1); or set pool: mean")
         if not 0 <= self.warmup_fraction < 1:
             raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+
+    def recipe(self) -> Recipe:
+        """CLIP's: AdamW (β₂ 0.98, no decay on biases, norms and embeddings), linear warm-up
+        then cosine decay."""
+        return Recipe(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+                      betas=(0.9, 0.98), weight_decay=self.weight_decay, decay_filter=True,
+                      schedule="warmup-cosine", warmup_fraction=self.warmup_fraction,
+                      seed=self.seed)
 
 
 class WorldClip(Artefact, nn.Module):
@@ -228,6 +237,7 @@ def fit_world_clip(
     objects: list[dict] | None = None,
     accelerator: str = "auto",
     progress: bool = True,
+    resume: bool = False,
 ) -> dict:
     """Train the world CLIP on captioned images and save it for ``hf:<out_dir>``.
 
@@ -239,57 +249,34 @@ def fit_world_clip(
             (only) for the warm start.
         accelerator: Lightning accelerator ("auto", "cpu", "gpu").
         progress: show Lightning's progress bar.
+        resume: continue the warm start and the contrastive epochs from their checkpoints
+            in ``out_dir/lightning``.
 
     Returns:
         A summary: pairs, epochs, steps, seconds, final loss.
     """
-    from modtrans.training.contrastive import ContrastiveModule
-
     config = config or WorldClipConfig()
     out_dir = Path(out_dir)
+    run = {"accelerator": accelerator, "progress": progress, "resume": resume}
     L.seed_everything(config.seed, verbose=False)
     tokenizer = build_tokenizer([c for caps in train.captions for c in caps])
     model = build_model(config, tokenizer)
     images = load_images(train.image_paths, config.image_size)
-    warm_seconds = _warm_start(model, images, objects, config, accelerator=accelerator,
-                               progress=progress) if config.warm_start_epochs else 0.0
-    loader = DataLoader(
-        _PairDataset(train.captions),
-        batch_size=config.batch_size,
-        shuffle=True,
-        drop_last=len(train) > config.batch_size,
-        collate_fn=_Collate(images, tokenizer, config.max_length),
-    )
-    total = config.epochs * len(loader)
-    module = ContrastiveModule(
-        model,
-        lr=config.lr,
-        weight_decay=config.weight_decay,
-        warmup_steps=math.ceil(config.warmup_fraction * total),
-        total_steps=total,
-    )
-    trainer = L.Trainer(
-        accelerator=accelerator,
-        devices=1,
-        max_epochs=config.epochs,
-        logger=L.pytorch.loggers.CSVLogger(out_dir, name="logs", version=""),
-        enable_checkpointing=False,
-        enable_progress_bar=progress,
-        enable_model_summary=False,
-        log_every_n_steps=10,
-        deterministic=False,
-    )
-    start = time.perf_counter()
-    trainer.fit(module, loader)
-    seconds = time.perf_counter() - start
+    warm_seconds = (_warm_start(model, images, objects, config, out_dir, **run)
+                    if config.warm_start_epochs else 0.0)
+    recipe = dataclasses.replace(config.recipe(), **run)
+    loader = recipe.loader(_PairDataset(train.captions),
+                           collate_fn=_Collate(images, tokenizer, config.max_length))
+    result = fit(model, functools.partial(contrastive_step, model), loader, None, recipe,
+                 out_dir, after_step=functools.partial(clamp_logit_scale, model))
     summary = {
         "pairs": len(train),
         "epochs": config.epochs,
-        "steps": total,
-        "seconds": round(seconds, 1),
+        "steps": result["steps"],
+        "seconds": round(result["seconds"], 1),
         "warm_start_epochs": config.warm_start_epochs,
         "warm_start_seconds": round(warm_seconds, 1),
-        "final_loss": float(trainer.callback_metrics.get("train/loss", float("nan"))),
+        "final_loss": result.get("train/loss", float("nan")),
     }
     WorldClip(config, model.eval(), tokenizer).save(out_dir, summary)
     logger.info("world CLIP trained: %s", summary)
@@ -297,9 +284,9 @@ def fit_world_clip(
 
 
 def _warm_start(model, images: torch.Tensor, objects: list[dict] | None,
-                config: WorldClipConfig, **kwargs) -> float:
-    """Train the CNN image tower as the world's object detector; the object head (if any)
-    then starts as the detector's shape head. Returns seconds."""
+                config: WorldClipConfig, out_dir: Path | None = None, **run: Any) -> float:
+    """Train the CNN image tower as the world's object detector (stage ``warm_start``); the
+    object head (if any) then starts as the detector's shape head. Returns seconds."""
     from modtrans.world.recogniser import AttributeRecogniser, RecogniserConfig, train_recogniser
 
     if objects is None or len(objects) != len(images):
@@ -311,7 +298,7 @@ def _warm_start(model, images: torch.Tensor, objects: list[dict] | None,
         channels=config.channels, epochs=config.warm_start_epochs,
         batch_size=config.batch_size, seed=config.seed, degrade=0.0,
     ), features=model.vision_model)  # trains the CLIP's own tower in place
-    seconds = train_recogniser(detector, images, objects, **kwargs)
+    seconds = train_recogniser(detector, images, objects, out_dir, stage="warm_start", **run)
     if model.object_head is not None:  # it starts as the detector's shape head
         classes = model.object_head.out_channels
         with torch.no_grad():

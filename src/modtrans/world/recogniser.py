@@ -21,7 +21,6 @@ import dataclasses
 import logging
 import math
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -29,7 +28,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
 from modtrans.artefacts import Artefact, Layout
 from modtrans.config import Config
@@ -37,6 +36,7 @@ from modtrans.data.coco import read_coco_captions
 from modtrans.encoders.conv_clip import conv_tower
 from modtrans.images import load_images, pixel_values, uint8_images, unit_pixels
 from modtrans.io import require_file, write_json
+from modtrans.training.fit import Recipe, fit
 from modtrans.world.captions import COLOURS, SHAPES
 from modtrans.world.generator import (
     WorldConfig,
@@ -101,6 +101,11 @@ class RecogniserConfig(Config):
         if self.max_blur < 0.3 or self.max_noise < 0:
             raise ValueError(f"max_blur must be ≥ 0.3 px and max_noise ≥ 0, got "
                              f"{self.max_blur} and {self.max_noise}")
+
+    def recipe(self) -> Recipe:
+        """AdamW with a one-cycle learning rate over the run."""
+        return Recipe(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+                      weight_decay=self.weight_decay, schedule="one-cycle", seed=self.seed)
 
 
 def attribute_targets(rows: list[dict[str, Any]], min_area: float) -> dict[str, torch.Tensor]:
@@ -174,6 +179,15 @@ class AttributeRecogniser(Artefact, nn.Module):
         shape, colour = self.cells(features).split(list(self.HEADS.values()), dim=1)
         return {"shape": shape, "colour": colour,
                 "count": self.count(features.amax(dim=(2, 3)))}
+
+    def training_loss(self, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+        """The loss of a batch of (uint8 images, shape grid, colour grid, count), a share of
+        its images degraded as the config says."""
+        images, shape, colour, count = batch
+        logits = self(pixel_values(degrade(images, self.config)))
+        return {"loss": recogniser_loss(logits, {"shape": shape, "colour": colour,
+                                                 "count": count},
+                                        self.config.background_weight)}
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, batch_size: int = 512) -> dict[str, torch.Tensor]:
@@ -275,30 +289,6 @@ def recogniser_loss(logits: dict[str, torch.Tensor], targets: dict[str, torch.Te
     return loss
 
 
-class _RecogniserModule(L.LightningModule):
-    def __init__(self, model: AttributeRecogniser, total_steps: int) -> None:
-        super().__init__()
-        self.model, self.total_steps = model, total_steps
-
-    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
-        images, shape, colour, count = batch
-        images = degrade(images, self.model.config)
-        logits = self.model(pixel_values(images))
-        loss = recogniser_loss(logits, {"shape": shape, "colour": colour, "count": count},
-                               self.model.config.background_weight)
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(images))
-        return loss
-
-    def configure_optimizers(self):
-        cfg = self.model.config
-        optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr,
-                                      weight_decay=cfg.weight_decay)
-        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr,
-                                                       total_steps=self.total_steps)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule,
-                                                         "interval": "step"}}
-
-
 def recogniser_accuracy(model: AttributeRecogniser, images: torch.Tensor,
                         rows: list[dict[str, Any]]) -> dict[str, float]:
     """Held-out accuracy: per-label presence accuracy, whole-set exact match, count."""
@@ -348,25 +338,22 @@ def world_split(world_dir: Path, split: str) -> tuple[torch.Tensor, list[dict[st
 
 
 def train_recogniser(model: AttributeRecogniser, images: torch.Tensor,
-                     rows: list[dict[str, Any]], *, accelerator: str = "auto",
-                     progress: bool = True) -> float:
+                     rows: list[dict[str, Any]], out_dir: str | Path | None = None, *,
+                     stage: str = "", accelerator: str = "auto", progress: bool = True,
+                     resume: bool = False) -> float:
     """Train ``model`` on uint8 ``images`` (N, 64, 64, 3) and their ground-truth ``rows``
-    with its config's recipe; returns the seconds it took. The world CLIP's warm start uses
-    it on its own image tower."""
+    with its config's recipe (logs and checkpoint in ``out_dir``, as stage ``stage``);
+    returns the seconds it took. The world CLIP's warm start uses it on its own image tower."""
     config = model.config
+    recipe = dataclasses.replace(config.recipe(), accelerator=accelerator, progress=progress,
+                                 resume=resume)
     L.seed_everything(config.seed, verbose=False)
     shape, colour = object_grid(rows, model.grid, config.min_area)
     count = attribute_targets(rows, config.min_area)["count"]
-    dataset = TensorDataset(images, shape, colour, count)
-    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True,
-                        drop_last=len(dataset) > config.batch_size)
-    trainer = L.Trainer(accelerator=accelerator, devices=1, max_epochs=config.epochs,
-                        logger=False, enable_checkpointing=False, enable_progress_bar=progress,
-                        enable_model_summary=False)
-    start = time.perf_counter()
-    trainer.fit(_RecogniserModule(model, config.epochs * len(loader)), loader)
+    loader = recipe.loader(TensorDataset(images, shape, colour, count))
+    result = fit(model, model.training_loss, loader, None, recipe, out_dir, stage=stage)
     model.cpu()
-    return time.perf_counter() - start
+    return result["seconds"]
 
 
 def judge_training_world(world_dir: str | Path, out_dir: str | Path, *,
@@ -394,7 +381,8 @@ def judge_training_world(world_dir: str | Path, out_dir: str | Path, *,
 
 def fit_recogniser(world_dir: str | Path, out_dir: str | Path,
                    config: RecogniserConfig | None = None, *, eval_split: str = "test",
-                   accelerator: str = "auto", progress: bool = True) -> dict[str, Any]:
+                   accelerator: str = "auto", progress: bool = True,
+                   resume: bool = False) -> dict[str, Any]:
     """Train the recogniser on a world's train split, or with ``config.all_pairs`` on
     :func:`judge_training_world`; measure it on the world's ``eval_split`` (as it is and
     blurred) and on its ``novel`` split when it has one.
@@ -410,7 +398,8 @@ def fit_recogniser(world_dir: str | Path, out_dir: str | Path,
         images, rows = world_split(source, "train")
     L.seed_everything(config.seed, verbose=False)
     model = AttributeRecogniser(config)
-    seconds = train_recogniser(model, images, rows, accelerator=accelerator, progress=progress)
+    seconds = train_recogniser(model, images, rows, out_dir, accelerator=accelerator,
+                               progress=progress, resume=resume)
     held_out_images, held_out_rows = world_split(world_dir, eval_split)
     report = {"split": eval_split, "train_images": len(rows), "seconds": round(seconds, 1),
               **recogniser_accuracy(model, held_out_images, held_out_rows),
