@@ -572,3 +572,36 @@ def test_latent_prior_cosine_lr_decays_to_zero_over_its_steps() -> None:
     for bad in ({"lr_decay": "linear"}, {"target": "mode"}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             LatentPriorConfig(**bad)
+
+
+def test_image_decoder_resumes_each_stage_from_its_checkpoint(
+    stores: tuple[EmbeddingStore, EmbeddingStore], tmp_path: Path
+) -> None:
+    train, val = stores
+    first = fit_image_decoder(train, val, tmp_path, ImageDecoderConfig(**TINY_VAE),
+                              accelerator="cpu", progress=False)
+    assert (tmp_path / "lightning" / "last.ckpt").is_file()
+    assert (tmp_path / "lightning" / "prior" / "last.ckpt").is_file()
+    longer = ImageDecoderConfig(**{**TINY_VAE, "epochs": 2})
+    resumed = fit_image_decoder(train, val, tmp_path, longer, accelerator="cpu",
+                                progress=False, resume=True)
+    assert resumed["vae_steps"] == 2 * first["vae_steps"]  # the VAE went on for an epoch
+    assert resumed["prior_steps"] == first["prior_steps"] == TINY_PRIOR["train_steps"]
+    assert ConditionalVAE.load(tmp_path).config.epochs == 2
+
+
+def test_resume_starts_a_later_stage_without_a_checkpoint_from_the_beginning(
+    stores: tuple[EmbeddingStore, EmbeddingStore], tmp_path: Path
+) -> None:
+    import shutil
+
+    train, val = stores
+    fit_image_decoder(train, val, tmp_path, ImageDecoderConfig(**TINY_VAE),
+                      accelerator="cpu", progress=False)
+    shutil.rmtree(tmp_path / "lightning" / "prior")  # as if stopped before the prior began
+    resumed = fit_image_decoder(train, val, tmp_path, ImageDecoderConfig(**TINY_VAE),
+                                accelerator="cpu", progress=False, resume=True)
+    assert resumed["prior_steps"] == TINY_PRIOR["train_steps"]
+    with pytest.raises(FileNotFoundError, match="--resume: no checkpoint"):
+        fit_image_decoder(train, val, tmp_path / "new", ImageDecoderConfig(**TINY_VAE),
+                          accelerator="cpu", progress=False, resume=True)

@@ -49,6 +49,8 @@ def fit_decoder(
         "{prior: {denoiser: unet, train_steps: 4800}})."
     ),
     accelerator: str = typer.Option("auto", help="Lightning accelerator: auto, cpu, gpu."),
+    resume: bool = typer.Option(False, help="Continue an interrupted run from "
+                                "OUT/lightning/ (each stage from its own checkpoint)."),
 ) -> None:
     """Train a decoder from embeddings back to images or captions on a store's train split."""
     from modtrans.data.store import open_store
@@ -68,12 +70,13 @@ def fit_decoder(
                 raise ValueError(f"--prior-only retrains the prior only; {config} sets {unused}"
                                  f": keep only its `prior:` options")
             summary = refit_latent_prior(train, val, out, options.get("prior"),
-                                         accelerator=accelerator)
+                                         accelerator=accelerator, resume=resume)
         elif kind == "image":
             from modtrans.decoders.image_vae import ImageDecoderConfig, fit_image_decoder
 
             cfg = ImageDecoderConfig.with_overrides(config, condition=condition, epochs=epochs)
-            summary = fit_image_decoder(train, val, out, cfg, accelerator=accelerator)
+            summary = fit_image_decoder(train, val, out, cfg, accelerator=accelerator,
+                                        resume=resume)
         elif kind == "caption":
             from modtrans.config import read_mapping
             from modtrans.decoders.caption import CaptionDecoderConfig, fit_caption_decoder
@@ -86,7 +89,8 @@ def fit_decoder(
                 asked = noise_variance is not None or (
                     config is not None and "noise_variance" in read_mapping(config))
                 cfg.noise_variance = _matched_noise(noise_from, train, cfg, asked)
-            summary = fit_caption_decoder(train, val, out, cfg, accelerator=accelerator)
+            summary = fit_caption_decoder(train, val, out, cfg, accelerator=accelerator,
+                                          resume=resume)
         else:
             raise ValueError(f"decoder kind must be 'image' or 'caption', got {kind!r}")
     typer.echo(json.dumps(summary, indent=2))
@@ -254,6 +258,8 @@ def fit_recogniser_cmd(
         help="Train on images drawn like WORLD's from another seed with every colour–shape "
              "pair (so it can read the novel split), or on WORLD's own train split."),
     accelerator: str = typer.Option("auto", help="Lightning accelerator: auto, cpu, gpu."),
+    resume: bool = typer.Option(False, help="Continue an interrupted run from "
+                                "OUT/lightning/last.ckpt."),
 ) -> None:
     """Train the attribute recogniser (judge of generated images) and report its held-out
     accuracy on the world's test split (as it is and blurred) and novel split."""
@@ -261,7 +267,7 @@ def fit_recogniser_cmd(
 
     cfg = RecogniserConfig.with_overrides(epochs=epochs, all_pairs=all_pairs)
     with contextlib.redirect_stdout(sys.stderr):
-        report = fit_recogniser(world, out, cfg, accelerator=accelerator)
+        report = fit_recogniser(world, out, cfg, accelerator=accelerator, resume=resume)
     typer.echo(json.dumps(report, indent=2))
 
 

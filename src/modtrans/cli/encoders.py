@@ -42,6 +42,9 @@ def fit_encoder(
         "mean weighted by the warm-started detector's object probability, beside the plain "
         "mean) or mean (default: objects when warm-started, else mean)."),
     accelerator: str = typer.Option("auto", help="Lightning accelerator: auto, cpu, gpu."),
+    resume: bool = typer.Option(False, help="Continue an interrupted run from OUT/lightning/ "
+                                "(the warm start and the contrastive epochs each from its own "
+                                "checkpoint)."),
 ) -> None:
     """Train the world CLIP (transformers' CLIP text tower, a CNN or ViT image tower) on the
     world's train split.
@@ -55,7 +58,8 @@ def fit_encoder(
                                          pool=pool)
     # Lightning draws its progress bar on stdout; send it to stderr so stdout is the JSON only.
     with contextlib.redirect_stdout(sys.stderr):
-        summary = fit_world_clip_from_world(world, out, config=cfg, accelerator=accelerator)
+        summary = fit_world_clip_from_world(world, out, config=cfg, accelerator=accelerator,
+                                            resume=resume)
     typer.echo(json.dumps(summary, indent=2))
 
 
