@@ -32,12 +32,13 @@ from modtrans.data.store import open_store
 from modtrans.demo import embed_world, stores_complete
 from modtrans.eval.metrics import mean_cosine
 from modtrans.eval.worldbench import EvalOptions, evaluate_translator
-from modtrans.training.translator import TrainConfig, fit_translator
-from modtrans.translators.base import Translator, load_translator
+from modtrans.training.fit import Recipe
+from modtrans.training.translator import fit_translator
+from modtrans.translators.base import Translator
 
 logger = logging.getLogger("bench_mean_map")
 
-#: variant → (method, params, TrainConfig overrides)
+#: variant → (method, params, Recipe overrides)
 VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "ridge": ("ridge", {}, {}),
     "mlp": ("mlp", {}, {"epochs": 3}),
@@ -62,13 +63,13 @@ def fit_or_load(method: str, params: dict[str, Any], train_config: dict[str, Any
     """The checkpoint in ``ckpt`` when it was trained with these options, else a new fit."""
     info_file = ckpt / "summary.json"
     if info_file.is_file():
-        model, info = load_translator(ckpt), json.loads(info_file.read_text())
+        model, info = Translator.load(ckpt), json.loads(info_file.read_text())
         same_train = all(info["train_config"].get(k) == v for k, v in train_config.items())
         if model.config.method == method and same_train and all(
                 model.config.params.get(k) == v for k, v in params.items()):
             return model, info
     return fit_translator(method, train, val, ckpt, params=params,
-                          train_config=TrainConfig(**train_config), progress=False)
+                          recipe=Recipe(**train_config), progress=False)
 
 
 def mean_mode_sims(model: Translator, pairs: PairedSplit, ks: list[int],

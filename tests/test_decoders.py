@@ -401,10 +401,10 @@ def test_capdec_noise_matched_to_a_translator(cli_models: dict[str, Path], tiny_
 
     from modtrans.data.store import open_store
     from modtrans.decoders.caption import matched_noise_variance
-    from modtrans.translators.base import load_translator
+    from modtrans.translators.base import Translator
 
     config = CaptionDecoder.load(cli_models["capdec"]).config
-    ridge = load_translator(cli_models["i2t"])
+    ridge = Translator.load(cli_models["i2t"])
     train = open_store(tiny_store, "train")
     expected = matched_noise_variance(lambda z: ridge.translate(z), train, "set-mean")
     assert config.text_input == "set-mean" and 0 < expected < 0.1

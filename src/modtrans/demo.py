@@ -209,14 +209,14 @@ def _evaluate(stores: Path, out: Path, direction: str, split: str, result: Path,
     from modtrans.data.store import open_store
     from modtrans.encoders import build_encoder
     from modtrans.eval.worldbench import EvalOptions, evaluate_translator, world_shape_task
-    from modtrans.translators.base import load_translator
+    from modtrans.translators.base import Translator
 
     store = open_store(stores, split)
     pairs = load_pairs(store, direction, config.eval_images)
     task = world_shape_task(store, build_encoder(spec))
     rows = []
     for method in config.methods:
-        model = load_translator(out / "translators" / direction / method)
+        model = Translator.load(out / "translators" / direction / method)
         rows.append(evaluate_translator(model, pairs, zero_shot=task,
                                         options=EvalOptions(n_samples=config.n_samples)))
     write_json(result, {"direction": direction, "split": split, "rows": rows})

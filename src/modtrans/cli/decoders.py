@@ -101,14 +101,14 @@ def _matched_noise(translator: Path, train, cfg, noise_asked: bool) -> float:
     import torch
 
     from modtrans.decoders.caption import matched_noise_variance
-    from modtrans.translators.base import load_translator
+    from modtrans.translators.base import Translator
 
     if cfg.mode != "capdec":
         raise ValueError("--noise-from sets the noise of a CapDec decoder: add --mode capdec")
     if noise_asked:
         raise ValueError("give --noise-from or a noise variance (--noise-variance or "
                          "noise_variance in --config), not both")
-    model = load_translator(translator)
+    model = Translator.load(translator)
     tcfg = model.config
     if tcfg.direction != "image2text":
         raise ValueError(f"--noise-from needs an image2text translator ({translator} is "
@@ -123,30 +123,6 @@ def _matched_noise(translator: Path, train, cfg, noise_asked: bool) -> float:
         lambda z: model.translate(z, mode="mean", generator=generator), train, cfg.text_input)
     typer.echo(f"noise variance matched to {translator}: {variance:.5f}", err=True)
     return variance
-
-
-def _translator_for(translator: Path, decoder: Path, decoder_config, *, verb: str,
-                    direction: str, condition: str):
-    """Load ``translator`` and check it feeds ``decoder``: the direction, the modality the
-    decoder was trained on, and the encoders behind both."""
-    from modtrans.translators.base import load_translator
-
-    model = load_translator(translator)
-    tcfg = model.config
-    if tcfg.direction != direction or decoder_config.condition != condition:
-        raise ValueError(
-            f"{verb} needs a {direction} translator ({translator} is {tcfg.direction}) and a "
-            f"decoder trained on {condition} embeddings ({decoder} uses "
-            f"{decoder_config.condition})"
-        )
-    trained = (decoder_config.image_encoder, decoder_config.text_encoder)
-    if trained != (tcfg.image_encoder, tcfg.text_encoder):
-        raise ValueError(
-            f"decoder {decoder} was trained on {trained[0]}/{trained[1]} embeddings but the "
-            f"translator uses {tcfg.image_encoder}/{tcfg.text_encoder}; train them on the same "
-            "store"
-        )
-    return model
 
 
 @app.command()
@@ -176,36 +152,19 @@ def generate(
     """Text → embedding → translator → image embedding → decoder → a PNG grid (rows: prompts)."""
     import torch
 
-    from modtrans.decoders.image_vae import ConditionalVAE
-    from modtrans.decoders.rerank import best_of
-    from modtrans.encoders import build_encoder
     from modtrans.images import image_grid
     from modtrans.io import atomic_path
+    from modtrans.pipelines import TextToImage
 
     if out.suffix.lower() != ".png":
         raise ValueError(f"--out must be a .png file, got {out}")
     if candidates < 1:
         raise ValueError(f"--candidates must be ≥ 1, got {candidates}")
-    vae = ConditionalVAE.load(decoder)
-    cfg = vae.config
-    shared = cfg.image_encoder == cfg.text_encoder
-    if translator is None and cfg.condition != "text":
-        raise ValueError(f"decoder {decoder} was trained on image embeddings: give a "
-                         "text2image translator, or use a decoder trained on text embeddings")
-    if translator is None and candidates > 1 and not shared:
-        raise ValueError(f"--candidates ranks the direct route's draws by the CLIP score, but "
-                         f"{cfg.image_encoder} and {cfg.text_encoder} are not one CLIP pair; "
-                         "give a text2image translator")
-    model = None if translator is None else _translator_for(
-        translator, decoder, cfg, verb="generate", direction="text2image", condition="image")
-    generator = torch.Generator().manual_seed(seed)
-    text_encoder = build_encoder(cfg.text_encoder)
-    c = text_encoder.encode_texts(list(text)).repeat_interleave(n * candidates, 0)
-    e = c if model is None else model.translate(c, mode=mode, generator=generator)
-    images = vae.generate(e, generator=generator, steps=steps, guidance=guidance)
-    if candidates > 1:
-        scorer = text_encoder if shared else build_encoder(cfg.image_encoder)
-        images, scores = best_of(images, c if shared else e, scorer, candidates)
+    pipeline = TextToImage.load(decoder, translator)
+    images, scores = pipeline(text, n=n, candidates=candidates, mode=mode,
+                              generator=torch.Generator().manual_seed(seed), steps=steps,
+                              guidance=guidance)
+    if scores is not None:
         typer.echo(f"kept the best of {candidates} per image (mean cosine {scores.mean():.3f})")
     with atomic_path(out) as tmp:
         image_grid(images, rows=len(text)).save(tmp, format="PNG")
@@ -227,24 +186,12 @@ def caption(
     """Image → embedding → translator → text embedding → caption decoder → a caption."""
     import torch
 
-    from modtrans.cli.retrieval import encode_queries
-    from modtrans.decoders.caption import CaptionDecoder
+    from modtrans.pipelines import ImageToText
 
-    model = CaptionDecoder.load(decoder)
-    cfg = model.config
-    if translator is not None:
-        tr = _translator_for(translator, decoder, cfg, verb="caption", direction="image2text",
-                             condition="text")
-        _, z, labels = encode_queries(None, image, image_spec=cfg.image_encoder,
-                                      text_spec=cfg.text_encoder)
-        e = tr.translate(z, mode=mode, generator=torch.Generator().manual_seed(seed))
-    else:
-        if cfg.condition != "image":
-            raise ValueError(f"decoder {decoder} was trained on text embeddings (CapDec): give "
-                             "an image2text translator, or use a ClipCap decoder")
-        _, e, labels = encode_queries(None, image, image_spec=cfg.image_encoder,
-                                      text_spec=cfg.text_encoder)
-    for label, text in zip(labels, model.generate(e, num_beams=beams), strict=True):
+    pipeline = ImageToText.load(decoder, translator)
+    captions = pipeline(image, beams=beams, mode=mode,
+                        generator=torch.Generator().manual_seed(seed))
+    for label, text in zip(image, captions, strict=True):
         typer.echo(f"{label}\t{text}")
 
 

@@ -11,31 +11,6 @@ import typer
 from modtrans.cli.application import app
 
 
-def encode_queries(texts: list[str] | None, images: list[Path] | None, *, image_spec: str,
-                   text_spec: str) -> tuple[str, torch.Tensor, list[str]]:
-    """Embed ``--text`` or ``--image`` queries (exactly one kind) with the given encoders.
-
-    Returns:
-        (the queries' modality, their embeddings, a label for each).
-    """
-    from PIL import Image
-
-    from modtrans.encoders import build_encoder
-
-    if bool(texts) == bool(images):
-        raise ValueError("give either --text or --image queries (one kind, one or more)")
-    if texts:
-        return "text", build_encoder(text_spec).encode_texts(list(texts)), list(texts)
-    missing = [str(p) for p in images if not p.is_file()]
-    if missing:
-        raise FileNotFoundError(f"image file(s) not found: {', '.join(missing)}")
-    opened = []
-    for path in images:
-        with Image.open(path) as im:
-            opened.append(im.convert("RGB"))
-    return "image", build_encoder(image_spec).encode_images(opened), [str(p) for p in images]
-
-
 @app.command()
 def index(
     data: Path = typer.Argument(..., help="A store, or a store root with --split."),
@@ -75,43 +50,15 @@ def retrieve(
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
 ) -> None:
     """Find the items of an index nearest to text or image queries, raw or translated."""
+    from modtrans.pipelines import Search
     from modtrans.retrieval import load_index
-    from modtrans.translators.base import load_translator
+    from modtrans.translators.base import Translator
 
-    gallery = load_index(index_dir)
-    info = gallery.info
-    specs = {"image": info["image_encoder"], "text": info["text_encoder"]}
-    modality, queries, labels = encode_queries(text, image, image_spec=specs["image"],
-                                               text_spec=specs["text"])
-    if translator is not None:
-        model = load_translator(translator)
-        cfg = model.config
-        if (cfg.cond_modality, cfg.target_modality) != (modality, gallery.modality):
-            raise ValueError(
-                f"translator {translator} maps {cfg.cond_modality} to {cfg.target_modality}, "
-                f"but the queries are {modality} and the index holds {gallery.modality} "
-                "embeddings"
-            )
-        if (cfg.image_encoder, cfg.text_encoder) != (specs["image"], specs["text"]):
-            raise ValueError(
-                f"translator {translator} was trained on {cfg.image_encoder}/{cfg.text_encoder} "
-                f"embeddings but the index's store holds {specs['image']}/{specs['text']}"
-            )
-        queries = model.translate(queries, mode=mode, n_samples=n_samples,
-                                  generator=torch.Generator().manual_seed(seed))
-    elif modality != gallery.modality and specs["image"] != specs["text"]:
-        raise ValueError(
-            f"{specs['text']} texts and {specs['image']} images do not share a space; pass "
-            "--translator CKPT trained on this store's encoders"
-        )
-    scores, rows = gallery.search(queries.numpy(), k)
-    names = gallery.labels()
-    results = [
-        {"query": label, "results": [{"rank": r + 1, "score": round(float(s), 4), "row": int(i),
-                                      "item": names[i]}
-                                     for r, (s, i) in enumerate(zip(sc, ix, strict=True))]}
-        for label, sc, ix in zip(labels, scores, rows, strict=True)
-    ]
+    pipeline = Search(load_index(index_dir),
+                      None if translator is None else Translator.load(translator))
+    modality, queries, labels = pipeline.encode(text, image)
+    results = pipeline(modality, queries, labels, k, mode=mode, n_samples=n_samples,
+                       generator=torch.Generator().manual_seed(seed))
     if as_json:
         typer.echo(json.dumps(results, indent=2))
         return
@@ -145,9 +92,9 @@ def zeroshot(
     from modtrans.encoders import build_encoder
     from modtrans.eval.zeroshot import DEFAULT_TEMPLATES, zeroshot_folder
     from modtrans.io import write_json
-    from modtrans.translators.base import load_translator
+    from modtrans.translators.base import Translator
 
-    models = {str(p): load_translator(p) for p in translator or []}
+    models = {str(p): Translator.load(p) for p in translator or []}
     first = next(iter(models.values()), None)
     image_spec = image_encoder or encoder or (first.config.image_encoder if first else None)
     text_spec = text_encoder or encoder or (first.config.text_encoder if first else None)

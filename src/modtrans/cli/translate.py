@@ -120,34 +120,13 @@ def evaluate(
         world_shape_task,
     )
     from modtrans.io import atomic_open, write_json
-    from modtrans.training.translator import fit_translator
-    from modtrans.translators.base import list_translators, load_translator, translator_class
+    from modtrans.pipelines import check_encoders, translator_or_method
     from modtrans.translators.samplers import SamplerOptions
 
     sampling = SamplerOptions(sampler=sampler, steps=steps, guidance=guidance, eta=eta)
     store = open_store(data, split)
-    if Path(translator).is_dir():
-        model = load_translator(translator)
-        if direction and direction != model.config.direction:
-            raise ValueError(f"{translator} translates {model.config.direction}, not {direction}")
-        _check_encoders(model.config, store)
-    else:
-        if translator not in list_translators():
-            raise FileNotFoundError(
-                f"{translator!r} is neither a checkpoint directory nor a method name "
-                f"({', '.join(list_translators())}); check the path, or train one with "
-                "`modtrans train`")
-        if translator_class(translator).trainable:
-            raise ValueError(f"{translator} needs training: run `modtrans train --method "
-                             f"{translator}` and pass the checkpoint directory")
-        if not direction:
-            raise ValueError("--direction is needed when evaluating a method by name")
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as tmp:
-            model, _ = fit_translator(
-                translator, load_pairs(open_store(data, "train"), direction),
-                load_pairs(open_store(data, "val"), direction), tmp, progress=False)
+    model = translator_or_method(translator, data, direction)
+    check_encoders(model.config, store)
     pairs = load_pairs(store, model.config.direction, max_images or None)
     task = None
     if zero_shot and "main_shape" in store.image_metadata().column_names:
@@ -160,18 +139,6 @@ def evaluate(
         with atomic_open(Path(out).with_suffix(".md")) as f:
             f.write(markdown_table([result]) + "\n")
     typer.echo(json.dumps(result, indent=2))
-
-
-def _check_encoders(config, store) -> None:
-    """A checkpoint must be used with embeddings from the encoders it was trained on."""
-    for modality in ("image", "text"):
-        trained, given = getattr(config, f"{modality}_encoder"), getattr(store,
-                                                                          f"{modality}_encoder")
-        if "unknown" not in (trained, given) and trained != given:
-            raise ValueError(
-                f"the translator was trained on {modality} embeddings from {trained!r} but the "
-                f"store holds embeddings from {given!r}; embed the data with the same encoders"
-            )
 
 
 @app.command()
@@ -195,14 +162,14 @@ def translate(
     import numpy as np
     import torch
 
-    from modtrans.cli.retrieval import encode_queries
     from modtrans.data.store import open_store
     from modtrans.io import save_npy
-    from modtrans.translators.base import load_translator
+    from modtrans.pipelines import check_encoders, encode_queries, nearest_in_store
+    from modtrans.translators.base import Translator
     from modtrans.translators.samplers import SamplerOptions
 
     sampling = SamplerOptions(sampler=sampler, steps=steps, guidance=guidance, eta=eta)
-    model = load_translator(checkpoint)
+    model = Translator.load(checkpoint)
     cfg = model.config
     wrong = image if cfg.cond_modality == "text" else text
     if wrong:
@@ -218,18 +185,11 @@ def translate(
         typer.echo(f"wrote {tuple(z.shape)} embeddings to {out}")
     if gallery:
         store = open_store(gallery, split)
-        _check_encoders(cfg, store)
-        image_side = cfg.target_modality == "image"
-        emb = store.image_embeddings if image_side else store.text_embeddings
-        meta = store.image_metadata() if image_side else store.text_metadata()
-        names = meta.column("image_path" if image_side else "caption").to_pylist()
-        g = torch.nn.functional.normalize(torch.from_numpy(emb.to_numpy()), dim=-1)
-        scores = torch.nn.functional.normalize(z, dim=-1) @ g.T
-        for label, row in zip(labels, scores, strict=True):
-            top = row.topk(min(k, len(row)))
-            typer.echo(f"{label}:")
-            for s, i in zip(top.values.tolist(), top.indices.tolist(), strict=True):
-                typer.echo(f"  {s:.3f}  {names[i]}")
+        check_encoders(cfg, store)
+        for result in nearest_in_store(z, labels, store, cfg.target_modality, k):
+            typer.echo(f"{result['query']}:")
+            for hit in result["results"]:
+                typer.echo(f"  {hit['score']:.3f}  {hit['item']}")
 
 
 @app.command()

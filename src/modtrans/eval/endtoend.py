@@ -49,13 +49,13 @@ from modtrans.data.coco import read_coco_captions
 from modtrans.data.store import open_store
 from modtrans.decoders.caption import CaptionDecoder, CaptionDecoderConfig, fit_caption_decoder
 from modtrans.decoders.image_vae import ConditionalVAE, ImageDecoderConfig, fit_image_decoder
-from modtrans.decoders.rerank import best_of
 from modtrans.encoders import build_encoder
 from modtrans.eval.captioning import caption_metrics
 from modtrans.eval.encoder_report import linear_probe
 from modtrans.images import image_grid, load_images
 from modtrans.io import atomic_path, read_json, write_json
-from modtrans.translators.base import load_translator
+from modtrans.pipelines import ImageToText, TextToImage
+from modtrans.translators.base import Translator
 from modtrans.world.generator import load_ground_truth
 from modtrans.world.recogniser import AttributeRecogniser, RecogniserConfig, fit_recogniser
 from modtrans.world.semantic import caption_semantic_scores, image_fd, image_semantic_scores
@@ -199,7 +199,8 @@ def full_prompts(world_split: Path, per_group: int, seed: int
 
 
 class RouteGenerator:
-    """Images from prompts through each text → image route, seeded.
+    """Images from prompts through each text → image route (a :class:`TextToImage` pipeline,
+    the world CLIP scoring the reranked ones), seeded.
 
     Assign another decoder to ``vae_image`` to compare decoders on the same prompts and
     draws; ``e2e/vae_text`` is loaded when the direct route first asks.
@@ -208,7 +209,7 @@ class RouteGenerator:
     def __init__(self, folder: Path, clip: Any, seed: int, candidates: int) -> None:
         self.folder = folder
         self.vae_image = ConditionalVAE.load(folder / "e2e" / "vae_image")
-        self.translators = {m: load_translator(folder / "translators" / "text2image" / m)
+        self.translators = {m: Translator.load(folder / "translators" / "text2image" / m)
                             for m in ("ced", "ridge")}
         self.clip, self.seed, self.candidates = clip, seed, candidates
 
@@ -226,14 +227,12 @@ class RouteGenerator:
             return self.vae_image.generate(e, generator=generator)
         k = self.candidates if route.endswith(RERANK) else 1
         route = route.removesuffix(RERANK)
-        text_emb = self.clip.encode_texts([prompt for prompt, _ in items]).repeat_interleave(k, 0)
-        if route == "direct":
-            images = self.vae_text.generate(text_emb, generator=generator)
-        else:
-            method, mode = ("ced", "mean") if route == "ced-mean" else (route, "sample")
-            e = self.translators[method].translate(text_emb, mode=mode, generator=generator)
-            images = self.vae_image.generate(e, generator=generator)
-        return best_of(images, text_emb, self.clip, k)[0] if k > 1 else images
+        method, mode = ("ced", "mean") if route == "ced-mean" else (route, "sample")
+        pipeline = (TextToImage(self.vae_text, text_encoder=self.clip) if route == "direct"
+                    else TextToImage(self.vae_image, self.translators[method],
+                                     text_encoder=self.clip))
+        return pipeline([prompt for prompt, _ in items], candidates=k, mode=mode,
+                        generator=generator)[0]
 
 
 def conditioning_probes(folder: Path, min_images: int = 20) -> dict[str, Any]:
@@ -307,16 +306,18 @@ def image_to_text(folder: Path, split: str, config: EndToEndConfig
     references = [[captions[j] for j in np.flatnonzero(owner == i)] for i in range(n)]
     decoders = {name: CaptionDecoder.load(folder / "e2e" / name)
                 for name in {decoder for _, decoder in I2T_ROUTES.values()}}
-    translated: dict[str | None, torch.Tensor] = {None: image_emb}
+    translators = {method: Translator.load(folder / "translators" / "image2text" / method)
+                   for method, _ in I2T_ROUTES.values() if method is not None}
+    translated: dict[str | None, torch.Tensor] = {}
     results: dict[str, Any] = {}
     outputs: dict[str, list[str]] = {}
     for route, (method, decoder) in I2T_ROUTES.items():
-        if method not in translated:
-            translator = load_translator(folder / "translators" / "image2text" / method)
-            translated[method] = translator.translate(
+        pipeline = ImageToText(decoders[decoder], translators.get(method))
+        if method not in translated:  # each translation once, shared by its routes
+            translated[method] = pipeline.translate(
                 image_emb, mode="mean", n_samples=8,
                 generator=torch.Generator().manual_seed(config.seed))
-        predicted = decoders[decoder].generate(translated[method], num_beams=config.beams)
+        predicted = pipeline.decode(translated[method], beams=config.beams)
         outputs[route] = predicted
         results[route] = {**caption_metrics(predicted, references),
                           **caption_semantic_scores(predicted, rows)}

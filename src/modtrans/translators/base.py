@@ -252,7 +252,3 @@ def translator_class(method: str) -> type[Translator]:
         raise ValueError(f"unknown method {method!r}; choose one of {sorted(_REGISTRY)}")
     return _REGISTRY[method]
 
-
-def load_translator(path: str | Path, device: str | torch.device = "cpu") -> Translator:
-    """The translator saved in ``path`` (:meth:`Translator.load`), whatever its method."""
-    return Translator.load(path, device)
