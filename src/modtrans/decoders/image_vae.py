@@ -9,15 +9,10 @@ reconstruction (+ optional SSIM term) + β·KL. New images are drawn by sampling
 from a conditional diffusion prior p(z | e) (:mod:`modtrans.decoders.latent_prior`)
 trained on the encoder's posteriors after the VAE.
 
-Why not seed 003's vector latent and N(0, I) prior: on the world it drew soft blobs the
-judge could not read, even redrawing an image from its own posterior (colour recall 0.32 to
-0.35, colour–shape pairs 0.07 to 0.09, 10 epochs). A spatial latent keeps where things
-are; after 2 epochs it redrew the same images at colour recall 0.55 to 0.59 and pair recall
-0.20 to 0.27. A grid of independent normal noise is no scene, hence the learned prior.
-
-Other differences from the seed: a real validation split (the seed validated on its
-training data), embeddings z-normalised with train statistics, and sampling noise drawn
-per image from a generator, so a sample does not depend on the batch it was drawn in.
+A spatial latent with a learned prior rather than seed 003's vector latent and N(0, I)
+prior, which drew shapeless blobs on the world; a real validation split, embeddings
+z-normalised with train statistics, and noise drawn per image (a sample does not depend on
+its batch). Measurements: ``docs/findings.md``, *Image decoder*.
 """
 
 from __future__ import annotations

@@ -32,22 +32,17 @@ class LatentPriorConfig(Config):
 
     Attributes:
         denoiser: ``unet`` (:class:`ConditionalGridUNet` over the latent grid) or ``mlp``
-            (:class:`ConditionalMLP` on the flattened latent). The U-Net is the default: on
-            the world's test-split prompts (image decoder, oracle embeddings, guidance 5,
-            2,400 steps) its draws had an image FD of 0.083 against the MLP's 0.118, with
-            clean backgrounds and outlines where the MLP's were smeared; colour and pair
-            recall were within noise of each other. It trains about 3× slower on a CPU.
+            (:class:`ConditionalMLP` on the flattened latent). The U-Net is the default: its
+            draws have clean outlines where the MLP's smear (``docs/findings.md``,
+            *Image decoder*); it trains about 3× slower on a CPU.
         width, depth: U-Net: channels at full resolution (default 64) and residual blocks
             per level (1); MLP: hidden width (1024) and layers (4).
         emb_dim: width of the timestep and condition embeddings.
         timesteps: diffusion steps of the cosine schedule.
         cond_drop: fraction of training samples on the null condition (guidance).
         steps, guidance: DPM-Solver++ steps and classifier-free guidance at sampling.
-            Guidance 5 was chosen on the world's test-split prompts (image decoder, oracle
-            embeddings): from 1 to 5, colour recall rose from 0.27–0.34 to 0.36–0.44 and
-            pair recall from 0.04–0.06 to 0.05–0.11; 8 found more colours but hallucinated
-            more pairs (MLP prior). With the U-Net, 8 and 5 were within noise (pair recall
-            0.14/0.12/0.08 against 0.12/0.10/0.07 for 1/2/3 objects, FD 0.082 against 0.083).
+            Guidance 5 was chosen on the world's test-split prompts (``docs/findings.md``,
+            *Image decoder*).
         train_steps, batch_size, lr, ema_decay: the recipe (AdamW, EMA of the
             weights); steps, not epochs, so that it costs the same whatever the data size.
         lr_decay: ``constant`` learning rate, or ``cosine`` decay to zero over

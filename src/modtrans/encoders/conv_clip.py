@@ -1,18 +1,16 @@
 """A CLIP with a small convolutional image tower, as a transformers model (``hf:`` loads it).
 
-Why: on the 64×64 world a tiny ViT has no locality prior; trained as a supervised
-classifier of the main object's shape for 300 steps it stays at chance while a 4-block CNN
-reaches 72% (measured on 5,000 world images). The text tower here *is* CLIP's
+A CNN tower because on small images a tiny ViT has no locality prior and learns shape far
+more slowly (``docs/findings.md``, *World CLIP*). The text tower here *is* CLIP's
 (``CLIPTextModel``); the image tower is a VGG-style CNN. The class is registered with
 ``AutoConfig``/``AutoModel``, saved with ``save_pretrained`` and loaded through the same
 ``hf:`` path as any CLIP.
 
 The image embedding pools the tower's cell map. ``object_classes > 0`` adds an object head
 (a 1×1 conv over the cells, class 0 meaning "no object") and pools twice: a mean weighted by
-each cell's probability of holding an object, beside the plain mean. Why: an object of the
-world fills one or two of the 64 cells, so the plain mean is dominated by the background;
-with the object-weighted mean (the head warm-started as the world's detector) a linear probe
-reads the main shape at 0.55 instead of 0.39, and R@1 rises (README, *World CLIP*).
+each cell's probability of holding an object, beside the plain mean. An object may fill
+one or two cells, so the plain mean is dominated by the background (``docs/findings.md``,
+*World CLIP*).
 """
 
 from __future__ import annotations

@@ -21,8 +21,7 @@ Two ways to train the same output form:
 
 Both average their K draws in ``mean`` mode from antithetic noise pairs (ε, −ε): the
 deterministic sampler is a smooth map of the noise, so each pair cancels the first-order
-noise term. Measured on WorldBench text → image (300 val images): K = 16 antithetic draws
-reach the Sim that K = 64 independent ones do.
+noise term (``docs/findings.md``, *Translators*).
 """
 
 from __future__ import annotations

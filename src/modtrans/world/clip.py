@@ -8,12 +8,10 @@ through the ``hf:`` spec, exactly like a real CLIP.
 The CNN tower is warm-started before the contrastive epochs (``warm_start_epochs``): it is
 trained for a few epochs as the world's object detector (:mod:`modtrans.world.recogniser`,
 the judge's recipe) on the train split's ground truth. It stands in for the pretrained
-backbone a real CLIP tower starts from. Why: trained contrastively from scratch, the world
-CLIP learns colour and not shape within a CPU budget (colour alone tells most captions in a
-batch apart, so neither tower is pushed towards shape); a 16-epoch run sits at a chance
-shape probe for 7 epochs. Warm-started, the towers read shape from the first contrastive
-epoch. The detector's shape head also starts the tower's object head, by which the image's
-cells are pooled (``pool: objects``). The ground truth never reaches the text tower or the
+backbone a real CLIP tower starts from: trained contrastively from scratch on a CPU budget,
+the world CLIP learns colour and not shape (``docs/findings.md``, *World CLIP*). The
+detector's shape head also starts the tower's object head, by which the image's cells are
+pooled (``pool: objects``). The ground truth never reaches the text tower or the
 contrastive loss.
 """
 
@@ -44,13 +42,12 @@ logger = logging.getLogger(__name__)
 class WorldClipConfig(Config):
     """Architecture and training recipe of the world CLIP.
 
-    The default — a narrow CNN image tower trained for 2 epochs as the world's object
+    The default is a narrow CNN image tower warm-started for 2 epochs as the world's object
     detector, then 3 contrastive epochs, its cells pooled by the detector's object
-    probabilities — trains on the demo's 20,000-image world in about 2 minutes on a 2-core
-    CPU and has the best shape probe and WorldBench figures measured (README, *World
-    CLIP*). Left as None, ``warm_start_epochs`` means 2 for the CNN tower and 0 for the ViT
-    (``vision: vit``, a plain ``CLIPModel``), and ``pool`` means ``objects`` for a
-    warm-started CNN tower and ``mean`` otherwise.
+    probabilities (about 2 minutes on the demo's world on a 2-core CPU; the variants'
+    figures: ``docs/findings.md``, *World CLIP*). Left as None, ``warm_start_epochs`` means
+    2 for the CNN tower and 0 for the ViT (``vision: vit``, a plain ``CLIPModel``), and
+    ``pool`` means ``objects`` for a warm-started CNN tower and ``mean`` otherwise.
 
     ``pool``: ``mean`` embeds an image as the mean of its tower's cells; ``objects`` adds
     the mean weighted by each cell's probability of holding an object, from an object head

@@ -9,10 +9,8 @@ which shapes, colours and colour–shape pairs are present, and how many objects
 Its own held-out accuracy is reported with every score it gives: a judge that is not
 measured proves nothing.
 
-Why per-cell targets: trained on image-level labels alone (multi-label BCE over a global
-max-pool, the first version), it read shapes at 84% presence accuracy after 8 epochs and
-named the exact colour–shape set of 5% of images; told *where* each object is, the same
-network reaches 98% and 86% in 2 epochs (both on the world's 1,842 test images).
+Per-cell targets (where each object is) rather than image-level labels: they train far
+faster and more accurately (``docs/findings.md``, *The judge*).
 """
 
 from __future__ import annotations
@@ -239,15 +237,8 @@ def degrade(images: torch.Tensor, config: RecogniserConfig,
     """Blur and noise a ``config.degrade`` share of uint8 images (N, H, W, 3), each with its
     own σ and noise level; the rest are returned as they are.
 
-    Why: decoded images are soft-edged. Trained 6 epochs on crisp images only, the judge
-    read shapes on 600 of the world's test images at 96.6% presence accuracy and the object
-    count at 94.8%, but at 88.5% and 50.5% once the images were blurred with σ = 1 px
-    (objects still plain to a viewer), and at 79.4% and 51.0% on the image VAE's redraws of
-    them: it scored the blur as well as the objects. Trained 10 epochs with half its images
-    degraded, it reads the crisp images at 97.6% and 97.3%, the blurred at 96.0% and 97.5%,
-    the redraws at 83.3% and 92.7%. Some of the gain is leniency: judging generated images
-    against their own prompts, its recall rose by 0.02–0.20, and against other prompts by
-    0.00–0.06 (README, *Measured findings*).
+    Decoded images are soft-edged: a judge trained on crisp images only scores the blur as
+    well as the objects (``docs/findings.md``, *The judge*).
     """
     n, device = len(images), images.device
     chosen = (torch.rand(n, generator=generator) < config.degrade).to(device)
@@ -362,10 +353,9 @@ def judge_training_world(world_dir: str | Path, out_dir: str | Path, *,
     train split, drawn from its config but from another seed, with no (colour, shape) pair
     held out, all in ``train``.
 
-    Why: the judge is the world's reader, not a model under test. Trained on the world's own
-    train split, it never saw the pairs the ``novel`` split holds out, and named the exact
-    pair of 0.32 of real one-object novel images (0.05 once it also trained on degraded
-    images; README, *End to end*). The models it judges still never see those pairs.
+    The judge is the world's reader, not a model under test: trained on the world's own
+    train split it cannot read the pairs the ``novel`` split holds out. The models it judges
+    still never see those pairs (``docs/findings.md``, *The judge*).
     """
     require_file(Path(world_dir) / "world.json", (
         f"{world_dir} holds no world.json; the recogniser trains on a world made by "
