@@ -57,8 +57,9 @@ KEPT = ("colours_recall", "shapes_recall", "pairs_recall", "pairs_hallucination"
 
 def variant_config(base: ImageDecoderConfig, options: dict[str, Any]) -> ImageDecoderConfig:
     """``base`` with ``options`` over it, ``prior`` options merged into its own."""
-    return ImageDecoderConfig.from_dict({**base.to_dict(), **options,
-                                         "prior": {**base.prior, **options.get("prior", {})}})
+    saved = base.to_dict()
+    return ImageDecoderConfig.from_dict({**saved, **options,
+                                         "prior": {**saved["prior"], **options.get("prior", {})}})
 
 
 def variant_decoder(work: Path, name: str) -> Path:

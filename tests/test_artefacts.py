@@ -143,3 +143,51 @@ def test_a_missing_directory_says_how_to_make_one(tmp_path: Path) -> None:
         CaptionDecoder.load(tmp_path / "nothing")
     with pytest.raises(FileNotFoundError, match=r"holds no world clip.*fit-encoder"):
         WorldClip.load(tmp_path)
+
+
+def test_a_new_model_needs_only_its_config_module_loss_and_data(tmp_path: Path) -> None:
+    """The layer's contract for every later model (L-Verse, the joint VAE): a config
+    dataclass, an ``nn.Module`` that names its kind, a loss and loaders; fit, resume, save,
+    load and the errors come from the layer."""
+    import dataclasses
+
+    import lightning as L
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from modtrans.artefacts import Artefact
+    from modtrans.config import Config
+    from modtrans.training.fit import Recipe, fit
+
+    @dataclasses.dataclass
+    class LineConfig(Config):
+        dim: int = 3
+
+    class Line(Artefact, nn.Module):
+        kind, config_class, train_hint = "line", LineConfig, "fit one"
+
+        def __init__(self, config: LineConfig) -> None:
+            super().__init__()
+            self.config, self.map = config, nn.Linear(config.dim, 1)
+
+        def training_loss(self, batch: tuple[torch.Tensor, torch.Tensor]
+                          ) -> dict[str, torch.Tensor]:
+            x, y = batch
+            return {"loss": (self.map(x).squeeze(1) - y).pow(2).mean()}
+
+    recipe = Recipe(epochs=40, batch_size=32, lr=0.05, accelerator="cpu", progress=False)
+    L.seed_everything(recipe.seed, verbose=False)
+    x = torch.randn(256, 3)
+    data = TensorDataset(x, x @ torch.tensor([1.0, -2.0, 0.5]) + 0.3)
+    model = Line(LineConfig())
+    result = fit(model, model.training_loss, recipe.loader(data),
+                 DataLoader(data, batch_size=256), recipe, tmp_path)
+    assert result["val/loss"] < 1e-3 and result["steps"] == 40 * 8
+    model.save(tmp_path, summary=result)
+    loaded = Line.load(tmp_path)
+    torch.testing.assert_close(loaded.map.weight, torch.tensor([[1.0, -2.0, 0.5]]),
+                               atol=0.02, rtol=0)
+    assert read_summary(tmp_path)["steps"] == 40 * 8
+    longer = dataclasses.replace(recipe, epochs=41, resume=True)
+    assert fit(loaded, loaded.training_loss, longer.loader(data), None, longer,
+               tmp_path)["steps"] == 41 * 8

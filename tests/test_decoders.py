@@ -128,7 +128,7 @@ def test_image_decoder_saved_before_the_unet_prior_loads_its_mlp(tmp_path: Path)
     del config["prior"]["denoiser"]
     as_format0(tmp_path, config, "decoder_config.json", "decoder.safetensors")
     loaded = ConditionalVAE.load(tmp_path)
-    assert loaded.config.prior["denoiser"] == "mlp"
+    assert loaded.config.prior.denoiser == "mlp"
     e = torch.randn(2, 6)
     torch.testing.assert_close(loaded.prior.denoiser(torch.ones(2, 128), torch.tensor([3, 9]), e),
                                model.prior.denoiser(torch.ones(2, 128), torch.tensor([3, 9]), e))
@@ -148,8 +148,8 @@ def test_refit_latent_prior_keeps_the_vae_and_swaps_the_prior(
                                  accelerator="cpu", progress=False)
     after = ConditionalVAE.load(tmp_path)
     assert isinstance(after.prior.denoiser, ConditionalGridUNet)
-    assert after.config.prior["width"] == 64 and after.config.prior["train_steps"] == 3
-    assert after.config.prior["emb_dim"] == TINY_PRIOR["emb_dim"]  # kept options
+    assert after.config.prior.width == 64 and after.config.prior.train_steps == 3
+    assert after.config.prior.emb_dim == TINY_PRIOR["emb_dim"]  # kept options
     old_state = before.state_dict()
     for key, value in after.state_dict().items():
         if not key.startswith("prior."):

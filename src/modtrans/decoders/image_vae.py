@@ -72,7 +72,7 @@ class ImageDecoderConfig(Config):
     epochs: int = 4
     batch_size: int = 128
     lr: float = 1e-3
-    prior: dict[str, Any] = dataclasses.field(default_factory=dict)
+    prior: LatentPriorConfig = dataclasses.field(default_factory=LatentPriorConfig)
     seed: int = 0
     image_encoder: str = "unknown"
     text_encoder: str = "unknown"
@@ -90,12 +90,13 @@ class ImageDecoderConfig(Config):
             raise ValueError(f"grid must be one of {GRIDS}, got {self.grid}")
         if self.latent_channels < 1 or self.beta < 0 or self.ssim_weight < 0:
             raise ValueError("latent_channels must be ≥ 1, beta and ssim_weight ≥ 0")
-        # every prior option written out (a saved decoder keeps its sampler settings); unknown
-        # or bad options fail here, not after the VAE has trained
-        if not isinstance(self.prior, dict):
+        # a mapping (a config file) becomes the typed options: unknown or bad options fail
+        # here, not after the VAE has trained
+        if isinstance(self.prior, dict):
+            self.prior = LatentPriorConfig.from_dict(self.prior)
+        if not isinstance(self.prior, LatentPriorConfig):
             raise ValueError(f"prior must be a mapping of LatentPriorConfig options, got "
                              f"{self.prior!r}")
-        self.prior = LatentPriorConfig.from_dict(self.prior).to_dict()
 
     def recipe(self) -> Recipe:
         """The VAE stage's recipe: Adam on the ELBO."""
@@ -143,7 +144,7 @@ class ConditionalVAE(Artefact, nn.Module):
             up, _block(c1, c1), nn.Conv2d(c1, 3, 3, padding=1),
         )  # fmt: skip
         self.embed_norm = Normalizer(config.embed_dim)
-        self.prior = LatentPrior(LatentPriorConfig(**config.prior),
+        self.prior = LatentPrior(config.prior,
                                  (config.latent_channels, config.grid, config.grid),
                                  config.embed_dim)
 
@@ -363,7 +364,7 @@ def refit_latent_prior(train: EmbeddingStore, val: EmbeddingStore, decoder_dir: 
     if prior is not None and not isinstance(prior, dict):
         raise ValueError(f"prior must be a mapping of LatentPriorConfig options, got {prior!r}")
     options = dict(prior or {})
-    base = dict(old.config.prior)
+    base = old.config.prior.to_dict()
     if options.get("denoiser", base["denoiser"]) != base["denoiser"]:
         base.pop("width"), base.pop("depth")
     config = dataclasses.replace(old.config, prior={**base, **options})
