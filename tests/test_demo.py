@@ -22,7 +22,7 @@ from modtrans.demo import PRESETS, run_demo
 from modtrans.eval.worldbench import markdown_table
 from modtrans.translators.samplers import SamplerOptions
 
-TINY = PRESETS["tiny"]
+TINY = PRESETS["tiny-generation"]
 SPLITS = [(d, s) for d in ("text2image", "image2text") for s in TINY.eval_splits]
 
 
@@ -90,6 +90,12 @@ def test_demo_report(demo: Demo) -> None:
         assert f"<h3>{direction} — {split}</h3>" in page
     for method in TINY.methods:
         assert f"<td>{method}</td>" in page
+    # it opens with who led on what, explains its metrics, warns that tiny is a smoke test
+    assert page.index("<h2>Summary</h2>") < page.index("<h2>The world</h2>")
+    assert "Sim: <b>" in page and "ahead of" in page
+    assert "<dt>FD</dt>" in page and "smoke test" in page
+    assert "<a href='#worldbench'>WorldBench</a>" in page and "<h2>Stage times</h2>" in page
+    assert '{"world"' not in page  # stage times are a table, not a JSON dump
     # Plots: bars, 4 histograms, curves; world samples are embedded PNGs too.
     assert page.count("data:image/png;base64,") >= 6 + 12
     timings = json.loads((demo.out / "timings.json").read_text())
@@ -104,7 +110,7 @@ def test_demo_resumes_without_redoing_anything(
     ckpt = demo.checkpoint("text2image", "ced") / "model.safetensors"
     ckpt_mtime = ckpt.stat().st_mtime_ns
     start = time.perf_counter()
-    out = _run(capsys, ["demo", "--out", str(demo.out), "--preset", "tiny"])
+    out = _run(capsys, ["demo", "--out", str(demo.out), "--preset", "tiny-generation"])
     seconds = time.perf_counter() - start
     assert f"report: {demo.report}" in out
     assert (demo.out / "timings.json").read_bytes() == timings
@@ -123,7 +129,9 @@ def test_report_verb_regenerates_the_page(
     page = demo.report.read_text()
     assert "<h2>WorldBench</h2>" in page and "<h2>Generation (end to end)</h2>" in page
     generation_tables = 2 * len({split for _, split in SPLITS})  # t2i and i2t per split
-    assert page.count("<table>") == before.count("<table>") == len(SPLITS) + generation_tables
+    summaries = 2  # the world CLIP's figures and the stage times
+    assert page.count("<table>") == before.count("<table>") == (
+        len(SPLITS) + generation_tables + summaries)
     assert "Prompts → samples" in page and "Images → captions" in page
     assert "route draws 2 images per prompt" in page
 
@@ -163,7 +171,7 @@ def test_e2e_reuses_a_trained_decoder_only_with_the_same_options(demo: Demo) -> 
     from modtrans.demo import PRESETS
     from modtrans.eval.endtoend import EndToEndConfig, train_models
 
-    generation = PRESETS["tiny"].generation
+    generation = PRESETS["tiny-generation"].generation
     weights = sorted((demo.out / "e2e").glob("*/*.safetensors"))
     before = {p: p.stat().st_mtime_ns for p in weights}
     summaries = train_models(demo.out, EndToEndConfig.from_dict(generation), progress=False)
@@ -368,3 +376,27 @@ def test_translate_image2text(demo: Demo, tmp_path: Path, capsys: pytest.Capture
 
 def test_translate_missing_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _error(capsys, ["translate", str(tmp_path), "--text", "x"], "holds no translator")
+
+
+def test_the_report_renders_in_a_browser(demo: Demo, tmp_path: Path) -> None:
+    """Headless Chromium draws the page: a tall, non-blank screenshot."""
+    import shutil
+    import subprocess
+
+    from PIL import Image
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("chromium is not installed (.ci/run installs it)")
+    shot = tmp_path / "report.png"
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu",
+                    "--disable-background-networking", "--disable-component-update",
+                    "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+                    "--window-size=1200,3000", f"--screenshot={shot}",
+                    demo.report.resolve().as_uri()], check=True, capture_output=True,
+                   timeout=120)
+    with Image.open(shot) as im:
+        pixels = im.convert("L").resize((120, 300))
+        assert im.size == (1200, 3000)
+    colours = set(pixels.getdata())
+    assert len(colours) > 20, "the screenshot is (nearly) blank"

@@ -57,6 +57,19 @@ class DemoConfig(Config):
 
 TINY_PRIOR = {"width": 32, "depth": 2, "emb_dim": 32, "train_steps": 20, "steps": 4}
 
+#: The end-to-end stage at the tiny preset's size (``--preset tiny-generation``).
+TINY_GENERATION: dict[str, Any] = {
+    "prompts_per_group": 4, "images": 8, "candidates": 2,
+    "recogniser": {"channels": [8, 16], "epochs": 1},
+    "vae_image": {"channels": [8, 8, 16], "latent_channels": 2, "epochs": 1,
+                  "prior": TINY_PRIOR},
+    "vae_text": {"channels": [8, 8, 16], "latent_channels": 2, "epochs": 1,
+                 "prior": TINY_PRIOR},
+    "clipcap": {"width": 16, "layers": 1, "heads": 2, "epochs": 1},
+    "capdec": {"width": 16, "layers": 1, "heads": 2, "epochs": 1},
+    "capdec_paper": {"width": 16, "layers": 1, "heads": 2, "epochs": 1},
+}
+
 PRESETS: dict[str, DemoConfig] = {
     "default": DemoConfig(),
     "tiny": DemoConfig(
@@ -71,19 +84,11 @@ PRESETS: dict[str, DemoConfig] = {
         method_train={m: {"epochs": 1} for m in ("mlp", "ced", "ced-paper")},
         eval_images=40,
         n_samples=2,
-        generation={
-            "prompts_per_group": 4, "images": 8, "candidates": 2,
-            "recogniser": {"channels": [8, 16], "epochs": 1},
-            "vae_image": {"channels": [8, 8, 16], "latent_channels": 2, "epochs": 1,
-                          "prior": TINY_PRIOR},
-            "vae_text": {"channels": [8, 8, 16], "latent_channels": 2, "epochs": 1,
-                         "prior": TINY_PRIOR},
-            "clipcap": {"width": 16, "layers": 1, "heads": 2, "epochs": 1},
-            "capdec": {"width": 16, "layers": 1, "heads": 2, "epochs": 1},
-            "capdec_paper": {"width": 16, "layers": 1, "heads": 2, "epochs": 1},
-        },
     ),
 }
+PRESETS["tiny-generation"] = dataclasses.replace(PRESETS["tiny"], generation=TINY_GENERATION)
+#: the end-to-end options ``--generation`` adds to a preset that has none
+GENERATION: dict[str, dict[str, Any]] = {"default": {}, "tiny": TINY_GENERATION}
 
 
 def run_demo(out: str | Path, config: DemoConfig | None = None, *, progress: bool = True

@@ -11,6 +11,7 @@ import csv
 import html
 import io
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,27 @@ table{border-collapse:collapse;margin:1em 0;font-size:0.9em}
 td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
 th{background:#f3f3f3}td:first-child{text-align:left}
 img{max-width:100%}.grid{display:flex;flex-wrap:wrap;gap:12px}
-.grid figure{margin:0;width:180px;font-size:0.75em}"""
+.grid figure{margin:0;width:180px;font-size:0.75em}
+.warn{background:#fff3cd;border:1px solid #e0c36c;padding:0.6em 1em}
+nav ul{columns:2}dl{font-size:0.9em}dt{font-weight:600}dd{margin:0 0 0.4em 1.5em}"""
+
+#: What each WorldBench column means and what a good value looks like.
+METRICS = {
+    "Sim": "mean cosine between the translation ẑ and the true target z; higher is better, "
+           "but a regression to the mean maximises it, so read it with FD and diversity",
+    "cos(c,z)": "cosine between the condition and the target as given (the modality gap); "
+                "the same for every method",
+    "cos(ẑ,c)": "cosine between the translation and its condition: how far it moved",
+    "cos(ẑ,z') unrel.": "mean cosine to unrelated targets; lower means less collapse",
+    "R@1": "share of queries whose own target is the nearest of the split's items; higher is "
+           "better (R@5, R@10 likewise; MedR: the median rank, lower is better)",
+    "FD": "Fréchet distance between translated and real target embeddings; lower means the "
+          "translations are distributed like real ones (FD (unit): on unit vectors)",
+    "Sim (1 draw)": "Sim of a single draw rather than the mean of several",
+    "diversity": "spread of several draws for the same condition; 0 for a deterministic map",
+    "zero-shot": "world-shape classification through the translator (raw: without it)",
+}
+SMOKE_TEST_IMAGES = 2000  # a world smaller than this is a smoke test (the tiny preset)
 
 
 def _png(fig) -> str:
@@ -139,7 +160,9 @@ def _image_tag(raw: bytes, width: int | None = None) -> str:
 
 def _simple_table(header: list[str], rows: list[list[Any]]) -> str:
     def cell(v: Any) -> str:
-        return html.escape(f"{v:.3f}" if isinstance(v, float) else str(v))
+        if isinstance(v, float):
+            return "–" if math.isnan(v) else f"{v:.3f}"
+        return html.escape(str(v))
 
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>"
@@ -154,7 +177,7 @@ def _generation(folder: Path) -> list[str]:
         return []
     res = json.loads(path.read_text())
     judge = res["recogniser"]
-    parts = ["<h2>Generation (end to end)</h2>",
+    parts = ["<a id='generation'></a><h2>Generation (end to end)</h2>",
              f"<p>Judge: the attribute recogniser, {html.escape(describe_report(judge))}</p>"]
     if res.get("candidates", 1) > 1:
         parts.append(f"<p>A <code>-rerank</code> route draws {res['candidates']} images per "
@@ -197,23 +220,74 @@ def _generation(folder: Path) -> list[str]:
     return parts
 
 
+def _summary(results: list[dict[str, Any]]) -> str:
+    """Which method led on Sim, R@1 and FD (unit) in each direction and split, and by how
+    much over the runner-up."""
+    items = []
+    for res in results:
+        rows = res["rows"]
+        parts = []
+        for key, title, best in (("sim", "Sim", max), ("R@1", "R@1", max),
+                                 ("fd_unit", "FD (unit)", min)):
+            scored = sorted((r for r in rows if r.get(key) is not None),
+                            key=lambda r: r[key], reverse=best is max)
+            if len(scored) < 2:
+                continue
+            first, second = scored[0], scored[1]
+            parts.append(f"{title}: <b>{html.escape(first['method'])}</b> {first[key]:.3f} "
+                         f"({abs(first[key] - second[key]):.3f} "
+                         f"{'ahead of' if best is max else 'below'} "
+                         f"{html.escape(second['method'])})")
+        items.append(f"<li>{html.escape(res['direction'])} — {html.escape(res['split'])}: "
+                     + "; ".join(parts) + "</li>")
+    return "<a id='summary'></a><h2>Summary</h2><ul>" + "".join(items) + "</ul>"
+
+
+def _metric_legend() -> str:
+    return "<dl>" + "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>"
+                            for k, v in METRICS.items()) + "</dl>"
+
+
+def _flat(data: dict[str, Any], prefix: str = "") -> list[list[Any]]:
+    """A nested mapping as (key path, value) rows."""
+    rows: list[list[Any]] = []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            rows += _flat(value, f"{prefix}{key} / ")
+        else:
+            rows.append([f"{prefix}{key}", value])
+    return rows
+
+
+def _smoke_test_warning(folder: Path) -> str:
+    info = folder / "world" / "world.json"
+    if not info.is_file():
+        return ""
+    n = sum(json.loads(info.read_text())["counts"].values())
+    if n >= SMOKE_TEST_IMAGES:
+        return ""
+    return (f"<p class='warn'>This run used a world of {n} images (the tiny preset): a smoke "
+            "test of the pipeline. Its figures mean nothing; run the default preset for "
+            "results.</p>")
+
+
 def write_report(folder: str | Path) -> Path:
     """Write ``folder/report.html`` from the files the demo or a benchmark left there."""
     folder = Path(folder)
-    parts = ["<h1>modtrans report</h1>"]
-    timings = folder / "timings.json"
-    if timings.is_file():
-        t = json.loads(timings.read_text())
-        parts.append(f"<p>Stage times (s, this machine): {html.escape(json.dumps(t))}; "
-                     f"total {sum(t.values()):.0f} s.</p>")
-    parts += ["<h2>The world</h2>", _world_samples(folder)]
+    results = [json.loads(p.read_text()) for p in sorted((folder / "results").glob("*.json"))]
+    parts = ["<h1>modtrans report</h1>", _smoke_test_warning(folder)]
+    if results:
+        parts.append(_summary(results))
+    parts += ["<a id='world'></a><h2>The world</h2>", _world_samples(folder)]
     enc = folder / "encoder_report.json"
     if enc.is_file():
-        parts += ["<h2>World CLIP</h2>",
-                  f"<pre>{html.escape(json.dumps(json.loads(enc.read_text()), indent=1))}</pre>"]
-    results = [json.loads(p.read_text()) for p in sorted((folder / "results").glob("*.json"))]
+        parts += ["<a id='encoder'></a><h2>World CLIP</h2>",
+                  "<p>Retrieval between the world's images and captions with the raw "
+                  "embeddings, the modality gap, and linear probes of the main shape and "
+                  "colour (against chance).</p>",
+                  _simple_table(["figure", "value"], _flat(json.loads(enc.read_text())))]
     if results:
-        parts.append("<h2>WorldBench</h2>")
+        parts += ["<a id='worldbench'></a><h2>WorldBench</h2>", _metric_legend()]
         for res in results:
             parts += [f"<h3>{res['direction']} — {res['split']}</h3>", _table(res["rows"])]
         parts += ["<h3>Sim and R@1 by method</h3>", _bars(results),
@@ -222,10 +296,26 @@ def write_report(folder: str | Path) -> Path:
     parts += _generation(folder)
     curves = _curves(folder)
     if curves:
-        parts += ["<h2>Training curves</h2>", curves]
+        parts += ["<a id='curves'></a><h2>Training curves</h2>", curves]
+    timings = folder / "timings.json"
+    if timings.is_file():
+        t = json.loads(timings.read_text())
+        parts += ["<a id='timings'></a><h2>Stage times</h2>",
+                  _simple_table(["stage", "seconds (this machine)"],
+                                [[k, round(v, 1)] for k, v in t.items()]
+                                + [["total", round(sum(t.values()), 1)]])]
+    body = "".join(parts)
+    toc = "".join(f"<li><a href='#{anchor}'>{html.escape(title)}</a></li>"
+                  for anchor, title in _SECTIONS if f"<a id='{anchor}'>" in body)
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>modtrans report</title>"
-            f"<style>{_STYLE}</style></head><body>{''.join(parts)}</body></html>")
+            f"<style>{_STYLE}</style></head><body>"
+            f"{body.replace('</h1>', f'</h1><nav><ul>{toc}</ul></nav>', 1)}</body></html>")
     path = folder / "report.html"
     with atomic_open(path) as f:
         f.write(page)
     return path
+
+
+_SECTIONS = (("summary", "Summary"), ("world", "The world"), ("encoder", "World CLIP"),
+             ("worldbench", "WorldBench"), ("generation", "Generation (end to end)"),
+             ("curves", "Training curves"), ("timings", "Stage times"))
