@@ -61,7 +61,7 @@ def open_images(paths: Sequence[Path]) -> list[Image.Image]:
         try:
             with Image.open(path) as im:
                 opened.append(im.convert("RGB"))
-        except (OSError, Image.UnidentifiedImageError) as e:
+        except OSError as e:  # PIL.UnidentifiedImageError included
             raise ValueError(f"{path} is not an image modtrans can read ({e})") from e
     return opened
 
