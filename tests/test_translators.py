@@ -661,8 +661,10 @@ def test_config_validation() -> None:
         TranslatorConfig(method="ridge", direction="image2image", cond_dim=4, target_dim=4)
     with pytest.raises(ValueError, match="cond_dim must be positive"):
         TranslatorConfig(method="ridge", direction="text2image", cond_dim=0, target_dim=4)
-    with pytest.raises(ValueError, match="epochs and batch_size"):
+    with pytest.raises(ValueError, match="epochs, batch_size and checkpoint_every"):
         Recipe(epochs=0)
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        Recipe(checkpoint_every=0)
     with pytest.raises(ValueError, match="logger"):
         Recipe(logger="wandb")
     with pytest.raises(ValueError, match="precision must be one of"):

@@ -12,16 +12,20 @@ import csv
 import dataclasses
 import logging
 import math
+import os
+import pickle
+import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint, WeightAveraging
+from lightning.pytorch.callbacks import WeightAveraging
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from modtrans.artefacts import Artefact, write_summary
 from modtrans.config import Config
@@ -62,6 +66,8 @@ class Recipe(Config):
         log_every_n_steps: how often training metrics are logged.
         resume: continue each stage from its ``lightning/`` checkpoint (a later stage
             without one starts from the beginning).
+        checkpoint_every: write the resume checkpoint every this many steps (and at the end
+            of every epoch).
         progress: show Lightning's progress bar.
     """
 
@@ -85,13 +91,14 @@ class Recipe(Config):
     logger: str = "csv"
     log_every_n_steps: int = 10
     resume: bool = False
+    checkpoint_every: int = 200
     progress: bool = True
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
         self.precision = str(self.precision)
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("epochs and batch_size must be at least 1")
+        if self.epochs < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
+            raise ValueError("epochs, batch_size and checkpoint_every must be at least 1")
         for name, value, allowed in (("precision", self.precision, PRECISIONS),
                                      ("optimizer", self.optimizer, OPTIMIZERS),
                                      ("schedule", self.schedule, SCHEDULES),
@@ -106,13 +113,70 @@ class Recipe(Config):
             raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
 
     def loader(self, dataset: Dataset, *, shuffle: bool = True, drop_last: bool | None = None,
-               collate_fn: Callable | None = None) -> DataLoader:
-        """A training loader of ``batch_size``; by default the last partial batch is dropped
-        when there is more than one batch."""
+               collate_fn: Callable | None = None) -> ResumableLoader:
+        """A training loader of ``batch_size`` that a resumed run continues where it stopped;
+        by default the last partial batch is dropped when there is more than one batch."""
+        size = len(dataset)  # type: ignore[arg-type]
         if drop_last is None:
-            drop_last = len(dataset) > self.batch_size  # type: ignore[arg-type]
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle,
-                          drop_last=drop_last, collate_fn=collate_fn)
+            drop_last = size > self.batch_size
+        return ResumableLoader(dataset, batch_size=self.batch_size, drop_last=drop_last,
+                               collate_fn=collate_fn,
+                               sampler=EpochSampler(size, self.seed, shuffle, self.batch_size))
+
+
+class EpochSampler(Sampler[int]):
+    """The row order of an epoch drawn from ``(seed, epoch)`` alone, able to start an epoch
+    after its first batches: a resumed run sees the batches an uninterrupted one would."""
+
+    def __init__(self, size: int, seed: int, shuffle: bool, batch_size: int) -> None:
+        self.size, self.seed, self.shuffle, self.batch_size = size, seed, shuffle, batch_size
+        self.epoch = self.skip = self.batches_done = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by Lightning before each epoch; a new epoch starts from its first batch."""
+        if epoch != self.epoch:
+            self.epoch, self.skip = epoch, 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[int]:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(_derived_seed(self.seed, self.epoch))
+            order = torch.randperm(self.size, generator=generator).tolist()
+        else:
+            order = list(range(self.size))
+        start, self.batches_done, self.skip = self.skip * self.batch_size, self.skip, 0
+        return iter(order[start:])
+
+
+class ResumableLoader(DataLoader):
+    """A training loader whose state (epoch, batches trained) Lightning saves in the resume
+    checkpoint; :class:`ResumePoint` counts a batch as trained when its step is done."""
+
+    sampler: EpochSampler
+
+    def batch_trained(self) -> None:
+        self.sampler.batches_done += 1
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.sampler.epoch, "batches": self.sampler.batches_done}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.sampler.epoch, self.sampler.skip = state["epoch"], state["batches"]
+
+
+def _derived_seed(*parts: int) -> int:
+    """One 63-bit seed from several non-negative integers (SeedSequence's mixing)."""
+    return int(np.random.SeedSequence(parts).generate_state(1, np.uint64)[0] >> 1)
+
+
+class NonFiniteError(ValueError):
+    """Training met a NaN or infinite loss or weight; nothing non-finite was saved."""
+
+
+class Interrupted(RuntimeError):
+    """SIGINT or SIGTERM stopped training after a checkpoint was written."""
 
 
 class WarmupEMA:
@@ -137,7 +201,12 @@ class WarmupEMA:
 class FitModule(L.LightningModule):
     """Lightning's view of one model: its ``step`` as the training (and by default the
     validation) step, logged as ``train/<prefix><name>`` and ``val/<prefix><name>``, and the
-    recipe's optimiser and schedule."""
+    recipe's optimiser and schedule.
+
+    The random numbers of step ``n`` (noise, dropout) are drawn from a generator seeded by
+    ``(seed, n)``, and validation's by ``(seed, epoch)``, so a resumed run draws what an
+    uninterrupted one would without saving any generator state.
+    """
 
     def __init__(self, model: nn.Module, step: Step, recipe: Recipe, total_steps: int, *,
                  val_step: Step | None = None, after_step: Callable[[], None] | None = None,
@@ -153,10 +222,22 @@ class FitModule(L.LightningModule):
             self.log(f"{stage}/{self.log_prefix}{key}", value, prog_bar=key == "loss",
                      batch_size=n)
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        torch.manual_seed(_derived_seed(self.recipe.seed, self.global_step, self.global_rank))
+
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         metrics = self.step(batch)
+        loss = metrics["loss"]
+        if not torch.isfinite(loss):
+            raise NonFiniteError(
+                f"the training loss became {loss.item()} at step {self.global_step} (epoch "
+                f"{self.current_epoch}); nothing from this step was saved. Check the data "
+                "for NaN or infinite values, or lower the learning rate")
         self._log("train", metrics, batch)
-        return metrics["loss"]
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        torch.manual_seed(_derived_seed(self.recipe.seed, 1 << 32, self.current_epoch))
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._log("val", self.val_step(batch), batch)
@@ -224,36 +305,98 @@ def fit(model: nn.Module, step: Step, train: DataLoader, val: DataLoader | None,
         callbacks.append(WeightAveraging(avg_fn=WarmupEMA(recipe.ema_decay)))
     last = log_file = None
     if out_dir is not None:
-        ckpt_dir = Path(out_dir) / "lightning" / stage
-        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0))
-        last = ckpt_dir / "last.ckpt"
+        last = Path(out_dir) / "lightning" / stage / "last.ckpt"
+        callbacks.append(ResumePoint(last, recipe.checkpoint_every))
         log_name = f"{stage}_logs" if stage else "logs"
         log_file = Path(out_dir) / log_name / "metrics.csv"
     resume_from = last if recipe.resume and last is not None and last.is_file() else None
     if recipe.resume and resume_from is None:
-        earlier_stages = out_dir is not None and any(
-            (Path(out_dir) / "lightning").rglob("last.ckpt"))
-        if not earlier_stages:
-            raise FileNotFoundError(f"--resume: no checkpoint at {last}; train without "
-                                    "--resume")
-        logger.info("stage %r has no checkpoint yet: it starts from the beginning", stage)
+        started = out_dir is not None and Path(out_dir).is_dir() and any(
+            Path(out_dir).iterdir())
+        if not started:
+            raise FileNotFoundError(f"--resume: no checkpoint at {last} and no earlier run in "
+                                    f"{out_dir}; train without --resume")
+        logger.warning("--resume: no checkpoint at %s yet (the run stopped before its first, "
+                       "or this stage had not begun): it starts from the beginning", last)
     trainer = L.Trainer(
         max_epochs=recipe.epochs, max_steps=recipe.max_steps, max_time=recipe.max_time,
         accelerator=recipe.accelerator, devices=recipe.devices, strategy=recipe.strategy,
         precision=recipe.precision, logger=_logger(recipe, out_dir, stage),
-        callbacks=callbacks, enable_checkpointing=out_dir is not None,
+        callbacks=callbacks, enable_checkpointing=False,
         enable_progress_bar=recipe.progress, enable_model_summary=False,
         log_every_n_steps=recipe.log_every_n_steps,
     )  # fmt: skip
     earlier = _read_csv(log_file) if resume_from and recipe.logger == "csv" else []
     start = time.perf_counter()
-    trainer.fit(module, train, val, ckpt_path=resume_from, weights_only=True)
+    try:
+        trainer.fit(module, train, val, ckpt_path=resume_from, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError) as e:
+        if resume_from is None or isinstance(e, Interrupted) or trainer.global_step:
+            raise
+        raise ValueError(f"--resume: {resume_from} is not a checkpoint modtrans can read "
+                         f"({_first_line(e)}); delete it and train without --resume") from e
     seconds = time.perf_counter() - start
     if earlier:
         _restore_earlier_rows(log_file, earlier)
     metrics = {k: round(float(v), 4) for k, v in trainer.callback_metrics.items()}
     return {"seconds": round(seconds, 2), "steps": trainer.global_step,
             "epochs": trainer.current_epoch, **metrics}
+
+
+class ResumePoint(L.Callback):
+    """Writes the resume checkpoint every ``every`` steps and at each epoch's end: atomically,
+    never with non-finite weights, and once more when SIGINT or SIGTERM asks training to
+    stop (after the step in progress), which then raises :class:`Interrupted`."""
+
+    def __init__(self, path: Path, every: int) -> None:
+        self.path, self.every = path, every
+        self._signal: int | None = None
+        self._handlers: dict[int, Any] = {}
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        def stop_after_step(signum: int, frame: Any) -> None:
+            self._signal = signum
+            signal.signal(signum, self._handlers[signum])  # a second signal stops at once
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._handlers[signum] = signal.getsignal(signum)
+            signal.signal(signum, stop_after_step)
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if isinstance(trainer.train_dataloader, ResumableLoader):
+            trainer.train_dataloader.batch_trained()
+        if self._signal is not None:
+            self.save(trainer)
+            name = signal.Signals(self._signal).name
+            raise Interrupted(f"{name} received: stopped at step {trainer.global_step} with a "
+                              f"checkpoint at {self.path}; rerun with --resume to continue")
+        if trainer.global_step % self.every == 0:
+            self.save(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.save(trainer)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        for signum, handler in self._handlers.items():
+            signal.signal(signum, handler)
+        self._handlers.clear()
+
+    def save(self, trainer: L.Trainer) -> None:
+        """Write the checkpoint beside its final path, then rename it into place."""
+        bad = [name for name, p in trainer.lightning_module.named_parameters()
+               if not torch.isfinite(p).all()]
+        if bad:
+            raise NonFiniteError(
+                f"weights became NaN or infinite at step {trainer.global_step} ({bad[:3]}); "
+                f"the last good checkpoint at {self.path} was kept. Lower the learning rate")
+        partial = self.path.with_name(self.path.name + ".partial")
+        trainer.save_checkpoint(partial, weights_only=False)
+        if trainer.is_global_zero:
+            os.replace(partial, self.path)
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def _logger(recipe: Recipe, out_dir: str | Path | None, stage: str) -> Any:
