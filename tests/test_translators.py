@@ -596,9 +596,13 @@ def test_resume_continues_from_last_checkpoint(
 
 
 def test_resume_without_checkpoint(data: tuple[PairedSplit, ...], tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"last\.ckpt"):
-        fit_translator("ced", *data, tmp_path, params=TINY["ced"], resume=True,
+    with pytest.raises(FileNotFoundError, match=r"last\.ckpt and no earlier run"):
+        fit_translator("ced", *data, tmp_path / "never_run", params=TINY["ced"], resume=True,
                        recipe=train_config(epochs=1), progress=False)
+    # A run killed before its first checkpoint left only its folder: it starts again.
+    _, info = fit_translator("ced", *data, tmp_path, params=TINY["ced"], resume=True,
+                             recipe=train_config(epochs=1), progress=False)
+    assert info["steps"] > 0 and (tmp_path / "model.safetensors").is_file()
 
 
 def test_unknown_method_option(data: tuple[PairedSplit, ...], tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ import torch
 
 import modtrans
 from modtrans.config import Config, read_mapping
+from modtrans.errors import NonFiniteError
 from modtrans.io import read_json, save_weights, write_json
 
 logger = logging.getLogger(__name__)
@@ -82,8 +83,16 @@ class Artefact:
     # -- the one save / load --------------------------------------------------------------
 
     def save(self, path: str | Path, summary: dict[str, Any] | None = None) -> Path:
-        """Write the artefact into directory ``path`` (and ``summary.json`` if given)."""
+        """Write the artefact into directory ``path`` (and ``summary.json`` if given); one
+        with a NaN or infinite weight is refused, since it would only give NaN later."""
         path = Path(path)
+        bad = [name for name, t in self.state_dict().items()  # type: ignore[attr-defined]
+               if t.is_floating_point() and not torch.isfinite(t).all()]
+        if bad:
+            raise NonFiniteError(
+                f"not saving the {_words(self.kind)} to {path}: {len(bad)} weight(s) hold NaN "
+                f"or infinite values ({', '.join(bad[:3])}); check the training data for NaN "
+                "(stores are checked when read) or lower the learning rate")
         path.mkdir(parents=True, exist_ok=True)
         self.save_payload(path)
         write_json(path / self.layout.config, {

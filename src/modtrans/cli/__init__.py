@@ -16,13 +16,20 @@ except ImportError:  # older typer runs on click itself
     from click import ClickException
 
 from modtrans.cli import data, decoders, encoders, retrieval, translate  # noqa: F401  (add verbs)
-from modtrans.cli.application import app
+from modtrans.cli.application import app, options
+from modtrans.errors import Interrupted
+
+#: Errors that describe bad input or a missing file: shown as one line, exit code 2.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
+               IsADirectoryError, PermissionError, ImportError)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI with ``argv`` (default ``sys.argv[1:]``) and return the exit code.
 
-    Expected errors (bad input, missing files) are reported in one line, without a traceback.
+    Errors are reported in one line, without a traceback: bad input (exit 2), an interrupted
+    job (130), anything else as an internal error (1); ``modtrans --debug VERB`` re-raises
+    them to show the traceback.
     """
     command = typer.main.get_command(app)
     try:
@@ -35,9 +42,18 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Abort:
         typer.echo("Aborted.", err=True)
         return 1
-    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as e:
-        typer.echo(f"Error: {e}", err=True)
-        return 2
+    except Exception as e:
+        if options.debug:
+            raise
+        if isinstance(e, Interrupted):
+            typer.echo(f"Stopped: {e}", err=True)
+            return 130
+        if isinstance(e, USER_ERRORS):
+            typer.echo(f"Error: {e}", err=True)
+            return 2
+        typer.echo(f"Internal error ({type(e).__name__}): {e}. Rerun with `modtrans --debug "
+                   "...` for the traceback, and report it if the input looks right.", err=True)
+        return 1
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 
@@ -21,11 +22,23 @@ app = typer.Typer(
 )
 
 
+@dataclasses.dataclass
+class Options:
+    """The options given before the verb."""
+
+    debug: bool = False
+
+
+options = Options()
+
+
 @app.callback()
 def _configure(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Log warnings and errors only."),
+    debug: bool = typer.Option(False, "--debug", help="Show the traceback of an error."),
 ) -> None:
+    options.debug = debug
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     handler = RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False)
     handler.setLevel(level)

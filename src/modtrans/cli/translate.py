@@ -20,6 +20,8 @@ GUIDANCE = typer.Option(None, help="Classifier-free guidance scale, >= 0 (defaul
                         "checkpoint's).")
 ETA = typer.Option(None, help="Sampler noise η, >= 0; dpm takes 0 or 1 (default: the "
                    "checkpoint's).")
+SKIP_BAD_ROWS_HELP = ("Leave out (and list) store rows with NaN or infinite embeddings "
+                      "instead of stopping.")
 
 
 def parse_params(items: list[str] | None) -> dict:
@@ -54,9 +56,16 @@ def train(
     strategy: str = typer.Option(None, help="Lightning strategy, e.g. ddp."),
     logger: str = typer.Option(None, help="csv or tensorboard."),
     seed: int = typer.Option(None, help="Random seed."),
-    resume: bool = typer.Option(False, help="Continue from OUT/lightning/last.ckpt."),
+    checkpoint_every: int = typer.Option(None, help="Steps between resume checkpoints "
+                                         "(one is also written at every epoch's end)."),
+    resume: bool = typer.Option(False, help="Continue from OUT/lightning/last.ckpt, with the "
+                                "weights an uninterrupted run would have reached."),
+    skip_bad_rows: bool = typer.Option(False, help=SKIP_BAD_ROWS_HELP),
 ) -> None:
-    """Train a translator on the train split (validation Sim on val each epoch)."""
+    """Train a translator on the train split (validation Sim on val each epoch).
+
+    Killed or stopped with Ctrl-C? Run the same command with --resume.
+    """
     from modtrans.data.pairs import load_pairs
     from modtrans.data.store import open_store
     from modtrans.training.fit import Recipe
@@ -64,8 +73,10 @@ def train(
 
     tc = Recipe.with_overrides(
         config, epochs=epochs, batch_size=batch_size, max_time=max_time, precision=precision,
-        accelerator=accelerator, devices=devices, strategy=strategy, logger=logger, seed=seed)
-    train_store, val_store = open_store(data, "train"), open_store(data, "val")
+        accelerator=accelerator, devices=devices, strategy=strategy, logger=logger, seed=seed,
+        checkpoint_every=checkpoint_every)
+    train_store, val_store = (open_store(data, split, skip_bad_rows=skip_bad_rows)
+                              for split in ("train", "val"))
     # Lightning draws its progress bar on stdout; send it to stderr so stdout is the JSON only.
     with contextlib.redirect_stdout(sys.stderr):
         _, info = fit_translator(
@@ -108,6 +119,7 @@ def evaluate(
     eta: float = ETA,
     zero_shot: bool = typer.Option(True, help="Zero-shot shape classification (world stores)."),
     out: Path = typer.Option(None, help="Write the results here (.json; a .md table beside)."),
+    skip_bad_rows: bool = typer.Option(False, help=SKIP_BAD_ROWS_HELP),
 ) -> None:
     """Evaluate a translator: Sim, cosine suite, R@1/5/10, MedR, FD, diversity, zero-shot."""
     from modtrans.data.pairs import load_pairs
@@ -124,7 +136,7 @@ def evaluate(
     from modtrans.translators.samplers import SamplerOptions
 
     sampling = SamplerOptions(sampler=sampler, steps=steps, guidance=guidance, eta=eta)
-    store = open_store(data, split)
+    store = open_store(data, split, skip_bad_rows=skip_bad_rows)
     model = translator_or_method(translator, data, direction)
     check_encoders(model.config, store)
     pairs = load_pairs(store, model.config.direction, max_images or None)

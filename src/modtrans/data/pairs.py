@@ -57,6 +57,9 @@ class PairedSplit:
 def load_pairs(store: EmbeddingStore, direction: str, max_images: int | None = None) -> PairedSplit:
     """Read a split's embeddings as float32 tensors, optionally only its first ``max_images``.
 
+    Rows the store found non-finite (opened with ``skip_bad_rows``) are left out: such an
+    image with its captions, such a caption alone.
+
     Args:
         store: the split's store.
         direction: ``text2image`` or ``image2text``.
@@ -68,16 +71,27 @@ def load_pairs(store: EmbeddingStore, direction: str, max_images: int | None = N
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
     n = store.n_images if max_images is None else min(max_images, store.n_images)
+    images = store.image_embeddings[:n].astype(np.float32)
+    texts = store.text_embeddings
+    none = np.zeros(0, np.int64)
+    bad_images = store.bad_rows.get("img_emb", none)
+    bad_texts = store.bad_rows.get("text_emb", none)
+    keep_image = np.ones(n, dtype=bool)
+    keep_image[bad_images[bad_images < n]] = False
+    keep_text = np.ones(len(texts), dtype=bool)
+    keep_text[bad_texts] = False
     owner = np.asarray(store.caption_image_index)
-    rows = np.flatnonzero(owner < n)
+    in_subset = owner < n
+    rows = np.flatnonzero(in_subset & keep_text & keep_image[np.where(in_subset, owner, 0)])
     if n == 0 or len(rows) == 0:
         raise ValueError(
             f"the {store.split!r} split at {store.root} has no image with a caption; "
             "embed a non-empty split"
         )
+    new_row = np.cumsum(keep_image) - 1
     return PairedSplit(
         direction=direction,
-        images=torch.from_numpy(store.image_embeddings[:n].astype(np.float32)),
-        texts=torch.from_numpy(store.text_embeddings[rows].astype(np.float32)),
-        owner=torch.from_numpy(owner[rows].astype(np.int64)),
+        images=torch.from_numpy(images[keep_image]),
+        texts=torch.from_numpy(texts[rows].astype(np.float32)),
+        owner=torch.from_numpy(new_row[owner[rows]].astype(np.int64)),
     )

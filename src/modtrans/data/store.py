@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from numpy.typing import DTypeLike
 
+from modtrans.errors import NonFiniteError
 from modtrans.io import atomic_path, read_json, save_npy, write_json
 
 logger = logging.getLogger(__name__)
@@ -259,11 +260,17 @@ class EmbeddingStore:
     Embeddings are memory-mapped; metadata is read on demand.
     """
 
-    def __init__(self, root: str | os.PathLike) -> None:
+    def __init__(self, root: str | os.PathLike, *, skip_bad_rows: bool = False) -> None:
         """Args:
         root: the store directory.
+        skip_bad_rows: log embedding rows holding NaN or infinite values and record them in
+            :attr:`bad_rows` instead of raising; readers such as
+            :func:`~modtrans.data.pairs.load_pairs` leave them out.
         """
         self.root = Path(root)
+        self.skip_bad_rows = skip_bad_rows
+        #: Non-finite rows found so far, by kind (``img_emb``, ``text_emb``): global row numbers.
+        self.bad_rows: dict[str, np.ndarray] = {}
         if not self.root.is_dir():
             raise FileNotFoundError(f"embedding store {self.root} does not exist; {_EMBED_HINT}")
         if (self.root / MANIFEST).is_file():
@@ -358,7 +365,31 @@ class EmbeddingStore:
                     f"and {self.dtype}; the store is damaged or mixes runs, re-embed it"
                 )
             arrays.append(array)
+        self._check_finite(kind, arrays)
         return ShardedArray(arrays)
+
+    def _check_finite(self, kind: str, arrays: list[np.ndarray]) -> None:
+        """Find rows with NaN or infinite values (read once, in chunks); raise naming the
+        store, split and shards, or record them when ``skip_bad_rows``."""
+        found, offset = {}, 0
+        for shard, array in zip(self.manifest["shards"], arrays, strict=True):
+            rows = _non_finite_rows(array)
+            if rows.size:
+                found[_shard_path(self.root, kind, shard["index"]).name] = rows + offset
+            offset += len(array)
+        if not found:
+            return
+        total = sum(len(r) for r in found.values())
+        where = "; ".join(f"{name}: {len(r)} rows (first {r[:5].tolist()})"
+                          for name, r in found.items())
+        if not self.skip_bad_rows:
+            raise NonFiniteError(
+                f"store {self.root} (split {self.split!r}) has {total} {kind} rows with NaN or "
+                f"infinite values ({where}); re-embed the split, or pass --skip-bad-rows to "
+                "leave those rows out")
+        self.bad_rows[kind] = np.concatenate(list(found.values()))
+        logger.warning("store %s (split %r): leaving out %d %s rows with NaN or infinite "
+                       "values (%s)", self.root, self.split, total, kind, where)
 
     def _read_tables(self, kind: str, count: str) -> pa.Table:
         tables = []
@@ -418,18 +449,27 @@ class EmbeddingStore:
         return ImageCaptionRows(indptr, np.argsort(index, kind="stable").astype(np.int64))
 
 
+def _non_finite_rows(array: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
+    """The rows of ``array`` holding a NaN or an infinity, read ``chunk`` rows at a time."""
+    bad = [start + np.flatnonzero(~np.isfinite(array[start:start + chunk]).all(axis=1))
+           for start in range(0, len(array), chunk)]
+    return np.concatenate(bad).astype(np.int64) if bad else np.zeros(0, np.int64)
+
+
 def is_store(path: str | os.PathLike) -> bool:
     """Whether ``path`` looks like a store (a manifest, or clip-retrieval ``img_emb/`` shards)."""
     path = Path(path)
     return (path / MANIFEST).is_file() or bool(_shard_indices(path, "img_emb"))
 
 
-def open_store(data: str | os.PathLike, split: str | None = None) -> EmbeddingStore:
+def open_store(data: str | os.PathLike, split: str | None = None, *,
+               skip_bad_rows: bool = False) -> EmbeddingStore:
     """Open one split's store, given the store itself or a dataset root with one per split.
 
     Args:
         data: a store directory, or a directory holding ``<split>/`` stores.
         split: the split wanted; ``None`` accepts ``data`` itself whatever its split.
+        skip_bad_rows: see :class:`EmbeddingStore`.
 
     Returns:
         The opened store.
@@ -438,9 +478,9 @@ def open_store(data: str | os.PathLike, split: str | None = None) -> EmbeddingSt
     if not data.is_dir():
         raise FileNotFoundError(f"{data} does not exist; {_EMBED_HINT}")
     if split is not None and is_store(data / split):
-        return EmbeddingStore(data / split)
+        return EmbeddingStore(data / split, skip_bad_rows=skip_bad_rows)
     if is_store(data):
-        store = EmbeddingStore(data)
+        store = EmbeddingStore(data, skip_bad_rows=skip_bad_rows)
         if split is None or store.split == split:
             return store
         available = [store.split]

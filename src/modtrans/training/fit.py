@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from modtrans.artefacts import Artefact, write_summary
 from modtrans.config import Config
+from modtrans.errors import Interrupted, NonFiniteError
 from modtrans.io import atomic_open
 
 logger = logging.getLogger(__name__)
@@ -171,12 +172,6 @@ def _derived_seed(*parts: int) -> int:
     return int(np.random.SeedSequence(parts).generate_state(1, np.uint64)[0] >> 1)
 
 
-class NonFiniteError(ValueError):
-    """Training met a NaN or infinite loss or weight; nothing non-finite was saved."""
-
-
-class Interrupted(RuntimeError):
-    """SIGINT or SIGTERM stopped training after a checkpoint was written."""
 
 
 class WarmupEMA:
@@ -311,13 +306,13 @@ def fit(model: nn.Module, step: Step, train: DataLoader, val: DataLoader | None,
         log_file = Path(out_dir) / log_name / "metrics.csv"
     resume_from = last if recipe.resume and last is not None and last.is_file() else None
     if recipe.resume and resume_from is None:
-        started = out_dir is not None and Path(out_dir).is_dir() and any(
-            Path(out_dir).iterdir())
-        if not started:
+        if out_dir is None or not Path(out_dir).is_dir():
             raise FileNotFoundError(f"--resume: no checkpoint at {last} and no earlier run in "
                                     f"{out_dir}; train without --resume")
         logger.warning("--resume: no checkpoint at %s yet (the run stopped before its first, "
                        "or this stage had not begun): it starts from the beginning", last)
+    if out_dir is not None:  # marks a started run for --resume
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
     trainer = L.Trainer(
         max_epochs=recipe.epochs, max_steps=recipe.max_steps, max_time=recipe.max_time,
         accelerator=recipe.accelerator, devices=recipe.devices, strategy=recipe.strategy,

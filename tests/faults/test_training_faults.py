@@ -1,0 +1,148 @@
+"""Faults in training: a run killed at any step resumes to the same weights; NaN in a store,
+a loss or a checkpoint gives a clear error and nothing non-finite is written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from modtrans.data.pairs import load_pairs
+from modtrans.data.store import open_store
+from modtrans.errors import NonFiniteError
+from modtrans.training import fit as fit_module
+from modtrans.training.fit import Recipe
+from modtrans.training.translator import fit_translator
+from tests.cli_helpers import assert_cli_error
+
+RECIPE = Recipe(epochs=2, batch_size=16, checkpoint_every=3, progress=False, logger="none")
+PARAMS = {"ced": {"steps": 2, "width": 32, "depth": 1, "map_width": 32},
+          "ced-paper": {"steps": 2, "width": 32, "depth": 1}, "mlp": {"width": 32}}
+
+
+class Killed(Exception):
+    """Stands for kill -9 right after a step (and any checkpoint it wrote)."""
+
+
+def _pairs(store: Path) -> tuple:
+    return tuple(load_pairs(open_store(store, s), "text2image") for s in ("train", "val"))
+
+
+@pytest.mark.parametrize(("method", "kill_at"), [("ced", 2), ("ced", 7), ("mlp", 5),
+                                                 ("ced-paper", 4)])
+def test_killed_run_resumes_to_the_same_weights(
+    tiny_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: str,
+    kill_at: int,
+) -> None:
+    train, val = _pairs(tiny_store)
+    _, whole = fit_translator(method, train, val, tmp_path / "whole", recipe=RECIPE,
+                              params=PARAMS[method], progress=False)
+    assert whole["steps"] > kill_at
+    original = fit_module.ResumePoint.on_train_batch_end
+
+    def killing(self, trainer, *args):
+        original(self, trainer, *args)
+        if trainer.global_step == kill_at:
+            raise Killed
+
+    with monkeypatch.context() as m:
+        m.setattr(fit_module.ResumePoint, "on_train_batch_end", killing)
+        with pytest.raises(Killed):
+            fit_translator(method, train, val, tmp_path / "cut", recipe=RECIPE,
+                           params=PARAMS[method], progress=False)
+    assert not (tmp_path / "cut" / "model.safetensors").exists()
+    _, resumed = fit_translator(method, train, val, tmp_path / "cut", recipe=RECIPE,
+                                params=PARAMS[method], resume=True, progress=False)
+    assert resumed["steps"] == whole["steps"]
+    a = load_file(tmp_path / "whole" / "model.safetensors")
+    b = load_file(tmp_path / "cut" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+def _nan_store(tiny_store: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    store = tmp_path / "store"
+    shutil.copytree(tiny_store, store)
+    shard = store / "train" / "img_emb" / "img_emb_0.npy"
+    a = np.load(shard)
+    a[[1, 4]] = np.nan
+    a[6, 0] = np.inf
+    np.save(shard, a)
+    return store
+
+
+def test_nan_rows_in_a_store_stop_training_with_the_shard_named(
+    tiny_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = _nan_store(tiny_store, tmp_path)
+    argv = ["train", "--data", str(store), "--direction", "text2image", "--method", "ridge",
+            "--out", str(tmp_path / "ridge")]
+    assert_cli_error(capsys, argv, "img_emb_0.npy", "3 rows", "[1, 4, 6]", "'train'",
+                     "--skip-bad-rows")
+    assert not (tmp_path / "ridge").exists()
+
+
+def test_skip_bad_rows_leaves_out_those_images_and_their_captions(
+    tiny_store: Path, tmp_path: Path
+) -> None:
+    store = _nan_store(tiny_store, tmp_path)
+    clean = load_pairs(open_store(tiny_store, "train"), "text2image")
+    pairs = load_pairs(open_store(store, "train", skip_bad_rows=True), "text2image")
+    assert len(pairs.images) == len(clean.images) - 3
+    assert torch.isfinite(pairs.images).all() and torch.isfinite(pairs.target).all()
+    dropped = np.isin(clean.owner.numpy(), [1, 4, 6])
+    assert len(pairs.texts) == int((~dropped).sum())
+    torch.testing.assert_close(pairs.texts, clean.texts[torch.from_numpy(~dropped)])
+
+
+def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(
+    tiny_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    train, val = _pairs(tiny_store)
+    original = fit_module.FitModule.training_step
+
+    def step(self, batch, batch_idx):
+        if self.global_step >= 4:
+            batch = tuple(torch.full_like(t, float("nan")) for t in batch)
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(fit_module.FitModule, "training_step", step)
+    with pytest.raises(NonFiniteError, match="at step 4"):
+        fit_translator("mlp", train, val, tmp_path, recipe=RECIPE, params=PARAMS["mlp"],
+                       progress=False)
+    checkpoint = torch.load(tmp_path / "lightning" / "last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == 3
+    assert all(torch.isfinite(t).all() for t in checkpoint["state_dict"].values())
+    assert not (tmp_path / "model.safetensors").exists()
+
+
+def test_a_translator_with_nan_weights_is_not_saved(tiny_store: Path, tmp_path: Path) -> None:
+    train, val = _pairs(tiny_store)
+    model, _ = fit_translator("ridge", train, val, tmp_path / "ok", progress=False)
+    with torch.no_grad():
+        next(p for p in model.state_dict().values() if p.is_floating_point()).fill_(float("nan"))
+    with pytest.raises(NonFiniteError, match="not saving"):
+        model.save(tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+
+
+def test_a_hostile_checkpoint_is_refused_without_torch_advice(
+    tiny_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import pickle
+
+    out = tmp_path / "run"
+    (out / "lightning").mkdir(parents=True)
+    with open(out / "lightning" / "last.ckpt", "wb") as f:
+        pickle.dump({"state": Killed}, f)  # a class: not allowed by weights_only
+    argv = ["train", "--data", str(tiny_store), "--direction", "text2image", "--method", "mlp",
+            "--out", str(out), "--epochs", "1", "--resume"]
+    last = assert_cli_error(capsys, argv, "last.ckpt", "not a checkpoint modtrans can read",
+                            "without --resume")
+    assert "weights_only=False" not in last
