@@ -6,10 +6,12 @@ The world generator writes the official format too, so the same reader serves bo
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from modtrans.data.records import Record
 from modtrans.io import read_json
@@ -97,10 +99,14 @@ def read_coco_captions(
             "named in the captions file (--images)"
         )
     by_image: dict[int, list[dict]] = {}
-    for ann in data["annotations"]:
+    for i, ann in enumerate(data["annotations"]):
+        for key in ("image_id", "id", "caption"):
+            _require(ann, key, f"annotation {i}", captions_file)
         by_image.setdefault(int(ann["image_id"]), []).append(ann)
     result = CaptionedImages([], [], [], [], [])
-    for image in data["images"]:
+    for i, image in enumerate(data["images"]):
+        for key in ("id", "file_name"):
+            _require(image, key, f"image {i}", captions_file)
         anns = by_image.get(int(image["id"]))
         if not anns:
             continue
@@ -116,6 +122,15 @@ def read_coco_captions(
     logger.info("read %d images, %d captions from %s", len(result), result.n_captions,
                 captions_file)
     return result
+
+
+def _require(entry: Any, key: str, where: str, path: Path) -> None:
+    """Raise a ValueError naming the file, the entry and the key when ``key`` is missing."""
+    if not isinstance(entry, dict) or key not in entry:
+        shown = json.dumps(entry)[:120] if isinstance(entry, dict) else repr(entry)[:120]
+        raise ValueError(f"{path}: {where} has no {key!r} ({shown}); every COCO annotation "
+                         "needs 'id', 'image_id' and 'caption', every image 'id' and "
+                         "'file_name'")
 
 
 KARPATHY_SPLITS = {"train": ("train", "restval"), "val": ("val",), "test": ("test",)}

@@ -38,9 +38,14 @@ def read_image_folder(root: str | Path) -> CaptionedImages:
             "with a .txt file of the same name holding one caption per line"
         )
     data = CaptionedImages([], [], [], [], [])
+    unreadable = []
     for path in files:
         sidecar = path.with_suffix(".txt")
-        lines = sidecar.read_text(encoding="utf-8").splitlines() if sidecar.is_file() else []
+        try:
+            lines = sidecar.read_text(encoding="utf-8").splitlines() if sidecar.is_file() else []
+        except UnicodeDecodeError as e:
+            unreadable.append(f"{sidecar.relative_to(root)} (byte {e.start} is not UTF-8)")
+            continue
         captions = [line.strip() for line in lines if line.strip()]
         image_id = path.relative_to(root).as_posix()
         data.image_ids.append(image_id)
@@ -48,6 +53,9 @@ def read_image_folder(root: str | Path) -> CaptionedImages:
         data.captions.append(captions)
         data.caption_ids.append([f"{image_id}#{i}" for i in range(len(captions))])
         data.extra.append([{} for _ in captions])
+    if unreadable:
+        logger.warning("skipped %d image(s) whose caption file is not UTF-8 text: %s; save "
+                       "them as UTF-8 to include them", len(unreadable), ", ".join(unreadable))
     logger.info("read %d images, %d captions from %s", len(data), data.n_captions, root)
     return data
 

@@ -563,8 +563,9 @@ def _prepare(out: Path, overwrite: bool) -> None:
     if not overwrite:
         if any(out.iterdir()):
             raise FileExistsError(
-                f"{out} is not empty; choose an empty folder or pass overwrite=True "
-                "(which deletes a previous world's world.json and split folders there)"
+                f"{out} is not empty; choose an empty folder or pass --overwrite "
+                "(overwrite=True in Python; it deletes a previous world's world.json and "
+                "split folders there)"
             )
         return
     for path in ours:

@@ -1,0 +1,72 @@
+"""Bad input files give one-line errors that name the file, what was wrong and the fix."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+
+from modtrans.data.coco import read_coco_captions
+from modtrans.data.folder import read_image_folder
+from tests.cli_helpers import assert_cli_error
+
+
+@pytest.mark.parametrize(("section", "key"), [("annotations", "image_id"),
+                                              ("annotations", "caption"),
+                                              ("images", "file_name")])
+def test_a_coco_entry_without_a_key_names_the_file_entry_and_key(
+    tiny_world: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], section: str,
+    key: str,
+) -> None:
+    data = json.loads((tiny_world / "val" / "captions.json").read_text())
+    del data[section][2][key]
+    captions = tmp_path / "captions.json"
+    captions.write_text(json.dumps(data))
+    images = tiny_world / "val" / "images"
+    where = "annotation 2" if section == "annotations" else "image 2"
+    with pytest.raises(ValueError, match=f"{where} has no '{key}'"):
+        read_coco_captions(captions, images)
+    assert_cli_error(capsys, ["embed", str(captions), "--images", str(images), "--out",
+                              str(tmp_path / "store"), "--encoder", "sbert:minilm"],
+                     str(captions), where, repr(key))
+
+
+def test_a_sidecar_that_is_not_utf8_skips_only_its_image(
+    tiny_world: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "photos"
+    root.mkdir()
+    for i, image in enumerate(sorted((tiny_world / "val" / "images").iterdir())[:3]):
+        shutil.copy(image, root / f"{i}.png")
+        (root / f"{i}.txt").write_text(f"caption {i}\n")
+    (root / "1.txt").write_bytes(b"caf\xff\xfe\n")
+    with caplog.at_level(logging.WARNING):
+        data = read_image_folder(root)
+    assert data.image_ids == ["0.png", "2.png"]
+    assert "1.txt (byte 3 is not UTF-8)" in caplog.text
+
+
+def test_world_into_a_non_empty_folder_names_the_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    assert_cli_error(capsys, ["world", str(tmp_path), "--n", "10", "--workers", "1"],
+                     "--overwrite")
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_translate_a_file_that_is_not_an_image(
+    tiny_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from modtrans.cli import main
+
+    assert main(["train", "--data", str(tiny_store), "--direction", "image2text", "--method",
+                 "ridge", "--out", str(tmp_path / "ridge")]) == 0
+    notes = tmp_path / "notes.jpg"
+    notes.write_text("not a picture")
+    capsys.readouterr()
+    assert_cli_error(capsys, ["translate", str(tmp_path / "ridge"), "--image", str(notes)],
+                     str(notes), "not an image")
