@@ -670,8 +670,9 @@ class StoreWriter:
         elif not self._closed:
             self._closed = True
             logger.warning(
-                "embedding store %s left incomplete at %d shards (%d images); rerun with --resume",
-                self.root, self.n_shards, self.n_images_done,
+                "embedding store %s left incomplete at %d shards (%d images) by %s; once its "
+                "cause is fixed, the same command with --resume continues it",
+                self.root, self.n_shards, self.n_images_done, exc_type.__name__,
             )  # fmt: skip
 
     def close(self) -> None:
