@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import signal
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -89,7 +91,18 @@ def decoded_batches(data: CaptionSource, transform: Any, *, batch_size: int, wor
     """Batches ``{"records", "pixels", "failed"}`` of a source, read, decoded and
     preprocessed by ``workers`` DataLoader processes; images in ``done`` are passed over."""
     return DataLoader(_DecodedRecords(data, transform, done), batch_size=batch_size,
-                      num_workers=workers, collate_fn=_collate)
+                      num_workers=workers, collate_fn=_collate,
+                      worker_init_fn=_exit_with_parent if workers else None)
+
+
+def _exit_with_parent(worker_id: int) -> None:
+    """Ask Linux to kill this worker when its parent dies (even by kill -9), so no decoder
+    process outlives the job; elsewhere PyTorch's own watchdog ends it later."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class _ShardBuffer:
