@@ -1,4 +1,5 @@
-"""L-Verse verbs on a world: ``fit-tokenizer`` (AugVAE, the image tokenizer)."""
+"""L-Verse verbs on a world: ``fit-tokenizer`` (AugVAE, the image tokenizer) and
+``fit-biart`` (the bidirectional transformer over text and image tokens)."""
 
 from __future__ import annotations
 
@@ -55,3 +56,37 @@ def fit_tokenizer(
                 "real": truth_recall(recogniser, val_images, val_rows)}})
     typer.echo(json.dumps(summary, indent=2))
 
+
+@app.command("fit-biart")
+def fit_biart_cmd(
+    data: Path = typer.Option(..., help="A world folder made by `modtrans world`."),
+    tokenizer: Path = typer.Option(..., help="The AugVAE image tokenizer (fit-tokenizer)."),
+    out: Path = typer.Option(..., "--out", "-o", help="BiART directory to write."),
+    epochs: int = typer.Option(None, help="Override the config's epochs."),
+    config: Path = typer.Option(None, help="YAML/JSON file of BiARTConfig options."),
+    max_images: int = typer.Option(None, help="Train on the first N train images only."),
+    max_val_images: int = typer.Option(200, help="Val images whose pairs measure the loss."),
+    accelerator: str = typer.Option("auto", help="Lightning accelerator: auto, cpu, gpu."),
+    resume: bool = typer.Option(False, help="Continue an interrupted run from "
+                                "OUT/lightning/last.ckpt."),
+) -> None:
+    """Train BiART, L-Verse's bidirectional transformer, on a world's captioned train images:
+    every pair both ways (text → image tokens, image tokens → text)."""
+    from modtrans.decoders.biart import BiARTConfig, fit_biart
+
+    cfg = BiARTConfig.with_overrides(config, epochs=epochs)
+    images, captions = _captioned(data, "train", max_images)
+    val_images, val_captions = _captioned(data, "val", max_val_images)
+    with contextlib.redirect_stdout(sys.stderr):
+        summary = fit_biart(images, captions, val_images, val_captions, tokenizer, out, cfg,
+                            accelerator=accelerator, resume=resume)
+    typer.echo(json.dumps(summary, indent=2))
+
+
+def _captioned(world: Path, split: str, n: int | None):
+    """The first ``n`` images of a world split (uint8) and their captions."""
+    from modtrans.data.coco import read_coco_captions
+    from modtrans.world.recogniser import world_split
+
+    images, _ = world_split(world, split)
+    return images[:n], read_coco_captions(world / split / "captions.json").captions[:n]
