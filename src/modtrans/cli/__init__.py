@@ -15,7 +15,14 @@ try:  # typer >= 0.2x vendors its own click and raises that click's exceptions
 except ImportError:  # older typer runs on click itself
     from click import ClickException
 
-from modtrans.cli import data, decoders, encoders, retrieval, translate  # noqa: F401  (add verbs)
+from modtrans.cli import (  # noqa: F401  (add verbs)
+    data,
+    decoders,
+    encoders,
+    lverse,
+    retrieval,
+    translate,
+)
 from modtrans.cli.application import app, options
 from modtrans.errors import Interrupted
 

@@ -5,7 +5,9 @@
   name (hallucination; only for prompts that describe the whole scene, so that anything else
   is excluded);
 - image → text: the pairs, shapes and colours a generated caption names, against the image's
-  ground truth (precision and recall).
+  ground truth (precision and recall);
+- reconstructions: the shapes, colours and pairs of an image's ground truth that the judge
+  finds in its reconstruction (recall).
 
 And the Fréchet distance of generated images to real ones in an image encoder's feature
 space (torchmetrics' FID with that encoder as the feature extractor).
@@ -21,7 +23,12 @@ import torch
 from torch import nn
 
 from modtrans.world.captions import SHAPES, parse_caption
-from modtrans.world.recogniser import COLOUR_NAMES, PAIRS, AttributeRecogniser
+from modtrans.world.recogniser import (
+    COLOUR_NAMES,
+    PAIRS,
+    AttributeRecogniser,
+    attribute_targets,
+)
 
 
 def _visible_pairs(row: dict[str, Any], min_area: float) -> set[tuple[str, str]]:
@@ -62,6 +69,18 @@ def image_semantic_scores(recogniser: AttributeRecogniser, images: torch.Tensor,
         out[f"{key}_hallucination"] = extra / found_total if found_total else 0.0
     out["recall"], out["hallucination"] = out["pairs_recall"], out["pairs_hallucination"]
     return out
+
+
+def truth_recall(recogniser: AttributeRecogniser, images: torch.Tensor,
+                 rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Share of the visible shapes, colours and colour–shape pairs of each image's ground
+    truth that the judge finds in uint8 ``images`` (e.g. reconstructions of those images),
+    micro-averaged: ``shapes_recall``, ``colours_recall``, ``pairs_recall``."""
+    truth = attribute_targets(list(rows), recogniser.config.min_area)
+    found = recogniser.predict(images)
+    return {f"{key}_recall": round(float((found[key] & truth[key].bool()).sum()
+                                         / truth[key].sum().clamp_min(1)), 4)
+            for key in ("shapes", "colours", "pairs")}
 
 
 def caption_semantic_scores(captions: Sequence[str], rows: Sequence[dict[str, Any]],
