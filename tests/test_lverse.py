@@ -123,13 +123,19 @@ def test_biart_save_load_round_trip(biart: BiART, tmp_path: Path) -> None:
 def test_cli_trains_ml_then_sl_then_biart(tiny_world: Path, tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
     from modtrans.cli import main
+    from modtrans.world.recogniser import AttributeRecogniser, RecogniserConfig
 
+    AttributeRecogniser(RecogniserConfig(channels=(8, 8, 8, 8))).save(tmp_path / "judge")
     tok_config, biart_config = tmp_path / "augvae.json", tmp_path / "biart.json"
     tok_config.write_text(json.dumps(TINY_AUGVAE))
     biart_config.write_text(json.dumps(TINY_BIART))
     common = ["--data", str(tiny_world), "--accelerator", "cpu"]
     assert main(["fit-tokenizer", *common, "--out", str(tmp_path / "ml"), "--config",
-                 str(tok_config), "--max-val-images", "4"]) == 0
+                 str(tok_config), "--max-val-images", "4", "--judge",
+                 str(tmp_path / "judge")]) == 0
+    judged = json.loads((tmp_path / "ml" / "summary.json").read_text())["judge"]
+    assert set(judged) == {"reconstructions", "real"}
+    assert all(0 <= v <= 1 for v in judged["reconstructions"].values())
     assert main(["fit-tokenizer", *common, "--out", str(tmp_path / "sl"), "--config",
                  str(tok_config), "--variant", "sl", "--init", str(tmp_path / "ml")]) == 0
     sl = json.loads((tmp_path / "sl" / "summary.json").read_text())
