@@ -50,9 +50,10 @@ def test_image_decoder_trains_saves_and_generates(
     e = torch.randn(3, model.config.embed_dim)
     images = model.generate(e, generator=torch.Generator().manual_seed(0))
     assert images.shape == (3, 64, 64, 3) and images.dtype == torch.uint8
-    # a sample depends on its seed and row only, not on what it was drawn with
+    # a sample depends on its seed and row only, not on what it was drawn with (the batch
+    # size changes float rounding, which may move a pixel by one level)
     alone = model.generate(e[:1], generator=torch.Generator().manual_seed(0))
-    assert torch.equal(alone[0], images[0])
+    torch.testing.assert_close(alone[0].int(), images[0].int(), rtol=0, atol=1)
 
 
 def test_vae_loss_terms_are_finite_and_kl_nonnegative() -> None:

@@ -1,4 +1,5 @@
-"""Atomic file writes: a file either appears whole or not at all."""
+"""Atomic file writes (a file either appears whole or not at all), and reads of JSON, npy and
+parquet files whose errors name the file."""
 
 from __future__ import annotations
 
@@ -83,3 +84,32 @@ def require_file(path: str | os.PathLike, message: str) -> None:
     if not Path(path).is_file():
         raise FileNotFoundError(message)
 
+
+
+def load_npy(path: str | os.PathLike, *, mmap: bool = True) -> np.ndarray:
+    """Load a ``.npy`` array (memory-mapped by default), with an error that names the file
+    when it is missing, truncated or not an array."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise ValueError(f"{path} is not a readable .npy array ({e}); it is truncated or "
+                         "damaged: regenerate it") from e
+
+
+def read_parquet(path: str | os.PathLike, columns: list[str] | None = None):
+    """Read a parquet file as a pyarrow Table, with an error that names the file when it is
+    missing, truncated, not parquet or lacks one of ``columns``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    try:
+        return pq.read_table(path, columns=columns)
+    except (pa.ArrowException, OSError) as e:
+        raise ValueError(f"{path} is not a readable parquet table ({e}); it is truncated, "
+                         "damaged or lacks a column: regenerate it") from e

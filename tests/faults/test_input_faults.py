@@ -70,3 +70,35 @@ def test_translate_a_file_that_is_not_an_image(
     capsys.readouterr()
     assert_cli_error(capsys, ["translate", str(tmp_path / "ridge"), "--image", str(notes)],
                      str(notes), "not an image")
+
+
+def _damage(path: Path, how: str) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if how == "truncated" else b"\x93NUMPY\x00junk" * 9)
+
+
+@pytest.mark.parametrize(("part", "how"), [
+    ("manifest.json", "truncated"), ("img_emb/img_emb_0.npy", "truncated"),
+    ("img_emb/img_emb_0.npy", "random"), ("text_metadata/text_metadata_0.parquet", "truncated"),
+    ("text_metadata/text_metadata_0.parquet", "random")])
+def test_a_damaged_store_file_is_named(
+    tiny_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], part: str, how: str
+) -> None:
+    store = tmp_path / "store"
+    shutil.copytree(tiny_store, store)
+    _damage(store / "train" / part, how)
+    assert_cli_error(capsys, ["train", "--data", str(store), "--direction", "text2image",
+                              "--method", "ridge", "--out", str(tmp_path / "ridge")],
+                     str(store / "train" / part))
+    assert not (tmp_path / "ridge" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_a_damaged_caption_table_is_named(
+    tiny_clip, tmp_path: Path, capsys: pytest.CaptureFixture[str], suffix: str
+) -> None:
+    table = tmp_path / f"pairs{suffix}"
+    table.write_bytes(b"image,caption\na.png,one\nb.png,two,three\n" if suffix == ".csv"
+                      else b"PAR1 not really")
+    assert_cli_error(capsys, ["embed", str(table), "--out", str(tmp_path / "store"),
+                              "--encoder", tiny_clip.spec], str(table))

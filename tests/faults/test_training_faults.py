@@ -31,6 +31,28 @@ def _pairs(store: Path) -> tuple:
     return tuple(load_pairs(open_store(store, s), "text2image") for s in ("train", "val"))
 
 
+def _kill_at(monkeypatch: pytest.MonkeyPatch, step: int, stage: str = "") -> None:
+    """Make training of ``stage`` die (as by kill -9) right after step ``step``."""
+    original = fit_module.ResumePoint.on_train_batch_end
+
+    def killing(self, trainer, *args):
+        original(self, trainer, *args)
+        if trainer.global_step == step and self.path.parent.name == (stage or "lightning"):
+            raise Killed
+
+    monkeypatch.setattr(fit_module.ResumePoint, "on_train_batch_end", killing)
+
+
+def _assert_same_weights(a_dir: Path, b_dir: Path) -> None:
+    files = sorted(p.name for p in a_dir.glob("*.safetensors"))
+    assert files and files == sorted(p.name for p in b_dir.glob("*.safetensors"))
+    for name in files:
+        a, b = load_file(a_dir / name), load_file(b_dir / name)
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=f"{name}: {key}")
+
+
 @pytest.mark.parametrize(("method", "kill_at"), [("ced", 2), ("ced", 7), ("mlp", 5),
                                                  ("ced-paper", 4)])
 def test_killed_run_resumes_to_the_same_weights(
@@ -41,15 +63,8 @@ def test_killed_run_resumes_to_the_same_weights(
     _, whole = fit_translator(method, train, val, tmp_path / "whole", recipe=RECIPE,
                               params=PARAMS[method], progress=False)
     assert whole["steps"] > kill_at
-    original = fit_module.ResumePoint.on_train_batch_end
-
-    def killing(self, trainer, *args):
-        original(self, trainer, *args)
-        if trainer.global_step == kill_at:
-            raise Killed
-
     with monkeypatch.context() as m:
-        m.setattr(fit_module.ResumePoint, "on_train_batch_end", killing)
+        _kill_at(m, kill_at)
         with pytest.raises(Killed):
             fit_translator(method, train, val, tmp_path / "cut", recipe=RECIPE,
                            params=PARAMS[method], progress=False)
@@ -57,11 +72,62 @@ def test_killed_run_resumes_to_the_same_weights(
     _, resumed = fit_translator(method, train, val, tmp_path / "cut", recipe=RECIPE,
                                 params=PARAMS[method], resume=True, progress=False)
     assert resumed["steps"] == whole["steps"]
-    a = load_file(tmp_path / "whole" / "model.safetensors")
-    b = load_file(tmp_path / "cut" / "model.safetensors")
-    assert a.keys() == b.keys()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+    _assert_same_weights(tmp_path / "whole", tmp_path / "cut")
+
+
+def _fit_encoder(world: Path, store: Path, out: Path, resume: bool) -> None:
+    from modtrans.world.clip import WorldClipConfig, fit_world_clip_from_world
+
+    config = WorldClipConfig(vision="cnn", channels=(8, 16), text_width=32, heads=2,
+                             text_layers=1, projection_dim=16, epochs=2, batch_size=16,
+                             warm_start_epochs=2)
+    fit_world_clip_from_world(world, out, config=config, accelerator="cpu", progress=False,
+                              resume=resume)
+
+
+def _fit_image_decoder(world: Path, store: Path, out: Path, resume: bool) -> None:
+    from modtrans.decoders.image_vae import ImageDecoderConfig, fit_image_decoder
+
+    config = ImageDecoderConfig(latent_channels=2, channels=(8, 8, 16), epochs=2,
+                                batch_size=16, prior={"width": 32, "depth": 2, "emb_dim": 32,
+                                                      "train_steps": 8, "steps": 3})
+    fit_image_decoder(*_stores(store), out, config, accelerator="cpu", progress=False,
+                      resume=resume)
+
+
+def _fit_caption_decoder(world: Path, store: Path, out: Path, resume: bool) -> None:
+    from modtrans.decoders.caption import CaptionDecoderConfig, fit_caption_decoder
+
+    config = CaptionDecoderConfig(mode="capdec", width=16, layers=1, heads=2, prefix_length=2,
+                                  epochs=2, batch_size=16)
+    fit_caption_decoder(*_stores(store), out, config, accelerator="cpu", progress=False,
+                        resume=resume)
+
+
+def _stores(store: Path) -> tuple:
+    from modtrans.data.store import EmbeddingStore
+
+    return EmbeddingStore(store / "train"), EmbeddingStore(store / "val")
+
+
+@pytest.mark.parametrize(("trainer", "stage", "kill_at"), [
+    (_fit_encoder, "warm_start", 4), (_fit_encoder, "", 4),
+    (_fit_image_decoder, "", 4), (_fit_image_decoder, "prior", 5),
+    (_fit_caption_decoder, "", 4)], ids=["encoder-warm-start", "encoder", "image-decoder",
+                                         "image-decoder-prior", "caption-decoder"])
+def test_every_trainer_resumes_to_the_same_weights(
+    tiny_world: Path, tiny_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    trainer, stage: str, kill_at: int,
+) -> None:
+    """fit-encoder, fit-decoder (image: both stages; caption) killed mid-run and resumed
+    end with the weights of a run that was never stopped."""
+    trainer(tiny_world, tiny_store, tmp_path / "whole", False)
+    with monkeypatch.context() as m:
+        _kill_at(m, kill_at, stage)
+        with pytest.raises(Killed):
+            trainer(tiny_world, tiny_store, tmp_path / "cut", False)
+    trainer(tiny_world, tiny_store, tmp_path / "cut", True)
+    _assert_same_weights(tmp_path / "whole", tmp_path / "cut")
 
 
 def _nan_store(tiny_store: Path, tmp_path: Path) -> Path:

@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from PIL import UnidentifiedImageError
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -27,6 +26,7 @@ from tqdm.auto import tqdm
 from modtrans.data.records import CaptionSource, Record
 from modtrans.data.store import StoreWriter
 from modtrans.encoders.base import Encoder
+from modtrans.io import read_parquet
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def load_sidecar_metadata(captions_file: Path) -> dict[int, dict]:
     path = captions_file.parent / "ground_truth.parquet"
     if not path.is_file():
         return {}
-    rows = pq.read_table(path).to_pylist()
+    rows = read_parquet(path).to_pylist()
     return {int(r["image_id"]): {k: v for k, v in r.items() if k != "image_id"} for r in rows}
 
 

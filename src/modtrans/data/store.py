@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from numpy.typing import DTypeLike
 
 from modtrans.errors import NonFiniteError
-from modtrans.io import atomic_path, read_json, save_npy, write_json
+from modtrans.io import atomic_path, load_npy, read_json, read_parquet, save_npy, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -104,13 +104,13 @@ def _clip_retrieval_manifest(root: Path) -> dict[str, Any]:
     image_dim = text_dim = None
     dtype = None
     for i in image_shards:
-        img = np.load(_shard_path(root, "img_emb", i), mmap_mode="r", allow_pickle=False)
+        img = load_npy(_shard_path(root, "img_emb", i))
         if img.ndim != 2:
             raise ValueError(f"{_shard_path(root, 'img_emb', i)} is not 2-D (shape {img.shape})")
         image_dim, dtype = img.shape[1], str(img.dtype)
         n_rows_text = 0
         if text_shards:
-            txt = np.load(_shard_path(root, "text_emb", i), mmap_mode="r", allow_pickle=False)
+            txt = load_npy(_shard_path(root, "text_emb", i))
             if txt.ndim != 2 or len(txt) != len(img):
                 raise ValueError(
                     f"{_shard_path(root, 'text_emb', i)} has shape {txt.shape} but img_emb_{i} has "
@@ -357,7 +357,7 @@ class EmbeddingStore:
             path = _shard_path(self.root, kind, shard["index"])
             if not path.is_file():
                 raise FileNotFoundError(f"{path} is missing; the store is damaged, re-embed it")
-            array = np.load(path, mmap_mode="r", allow_pickle=False)
+            array = load_npy(path)
             expected = (shard[count], dim)
             if array.shape != expected or array.dtype != self.dtype:
                 raise ValueError(
@@ -397,7 +397,7 @@ class EmbeddingStore:
             path = _shard_path(self.root, kind, shard["index"])
             if not path.is_file():
                 raise FileNotFoundError(f"{path} is missing; {kind} is needed to read metadata")
-            table = pq.read_table(path)
+            table = read_parquet(path)
             if table.num_rows != shard[count]:
                 raise ValueError(
                     f"{path} has {table.num_rows} rows, expected {shard[count]} (one per "
@@ -436,7 +436,7 @@ class EmbeddingStore:
             paths = [
                 _shard_path(self.root, "text_metadata", s["index"]) for s in self.manifest["shards"]
             ]
-            parts = [pq.read_table(p, columns=["image_index"]).column(0).to_numpy() for p in paths]
+            parts = [read_parquet(p, ["image_index"]).column(0).to_numpy() for p in paths]
             index = np.concatenate(parts).astype(np.int64)
         index.flags.writeable = False
         return index
@@ -610,7 +610,7 @@ class StoreWriter:
                     f"cannot resume {self.root}: {missing} missing; the store is damaged, "
                     "choose a new directory"
                 )
-            ids = pq.read_table(paths["metadata"], columns=["image_id"]).column(0)
+            ids = read_parquet(paths["metadata"], ["image_id"]).column(0)
             self._done_ids.update(ids.to_pylist())
             for kind in self._schemas:
                 self._schemas[kind] = self._unified_schema(kind, pq.read_schema(paths[kind]))

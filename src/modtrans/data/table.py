@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.csv as pa_csv
-import pyarrow.parquet as pq
 
 from modtrans.data.coco import CaptionedImages
+from modtrans.io import read_parquet
 
 logger = logging.getLogger(__name__)
 
@@ -53,10 +54,17 @@ def read_caption_table(
     """
     path = Path(path)
     if path.suffix == ".parquet":
-        table = pq.read_table(path)
+        table = read_parquet(path)
     else:
         delimiter = "\t" if path.suffix == ".tsv" else ","
-        table = pa_csv.read_csv(path, parse_options=pa_csv.ParseOptions(delimiter=delimiter))
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist")
+        try:
+            table = pa_csv.read_csv(path,
+                                    parse_options=pa_csv.ParseOptions(delimiter=delimiter))
+        except pa.ArrowException as e:
+            raise ValueError(f"{path} is not a readable {path.suffix[1:].upper()} table ({e}); "
+                             "fix the row it names") from e
     image_col = _pick(table.column_names, image_column, IMAGE_COLUMNS, "image path", path)
     caption_col = _pick(table.column_names, caption_column, CAPTION_COLUMNS, "caption", path)
     root = Path(image_root) if image_root is not None else path.parent

@@ -16,9 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
-
 from modtrans.data.records import IMAGE_SUFFIXES, Record
+from modtrans.io import read_parquet
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +49,7 @@ class WebDatasetShards:
             table_path = shard.with_suffix(".parquet")
             if not table_path.is_file():
                 return 0
-            table = pq.read_table(table_path)
+            table = read_parquet(table_path)
             if "status" in table.column_names:
                 total += sum(s == "success" for s in table.column("status").to_pylist())
             else:

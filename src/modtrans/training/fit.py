@@ -122,15 +122,19 @@ class Recipe(Config):
             drop_last = size > self.batch_size
         return ResumableLoader(dataset, batch_size=self.batch_size, drop_last=drop_last,
                                collate_fn=collate_fn,
-                               sampler=EpochSampler(size, self.seed, shuffle, self.batch_size))
+                               sampler=EpochSampler(size, self.seed, shuffle, self.batch_size,
+                                                    getattr(dataset, "set_epoch", None)))
 
 
 class EpochSampler(Sampler[int]):
     """The row order of an epoch drawn from ``(seed, epoch)`` alone, able to start an epoch
-    after its first batches: a resumed run sees the batches an uninterrupted one would."""
+    after its first batches: a resumed run sees the batches an uninterrupted one would.
+    ``on_epoch(epoch)``, if given, runs as an epoch starts (a dataset's per-epoch draws)."""
 
-    def __init__(self, size: int, seed: int, shuffle: bool, batch_size: int) -> None:
+    def __init__(self, size: int, seed: int, shuffle: bool, batch_size: int,
+                 on_epoch: Callable[[int], None] | None = None) -> None:
         self.size, self.seed, self.shuffle, self.batch_size = size, seed, shuffle, batch_size
+        self.on_epoch = on_epoch
         self.epoch = self.skip = self.batches_done = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -142,8 +146,10 @@ class EpochSampler(Sampler[int]):
         return self.size
 
     def __iter__(self) -> Iterator[int]:
+        if self.on_epoch is not None:
+            self.on_epoch(self.epoch)
         if self.shuffle:
-            generator = torch.Generator().manual_seed(_derived_seed(self.seed, self.epoch))
+            generator = torch.Generator().manual_seed(derived_seed(self.seed, self.epoch))
             order = torch.randperm(self.size, generator=generator).tolist()
         else:
             order = list(range(self.size))
@@ -164,14 +170,15 @@ class ResumableLoader(DataLoader):
         return {"epoch": self.sampler.epoch, "batches": self.sampler.batches_done}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        self.sampler.epoch, self.sampler.skip = state["epoch"], state["batches"]
+        epoch, batches = state["epoch"], state["batches"]
+        if batches >= len(self):  # saved as that epoch ended: resume at the next one's start
+            epoch, batches = epoch + 1, 0
+        self.sampler.epoch, self.sampler.skip = epoch, batches
 
 
-def _derived_seed(*parts: int) -> int:
+def derived_seed(*parts: int) -> int:
     """One 63-bit seed from several non-negative integers (SeedSequence's mixing)."""
     return int(np.random.SeedSequence(parts).generate_state(1, np.uint64)[0] >> 1)
-
-
 
 
 class WarmupEMA:
@@ -218,7 +225,7 @@ class FitModule(L.LightningModule):
                      batch_size=n)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        torch.manual_seed(_derived_seed(self.recipe.seed, self.global_step, self.global_rank))
+        torch.manual_seed(derived_seed(self.recipe.seed, self.global_step, self.global_rank))
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         metrics = self.step(batch)
@@ -232,13 +239,14 @@ class FitModule(L.LightningModule):
         return loss
 
     def on_validation_epoch_start(self) -> None:
-        torch.manual_seed(_derived_seed(self.recipe.seed, 1 << 32, self.current_epoch))
+        torch.manual_seed(derived_seed(self.recipe.seed, 1 << 32, self.current_epoch))
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._log("val", self.val_step(batch), batch)
 
-    def on_train_batch_end(self, *args: Any) -> None:
-        if self.after_step is not None:
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        if self.after_step is not None:  # before any callback (a checkpoint) sees the weights
             self.after_step()
 
     def configure_optimizers(self):
@@ -365,11 +373,9 @@ class ResumePoint(L.Callback):
             name = signal.Signals(self._signal).name
             raise Interrupted(f"{name} received: stopped at step {trainer.global_step} with a "
                               f"checkpoint at {self.path}; rerun with --resume to continue")
-        if trainer.global_step % self.every == 0:
+        last_batch = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        if last_batch or trainer.global_step % self.every == 0:
             self.save(trainer)
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.save(trainer)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         for signum, handler in self._handlers.items():

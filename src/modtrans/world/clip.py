@@ -34,7 +34,7 @@ from modtrans.data.coco import CaptionedImages, read_coco_captions
 from modtrans.encoders.tokenizer import build_tokenizer
 from modtrans.images import CLIP_MEAN, CLIP_STD, load_images, pixel_values
 from modtrans.training.contrastive import clamp_logit_scale, contrastive_step
-from modtrans.training.fit import Recipe, fit
+from modtrans.training.fit import Recipe, derived_seed, fit
 
 logger = logging.getLogger(__name__)
 
@@ -196,17 +196,24 @@ def build_image_processor(image_size: int):
 
 
 class _PairDataset(Dataset):
-    """Each item: an image index and one of its captions, drawn anew every epoch."""
+    """Each item: an image index and one of its captions, drawn anew every epoch from
+    ``(seed, epoch)`` alone, so that a resumed run draws the captions an uninterrupted one
+    would."""
 
-    def __init__(self, captions: list[list[str]]) -> None:
-        self.captions = captions
+    def __init__(self, captions: list[list[str]], seed: int) -> None:
+        self.captions, self.seed = captions, seed
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        generator = torch.Generator().manual_seed(derived_seed(self.seed, epoch))
+        counts = torch.tensor([len(options) for options in self.captions])
+        self.choice = (torch.rand(len(counts), generator=generator) * counts).long().tolist()
 
     def __len__(self) -> int:
         return len(self.captions)
 
     def __getitem__(self, i: int) -> tuple[int, str]:
-        options = self.captions[i]
-        return i, options[int(torch.randint(len(options), ()))]
+        return i, self.captions[i][self.choice[i]]
 
 
 class _Collate:
@@ -262,7 +269,7 @@ def fit_world_clip(
     warm_seconds = (_warm_start(model, images, objects, config, out_dir, **run)
                     if config.warm_start_epochs else 0.0)
     recipe = dataclasses.replace(config.recipe(), **run)
-    loader = recipe.loader(_PairDataset(train.captions),
+    loader = recipe.loader(_PairDataset(train.captions, recipe.seed),
                            collate_fn=_Collate(images, tokenizer, config.max_length))
     result = fit(model, functools.partial(contrastive_step, model), loader, None, recipe,
                  out_dir, after_step=functools.partial(clamp_logit_scale, model))

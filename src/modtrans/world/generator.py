@@ -39,7 +39,7 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from modtrans.config import Config
-from modtrans.io import atomic_open, atomic_path, read_json, write_json
+from modtrans.io import atomic_open, atomic_path, read_json, read_parquet, write_json
 from modtrans.world.captions import (
     BACKGROUND_COLOUR_SYNONYMS,
     BACKGROUND_COLOURS,
@@ -646,7 +646,7 @@ def load_ground_truth(split_dir: str | os.PathLike) -> list[dict[str, Any]]:
             f"{path} does not exist; pass a split folder of a world made by generate_world "
             "(e.g. <world>/train)"
         )
-    return pq.read_table(path).to_pylist()
+    return read_parquet(path).to_pylist()
 
 
 def load_world_info(world_dir: str | os.PathLike) -> dict[str, Any]:
