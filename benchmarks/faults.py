@@ -124,9 +124,8 @@ def embed_rounds(work: Path, kills: int, seconds: float, rng: random.Random
     ref_ids, ref_img, ref_txt = store_rows(work / "ref_store" / "train")
     counts = {"kills": 0, "rounds": 0, "partial_stores_checked": 0, "rows_duplicated": 0,
               "rows_lost": 0, "stores_differing": 0}
-    diff = 0.0
+    diff, out = 0.0, work / "cut_store"
     while counts["kills"] < kills:
-        out = work / "cut_store"
         shutil.rmtree(out, ignore_errors=True)
 
         def check_partial() -> None:
@@ -157,8 +156,8 @@ def train_rounds(work: Path, kills: int, seconds: float, rng: random.Random
     reference = load_file(work / "ref_model" / "model.safetensors")
     counts = {"kills": 0, "rounds": 0, "checkpoints_checked": 0, "checkpoints_unreadable": 0,
               "checkpoints_non_finite": 0, "models_differing": 0}
+    out = work / "cut_model"
     while counts["kills"] < kills:
-        out = work / "cut_model"
         shutil.rmtree(out, ignore_errors=True)
 
         def check_checkpoint() -> None:
@@ -168,7 +167,7 @@ def train_rounds(work: Path, kills: int, seconds: float, rng: random.Random
             counts["checkpoints_checked"] += 1
             try:
                 state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
-            except Exception:  # noqa: BLE001 - any failure to read is what is counted
+            except Exception:
                 counts["checkpoints_unreadable"] += 1
                 return
             counts["checkpoints_non_finite"] += not all(torch.isfinite(t).all()

@@ -119,6 +119,29 @@ def test_demo_resumes_without_redoing_anything(
     assert seconds < max(15.0, demo.seconds / 3), (seconds, demo.seconds)
 
 
+def test_an_interrupted_demo_stage_continues_from_its_checkpoint(
+    demo: Demo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stage whose model was not written yet (stopped after its last checkpoint) resumes
+    from that checkpoint instead of training again."""
+    import shutil
+
+    from modtrans.training import fit as fit_module
+
+    out = tmp_path / "demo"
+    shutil.copytree(demo.out, out)
+    ckpt = out / "translators" / "text2image" / "ced"
+    weights = (ckpt / "model.safetensors").read_bytes()
+    for name in ("model.safetensors", "config.json"):
+        (ckpt / name).unlink()
+    steps = []
+    real = fit_module.FitModule.training_step
+    monkeypatch.setattr(fit_module.FitModule, "training_step",
+                        lambda self, *a: steps.append(1) or real(self, *a))
+    run_demo(out, TINY, progress=False)
+    assert steps == [] and (ckpt / "model.safetensors").read_bytes() == weights
+
+
 def test_report_verb_regenerates_the_page(
     demo: Demo, capsys: pytest.CaptureFixture[str]
 ) -> None:

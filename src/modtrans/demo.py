@@ -93,7 +93,8 @@ GENERATION: dict[str, dict[str, Any]] = {"default": {}, "tiny": TINY_GENERATION}
 
 def run_demo(out: str | Path, config: DemoConfig | None = None, *, progress: bool = True
              ) -> Path:
-    """Run (or resume) the demo in ``out`` and return the path of ``report.html``."""
+    """Run (or resume) the demo in ``out`` and return the path of ``report.html``: a finished
+    stage is skipped, an interrupted one continues from its last checkpoint."""
     config = config or PRESETS["default"]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -152,7 +153,7 @@ def _clip(world: Path, clip: Path, config: DemoConfig, progress: bool) -> None:
     from modtrans.world.clip import WorldClipConfig, fit_world_clip_from_world
 
     fit_world_clip_from_world(world, clip, config=WorldClipConfig(**config.clip),
-                              progress=progress)
+                              progress=progress, resume=clip.is_dir())
 
 
 def stores_complete(stores: Path, world: Path) -> bool:
@@ -205,7 +206,8 @@ def _train(stores: Path, direction: str, method: str, ckpt: Path, config: DemoCo
         method, load_pairs(train, direction), load_pairs(val, direction), ckpt,
         params=config.method_params.get(method),
         recipe=Recipe(**config.method_train.get(method, {})),
-        image_encoder=train.image_encoder, text_encoder=train.text_encoder, progress=progress)
+        image_encoder=train.image_encoder, text_encoder=train.text_encoder, progress=progress,
+        resume=ckpt.is_dir())
 
 
 def _evaluate(stores: Path, out: Path, direction: str, split: str, result: Path,

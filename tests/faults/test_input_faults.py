@@ -7,6 +7,7 @@ import logging
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from modtrans.data.coco import read_coco_captions
@@ -102,3 +103,30 @@ def test_a_damaged_caption_table_is_named(
                       else b"PAR1 not really")
     assert_cli_error(capsys, ["embed", str(table), "--out", str(tmp_path / "store"),
                               "--encoder", tiny_clip.spec], str(table))
+
+
+def test_a_caption_longer_than_the_context_is_flagged_and_counted(
+    tiny_world: Path, clip_encoder, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 10,000-character caption is stored whole, embedded from its start (as the encoder
+    truncates it), flagged in text_metadata and counted in the manifest, with one warning."""
+    from modtrans.data.embed import embed_captioned_images
+    from modtrans.data.store import EmbeddingStore
+
+    data = read_coco_captions(tiny_world / "val" / "captions.json")
+    long = "a red circle " * 770
+    data.captions[1][2] = long
+    with caplog.at_level(logging.WARNING):
+        embed_captioned_images(data, clip_encoder, clip_encoder, tmp_path / "store",
+                               split="val", source={}, dtype="float32", shard_size=3,
+                               progress=False)
+    store = EmbeddingStore(tmp_path / "store")
+    rows = store.text_metadata().to_pylist()
+    flagged = [r["caption"] for r in rows if r["truncated"]]
+    assert flagged == [long] and store.manifest["captions_truncated"] == 1
+    assert [s.get("n_truncated") for s in store.manifest["shards"]][:2] == [1, 0]
+    warnings = [r.message for r in caplog.records if "context" in r.message]
+    assert len(warnings) == 1 and f"{clip_encoder.text_context} tokens" in warnings[0]
+    index = next(i for i, r in enumerate(rows) if r["truncated"])
+    start = clip_encoder.encode_texts([long[:400]]).numpy()[0]
+    np.testing.assert_allclose(store.text_embeddings[index], start, atol=1e-5)

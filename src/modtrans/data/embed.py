@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from modtrans.data.records import CaptionSource, Record
 from modtrans.data.store import StoreWriter
 from modtrans.encoders.base import Encoder
+from modtrans.errors import Interrupted, StopOnSignal
 from modtrans.io import read_parquet
 
 logger = logging.getLogger(__name__)
@@ -98,6 +99,7 @@ def decoded_batches(data: CaptionSource, transform: Any, *, batch_size: int, wor
 def _exit_with_parent(worker_id: int) -> None:
     """Ask Linux to kill this worker when its parent dies (even by kill -9), so no decoder
     process outlives the job; elsewhere PyTorch's own watchdog ends it later."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the job, not its decoders
     if sys.platform.startswith("linux"):
         import ctypes
 
@@ -201,7 +203,8 @@ def embed_captioned_images(
                                  workers=workers, done=done)
         buffer = _ShardBuffer()
         total = max(len(data) - len(done), 0) or None
-        with tqdm(total=total, desc=f"embed {split}", unit="img", disable=not progress) as bar:
+        with StopOnSignal() as stop, tqdm(total=total, desc=f"embed {split}", unit="img",
+                                          disable=not progress) as bar:
             for batch in loader:
                 for record, reason in batch["failed"]:
                     _skip(writer, record.location, reason, strict)
@@ -210,8 +213,14 @@ def embed_captioned_images(
                 while len(buffer) >= shard_size:
                     buffer.write(writer, shard_size)
                 bar.update(len(batch["records"]) + len(batch["failed"]))
+                if stop.received:
+                    break
         if len(buffer):
             buffer.write(writer, len(buffer))
+        if stop.received:
+            raise Interrupted(f"{stop.received} received: stopped with {writer.n_images_done} "
+                              f"images stored in {out_dir}; rerun with --resume to continue")
+        long = writer.manifest.get("captions_truncated", 0)
         written_images = writer.n_images_done - before[0]
         written_captions = writer.n_captions_done - before[1]
         skipped = list(writer.skipped)
@@ -223,6 +232,11 @@ def embed_captioned_images(
         "skipped": skipped,
         "seconds": round(time.perf_counter() - start, 2),
     }
+    if long:
+        logger.warning("%d caption(s) are longer than the text encoder's context (%s tokens) "
+                       "and were embedded from their start; they are flagged `truncated` in "
+                       "text_metadata and counted in %s/manifest.json", long,
+                       getattr(text_encoder, "text_context", "?"), out_dir)
     if skipped:
         logger.warning("%d item(s) skipped; they are listed in %s/manifest.json", len(skipped),
                        out_dir)
@@ -259,6 +273,7 @@ def _embed_batch(batch: dict[str, Any], image_encoder: Encoder, text_encoder: En
         return
     image_vecs = image_encoder.encode_pixels(batch["pixels"][[row for row, _, _ in keep]]).numpy()
     text_vecs = text_encoder.encode_texts(texts, batch_size=batch_size).numpy()
+    truncated = text_encoder.truncated(texts) if hasattr(text_encoder, "truncated") else None
     first = 0
     for vec, (_, record, captions) in zip(image_vecs, keep, strict=True):
         image_meta = {
@@ -269,5 +284,8 @@ def _embed_batch(batch: dict[str, Any], image_encoder: Encoder, text_encoder: En
             **sidecar.get(record.image_id, {}),
         }
         text_meta = [{"caption": t, "caption_id": c} for t, c in captions]
+        if truncated is not None:
+            for row, flag in zip(text_meta, truncated[first: first + len(captions)], strict=True):
+                row["truncated"] = flag
         buffer.add(vec, text_vecs[first : first + len(captions)], image_meta, text_meta)
         first += len(captions)

@@ -6,8 +6,10 @@ A store is one directory holding one split, in the clip-retrieval layout plus a 
     text_emb/text_emb_{i}.npy                  (n_captions_i, text_dim), one row per caption
     metadata/metadata_{i}.parquet              one row per image: image_id, image_path, caption, ...
     text_metadata/text_metadata_{i}.parquet    one row per caption: image_index (global), caption,
-                                               caption_id, ...
-    manifest.json                              rewritten after every complete shard
+                                               caption_id, truncated (longer than the text
+                                               encoder's context), ...
+    manifest.json                              rewritten after every complete shard; counts
+                                               skipped items and truncated captions
 
 Every file is written atomically and the manifest lists complete shards only, so a crash in
 the middle of a shard leaves a store that reads as of the previous shard and can be resumed.
@@ -31,7 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from numpy.typing import DTypeLike
 
-from modtrans.errors import NonFiniteError
+from modtrans.errors import Interrupted, NonFiniteError
 from modtrans.io import atomic_path, load_npy, read_json, read_parquet, save_npy, write_json
 
 logger = logging.getLogger(__name__)
@@ -669,6 +671,8 @@ class StoreWriter:
             self.close()
         elif not self._closed:
             self._closed = True
+            if issubclass(exc_type, Interrupted):  # its message says what was kept
+                return
             logger.warning(
                 "embedding store %s left incomplete at %d shards (%d images) by %s; once its "
                 "cause is fixed, the same command with --resume continues it",
@@ -756,6 +760,11 @@ class StoreWriter:
             "index": index, "n_images": len(img), "n_captions": len(txt),
             "first_image_row": first_image_row, "first_caption_row": first_caption_row,
         })  # fmt: skip
+        if "truncated" in text_table.column_names:  # captions longer than the encoder's context
+            self._manifest["shards"][-1]["n_truncated"] = sum(
+                bool(t) for t in text_table.column("truncated").to_pylist())
+            self._manifest["captions_truncated"] = sum(
+                s.get("n_truncated", 0) for s in self._manifest["shards"])
         self._manifest["n_images"] += len(img)
         self._manifest["n_captions"] += len(txt)
         self._write_manifest()

@@ -128,6 +128,13 @@ def check_texts(texts: Sequence[str]) -> None:
             raise ValueError(f"text {i} is empty; remove empty captions before encoding")
 
 
+def longer_than(tokenizer: Any, texts: Sequence[str], context: int) -> list[bool]:
+    """Which texts a transformers tokenizer makes longer than ``context`` tokens (specials
+    included); each is tokenised to at most ``context + 1`` tokens, so a huge text is cheap."""
+    ids = tokenizer(list(texts), truncation=True, max_length=context + 1)["input_ids"]
+    return [len(row) > context for row in ids]
+
+
 def to_pil_list(images: ImageBatch) -> list[Image.Image]:
     """Accept PIL images or a uint8 tensor (N, H, W, 3) and return RGB PIL images."""
     if isinstance(images, torch.Tensor):

@@ -31,6 +31,7 @@ from modtrans.encoders.base import (
     batches,
     check_texts,
     finish,
+    longer_than,
     register_encoder,
     split_options,
 )
@@ -133,6 +134,15 @@ class _Texts:
     def _text_features(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
         """Pooled features of a tokenised batch (before normalisation)."""
         raise NotImplementedError
+
+    @property
+    def text_context(self) -> int:
+        """Tokens a text is truncated to."""
+        return self.max_length
+
+    def truncated(self, texts: Sequence[str]) -> list[bool]:
+        """Which texts are longer than the context (and so are embedded from their start)."""
+        return longer_than(self.tokenizer, texts, self.max_length)
 
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str], *, batch_size: int = 256) -> torch.Tensor:

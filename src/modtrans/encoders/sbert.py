@@ -16,6 +16,7 @@ from modtrans.encoders.base import (
     batches,
     check_texts,
     finish,
+    longer_than,
     register_encoder,
 )
 from modtrans.encoders.hf import _cache_hint, resolve_hf_source
@@ -64,6 +65,15 @@ class SBertEncoder(TextOnlyEncoderBase):
             for chunk in batches(list(texts), batch_size)
         ]
         return finish(torch.cat(out), self.normalize) if out else torch.empty(0, self.dim)
+
+    @property
+    def text_context(self) -> int:
+        """Tokens a text is truncated to."""
+        return int(self.model.max_seq_length)
+
+    def truncated(self, texts: Sequence[str]) -> list[bool]:
+        """Which texts are longer than the context (and so are embedded from their start)."""
+        return longer_than(self.model.tokenizer, texts, self.text_context)
 
 
 @register_encoder("sbert", "sentence-transformers text encoder (sbert:minilm ships offline)")

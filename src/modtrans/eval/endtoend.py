@@ -118,7 +118,8 @@ class EndToEndConfig(Config):
 
 
 def train_models(folder: Path, config: EndToEndConfig, progress: bool = True) -> dict[str, Any]:
-    """Train (or reuse, when already in ``folder/e2e``) the judge and the five decoders."""
+    """Train (or reuse, when already in ``folder/e2e``) the judge and the five decoders; one
+    that was interrupted continues from its last checkpoint."""
     e2e, stores = folder / "e2e", folder / "store"
     train, val = open_store(stores, "train"), open_store(stores, "val")
     summaries: dict[str, Any] = {}
@@ -127,7 +128,8 @@ def train_models(folder: Path, config: EndToEndConfig, progress: bool = True) ->
     if report.is_file():
         _check_reused(e2e / "recogniser", judge)
     else:
-        fit_recogniser(folder / "world", e2e / "recogniser", judge, progress=progress)
+        fit_recogniser(folder / "world", e2e / "recogniser", judge, progress=progress,
+                       resume=(e2e / "recogniser").is_dir())
     summaries["recogniser"] = read_json(report)
     jobs = {
         "vae_image": (fit_image_decoder,
@@ -145,7 +147,8 @@ def train_models(folder: Path, config: EndToEndConfig, progress: bool = True) ->
         if (e2e / name / "summary.json").is_file():
             _check_reused(e2e / name, model_config)
         else:
-            fit(train, val, e2e / name, model_config, progress=progress)
+            fit(train, val, e2e / name, model_config, progress=progress,
+                resume=(e2e / name).is_dir())
         summaries[name] = read_json(e2e / name / "summary.json")
     return summaries
 

@@ -14,7 +14,6 @@ import logging
 import math
 import os
 import pickle
-import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -29,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from modtrans.artefacts import Artefact, write_summary
 from modtrans.config import Config
-from modtrans.errors import Interrupted, NonFiniteError
+from modtrans.errors import Interrupted, NonFiniteError, StopOnSignal
 from modtrans.io import atomic_open
 
 logger = logging.getLogger(__name__)
@@ -353,34 +352,25 @@ class ResumePoint(L.Callback):
 
     def __init__(self, path: Path, every: int) -> None:
         self.path, self.every = path, every
-        self._signal: int | None = None
-        self._handlers: dict[int, Any] = {}
+        self._stop = StopOnSignal()
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        def stop_after_step(signum: int, frame: Any) -> None:
-            self._signal = signum
-            signal.signal(signum, self._handlers[signum])  # a second signal stops at once
-
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            self._handlers[signum] = signal.getsignal(signum)
-            signal.signal(signum, stop_after_step)
+        self._stop.__enter__()
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         if isinstance(trainer.train_dataloader, ResumableLoader):
             trainer.train_dataloader.batch_trained()
-        if self._signal is not None:
+        if self._stop.received:
             self.save(trainer)
-            name = signal.Signals(self._signal).name
-            raise Interrupted(f"{name} received: stopped at step {trainer.global_step} with a "
-                              f"checkpoint at {self.path}; rerun with --resume to continue")
+            raise Interrupted(f"{self._stop.received} received: stopped at step "
+                              f"{trainer.global_step} with a checkpoint at {self.path}; rerun "
+                              "with --resume to continue")
         last_batch = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
         if last_batch or trainer.global_step % self.every == 0:
             self.save(trainer)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        for signum, handler in self._handlers.items():
-            signal.signal(signum, handler)
-        self._handlers.clear()
+        self._stop.__exit__()
 
     def save(self, trainer: L.Trainer) -> None:
         """Write the checkpoint beside its final path, then rename it into place."""
