@@ -166,14 +166,15 @@ def test_tiny_demo_evaluates_generation_end_to_end(demo: Demo) -> None:
     assert set(results["text_to_image"]) == set(results["image_to_text"]) == {"val", "novel"}
     for routes in results["text_to_image"].values():
         assert set(routes) == {"ced", "ced-mean", "ridge", "direct", "oracle", "reconstruction",
-                               "real", "ced-rerank", "ced-mean-rerank", "ridge-rerank",
-                               "direct-rerank"}
+                               "lverse", "lverse-reconstruction", "real", "ced-rerank",
+                               "ced-mean-rerank", "ridge-rerank", "direct-rerank",
+                               "lverse-rerank"}
         for name, route in routes.items():
             assert name == "real" or route["fd"] >= 0
             for scores in route["by_objects"].values():
                 assert 0 <= scores["recall"] <= 1 and 0 <= scores["hallucination"] <= 1
     for routes in results["image_to_text"].values():
-        assert set(routes) == {"ced", "ced-capdec-paper", "ridge", "clipcap"}
+        assert set(routes) == {"ced", "ced-capdec-paper", "ridge", "clipcap", "lverse"}
         assert all(0 <= r["BLEU-1"] <= 1 and r["CIDEr"] >= 0 for r in routes.values())
     assert 0 <= results["recogniser"]["pairs_presence_accuracy"] <= 1
     probes = results["conditioning_probes"]
@@ -187,7 +188,10 @@ def test_tiny_demo_evaluates_generation_end_to_end(demo: Demo) -> None:
 
     grid = Image.open(demo.out / "e2e" / "text2image.png")
     n_prompts = len(results["examples"]["prompts"])
-    assert grid.size == (60 * 66 + 2, n_prompts * 66 + 2)  # 6 samples × 10 routes per row
+    assert grid.size == (78 * 66 + 2, n_prompts * 66 + 2)  # 6 samples × 13 routes per row
+    assert {"augvae_ml", "augvae", "biart"} <= set(results["training"])
+    captions = json.loads((demo.out / "e2e" / "image2text.json").read_text())["captions"]
+    assert len(captions["lverse"]) == len(captions["clipcap"])
 
 
 def test_e2e_reuses_a_trained_decoder_only_with_the_same_options(demo: Demo) -> None:
@@ -209,6 +213,9 @@ def test_e2e_reuses_a_trained_decoder_only_with_the_same_options(demo: Demo) -> 
     changed["vae_text"] = generation["vae_text"]
     with pytest.raises(ValueError, match=r"e2e/capdec .*\(noise_variance: 0.0013 → 0.5\)"):
         train_models(demo.out, EndToEndConfig.from_dict(changed), progress=False)
+    biart = {**generation, "biart": {**generation["biart"], "layers": 2}}
+    with pytest.raises(ValueError, match=r"e2e/biart .*\(layers: 1 → 2\)"):
+        train_models(demo.out, EndToEndConfig.from_dict(biart), progress=False)
     judge = {**generation, "recogniser": {**generation["recogniser"], "epochs": 2}}
     with pytest.raises(ValueError, match=r"e2e/recogniser .*\(epochs: 1 → 2\)"):
         train_models(demo.out, EndToEndConfig.from_dict(judge), progress=False)

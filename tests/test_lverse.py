@@ -12,6 +12,7 @@ import torch
 from modtrans.decoders.augvae import AugVAE, AugVAEConfig
 from modtrans.decoders.biart import BiART, BiARTConfig, caption_pairs_dataset
 from modtrans.encoders.tokenizer import build_tokenizer
+from modtrans.images import load_images
 
 TINY_AUGVAE = {"channels": (8, 8, 8), "codebook_size": 16, "code_dim": 8, "batch_size": 16,
                "epochs": 1}
@@ -147,5 +148,26 @@ def test_cli_trains_ml_then_sl_then_biart(tiny_world: Path, tmp_path: Path,
     capsys.readouterr()
     model = BiART.load(tmp_path / "biart")
     assert model.generate_image(["a red disc"]).shape == (1, 64, 64, 3)
+    grid = tmp_path / "lverse.png"
+    assert main(["generate", "--system", "lverse", "--decoder", str(tmp_path / "biart"),
+                 "--text", "a red disc", "--text", "a blue star", "-n", "3", "--top-k", "5",
+                 "--out", str(grid)]) == 0
+    from PIL import Image
+
+    assert Image.open(grid).size == (3 * 66 + 2, 2 * 66 + 2)
+    image = sorted((tiny_world / "val" / "images").iterdir())[0]
+    capsys.readouterr()
+    assert main(["caption", "--system", "lverse", "--decoder", str(tmp_path / "biart"),
+                 "--image", str(image)]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.split("\t")[0] == str(image)
+    assert line.split("\t")[1] == model.caption(load_images([image], 64))[0]
+    for argv in (["generate", "--system", "lverse", str(tmp_path / "biart"), "--decoder",
+                  str(tmp_path / "biart"), "--text", "x"],
+                 ["generate", "--system", "lverse", "--decoder", str(tmp_path / "biart"),
+                  "--text", "x", "--candidates", "2"],
+                 ["generate", "--system", "dalle", "--decoder", str(tmp_path / "biart"),
+                  "--text", "x"]):
+        assert main(argv) == 2
     assert main(["fit-tokenizer", *common, "--out", str(tmp_path / "x"), "--init",
                  str(tmp_path / "ml")]) == 2

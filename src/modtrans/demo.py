@@ -68,6 +68,9 @@ TINY_GENERATION: dict[str, Any] = {
     "clipcap": {"width": 16, "layers": 1, "heads": 2, "epochs": 1},
     "capdec": {"width": 16, "layers": 1, "heads": 2, "epochs": 1},
     "capdec_paper": {"width": 16, "layers": 1, "heads": 2, "epochs": 1},
+    "augvae": {"channels": [8, 8, 8], "codebook_size": 16, "code_dim": 8, "epochs": 1},
+    "augvae_sl": {"epochs": 1},
+    "biart": {"max_text_length": 16, "width": 16, "layers": 1, "heads": 2, "epochs": 1},
 }
 
 PRESETS: dict[str, DemoConfig] = {

@@ -7,6 +7,7 @@ import contextlib
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -131,8 +132,12 @@ def generate(
         None, help="A text2image translator; omit it for the direct route (a decoder trained "
         "on text embeddings)."
     ),
-    decoder: Path = typer.Option(..., help="Image decoder directory (fit-decoder image)."),
+    decoder: Path = typer.Option(..., help="Image decoder directory (fit-decoder image), or "
+                                 "with --system lverse a BiART directory (fit-biart)."),
     text: list[str] = typer.Option(..., help="Prompt (repeat for several rows)."),
+    system: str = typer.Option(
+        "translate", help="translate (a translator, or none, then an image decoder) or lverse "
+        "(BiART draws image tokens from the text; no translator)."),
     n: int = typer.Option(8, "-n", help="Images per prompt."),
     out: Path = typer.Option(Path("generated.png"), "--out", "-o", help="PNG grid to write."),
     mode: str = typer.Option("sample", help="Translator mode: sample, mean or best-of-k."),
@@ -142,7 +147,11 @@ def generate(
                               "otherwise)."),
     guidance: float = typer.Option(None, help="Classifier-free guidance of the decoder's "
                                    "latent prior (default: the decoder's own; 5 unless "
-                                   "trained otherwise)."),
+                                   "trained otherwise) or, with --system lverse, of BiART "
+                                   "(default 1: none)."),
+    temperature: float = typer.Option(1.0, help="--system lverse: sampling temperature."),
+    top_k: int = typer.Option(0, help="--system lverse: keep the k likeliest tokens (0: all)."),
+    top_p: float = typer.Option(1.0, help="--system lverse: nucleus sampling mass."),
     candidates: int = typer.Option(
         1, help="Draw this many images per image asked for and keep the one the image "
         "encoder scores closest to the prompt (a CLIP pair: the CLIP score) or, for other "
@@ -160,6 +169,16 @@ def generate(
         raise ValueError(f"--out must be a .png file, got {out}")
     if candidates < 1:
         raise ValueError(f"--candidates must be ≥ 1, got {candidates}")
+    if system == "lverse":
+        images = _lverse_images(decoder, translator, text, n, candidates, seed,
+                                {"temperature": temperature, "top_k": top_k, "top_p": top_p,
+                                 "guidance": 1.0 if guidance is None else guidance})
+        with atomic_path(out) as tmp:
+            image_grid(images, rows=len(text)).save(tmp, format="PNG")
+        typer.echo(f"wrote {len(images)} images ({len(text)} prompts × {n}) to {out}")
+        return
+    if system != "translate":
+        raise ValueError(f"--system must be translate or lverse, got {system!r}")
     pipeline = TextToImage.load(decoder, translator)
     images, scores = pipeline(text, n=n, candidates=candidates, mode=mode,
                               generator=torch.Generator().manual_seed(seed), steps=steps,
@@ -171,14 +190,35 @@ def generate(
     typer.echo(f"wrote {len(images)} images ({len(text)} prompts × {n}) to {out}")
 
 
+def _lverse_images(decoder: Path, translator: Path | None, text: list[str], n: int,
+                   candidates: int, seed: int, sampling: dict) -> Any:
+    """``n`` BiART images per prompt, in prompt order."""
+    import torch
+
+    from modtrans.decoders.biart import BiART
+
+    if translator is not None:
+        raise ValueError("--system lverse generates from the text itself: drop the translator")
+    if candidates != 1:
+        raise ValueError("--candidates reranks by an image encoder, which --system lverse does "
+                         "not have; draw more with -n instead")
+    return BiART.load(decoder).generate_image(
+        [t for t in text for _ in range(n)], generator=torch.Generator().manual_seed(seed),
+        **sampling)
+
+
 @app.command()
 def caption(
     translator: Path = typer.Argument(
         None, help="An image2text translator; omit it for the direct route (--decoder trained "
         "on image embeddings, ClipCap)."
     ),
-    decoder: Path = typer.Option(..., help="Caption decoder directory (fit-decoder caption)."),
+    decoder: Path = typer.Option(..., help="Caption decoder directory (fit-decoder caption), "
+                                 "or with --system lverse a BiART directory (fit-biart)."),
     image: list[Path] = typer.Option(..., help="Image file (repeat for several)."),
+    system: str = typer.Option(
+        "translate", help="translate (a translator, or none, then a caption decoder) or "
+        "lverse (BiART writes the caption from the image's tokens, greedily)."),
     beams: int = typer.Option(3, help="Beam width (1: greedy)."),
     mode: str = typer.Option("mean", help="Translator mode: sample, mean or best-of-k."),
     seed: int = typer.Option(0, help="Seed of the translator's draws."),
@@ -188,9 +228,22 @@ def caption(
 
     from modtrans.pipelines import ImageToText
 
-    pipeline = ImageToText.load(decoder, translator)
-    captions = pipeline(image, beams=beams, mode=mode,
-                        generator=torch.Generator().manual_seed(seed))
+    if system == "lverse":
+        import numpy as np
+
+        from modtrans.decoders.biart import BiART
+        from modtrans.pipelines import open_images
+
+        if translator is not None:
+            raise ValueError("--system lverse captions the image itself: drop the translator")
+        pixels = np.stack([np.asarray(im.resize((64, 64))) for im in open_images(image)])
+        captions = BiART.load(decoder).caption(torch.from_numpy(pixels))
+    elif system == "translate":
+        pipeline = ImageToText.load(decoder, translator)
+        captions = pipeline(image, beams=beams, mode=mode,
+                            generator=torch.Generator().manual_seed(seed))
+    else:
+        raise ValueError(f"--system must be translate or lverse, got {system!r}")
     for label, text in zip(image, captions, strict=True):
         typer.echo(f"{label}\t{text}")
 

@@ -21,7 +21,13 @@ Works in a demo folder (world, world CLIP, store, translators) and adds ``e2e/``
   against the ground truth. The CapDec decoder trains on the mean of each image's caption
   embeddings (``text_input: set-mean``), what a translator's ``mean`` mode estimates;
   ``ced-capdec-paper`` decodes the same translations with the paper's CapDec (each
-  caption's own embedding, noise variance 0.016) to show what that choice buys.
+  caption's own embedding, noise variance 0.016) to show what that choice buys;
+- L-Verse (``lverse``: on by default), the route that generates the other modality directly:
+  an AugVAE image tokenizer (multi-level, then single-level fine-tuned from it) and BiART over
+  [text | image tokens] and [image tokens | text], trained on the world's train images and
+  captions; text → image rows ``lverse`` (and ``lverse-rerank``) beside the others, with
+  ``lverse-reconstruction`` (the tokenizer's own redrawing of the prompt's image) beside
+  ``reconstruction``; image → text row ``lverse`` (greedy BiART captions).
 
 Beside them, linear probes of the two conditioning embeddings (``conditioning_probes``) say
 how much of the main shape and colour the decoders are handed at all, so that a route's recall
@@ -47,8 +53,11 @@ import torch
 from modtrans.config import Config
 from modtrans.data.coco import read_coco_captions
 from modtrans.data.store import open_store
+from modtrans.decoders.augvae import AugVAE, AugVAEConfig, fit_augvae
+from modtrans.decoders.biart import BiART, BiARTConfig, fit_biart
 from modtrans.decoders.caption import CaptionDecoder, CaptionDecoderConfig, fit_caption_decoder
 from modtrans.decoders.image_vae import ConditionalVAE, ImageDecoderConfig, fit_image_decoder
+from modtrans.decoders.rerank import best_of
 from modtrans.encoders import build_encoder
 from modtrans.eval.captioning import caption_metrics
 from modtrans.eval.encoder_report import linear_probe
@@ -57,12 +66,18 @@ from modtrans.io import atomic_path, read_json, write_json
 from modtrans.pipelines import ImageToText, TextToImage
 from modtrans.translators.base import Translator
 from modtrans.world.generator import load_ground_truth
-from modtrans.world.recogniser import AttributeRecogniser, RecogniserConfig, fit_recogniser
+from modtrans.world.recogniser import (
+    AttributeRecogniser,
+    RecogniserConfig,
+    fit_recogniser,
+    world_split,
+)
 from modtrans.world.semantic import caption_semantic_scores, image_fd, image_semantic_scores
 
 logger = logging.getLogger(__name__)
 
 T2I_ROUTES = ("ced", "ced-mean", "ridge", "direct", "oracle", "reconstruction")
+LVERSE_T2I = ("lverse", "lverse-reconstruction")
 # the routes also run as the best of ``candidates`` draws by CLIP score against the prompt
 RERANKED = ("ced", "ced-mean", "ridge", "direct")
 RERANK = "-rerank"
@@ -72,7 +87,7 @@ I2T_ROUTES: dict[str, tuple[str | None, str]] = {
     "ced": ("ced", "capdec"), "ced-capdec-paper": ("ced", "capdec_paper"),
     "ridge": ("ridge", "capdec"), "clipcap": (None, "clipcap")}
 EXAMPLE_SAMPLES = 6
-FIT_TIME_OPTIONS = {"embed_dim", "image_encoder", "text_encoder"}
+FIT_TIME_OPTIONS = {"embed_dim", "image_encoder", "text_encoder", "augvae", "text_vocab"}
 
 
 @dataclasses.dataclass
@@ -85,6 +100,11 @@ class EndToEndConfig(Config):
         splits: splits evaluated.
         recogniser, vae_image, vae_text, clipcap, capdec, capdec_paper: config overrides of
             each model (e.g. ``{"epochs": 2}``).
+        lverse: train and evaluate L-Verse too.
+        augvae, augvae_sl, biart: config overrides of L-Verse's tokenizer (multi-level), its
+            single-level fine-tune (the one BiART uses) and BiART.
+        lverse_sampling: BiART's text → image sampling options (temperature, top_k, top_p,
+            guidance).
         beams: beam width of the caption decoders.
         candidates: images drawn per prompt for the ``-rerank`` routes, of which the one the
             world CLIP scores highest against the prompt is judged (1: no such routes). The
@@ -102,6 +122,11 @@ class EndToEndConfig(Config):
     clipcap: dict[str, Any] = dataclasses.field(default_factory=lambda: {"epochs": 3})
     capdec: dict[str, Any] = dataclasses.field(default_factory=lambda: {"epochs": 3})
     capdec_paper: dict[str, Any] = dataclasses.field(default_factory=lambda: {"epochs": 3})
+    lverse: bool = True
+    augvae: dict[str, Any] = dataclasses.field(default_factory=dict)
+    augvae_sl: dict[str, Any] = dataclasses.field(default_factory=dict)
+    biart: dict[str, Any] = dataclasses.field(default_factory=dict)
+    lverse_sampling: dict[str, Any] = dataclasses.field(default_factory=dict)
     beams: int = 3
     candidates: int = 8
     seed: int = 0
@@ -113,13 +138,19 @@ class EndToEndConfig(Config):
     @property
     def t2i_routes(self) -> tuple[str, ...]:
         """The text → image routes evaluated, in table order."""
-        extra = tuple(r + RERANK for r in RERANKED) if self.candidates > 1 else ()
-        return T2I_ROUTES + extra
+        reranked = RERANKED + (("lverse",) if self.lverse else ())
+        extra = tuple(r + RERANK for r in reranked) if self.candidates > 1 else ()
+        return T2I_ROUTES + (LVERSE_T2I if self.lverse else ()) + extra
+
+    @property
+    def i2t_routes(self) -> tuple[str, ...]:
+        """The image → text routes evaluated, in table order."""
+        return tuple(I2T_ROUTES) + (("lverse",) if self.lverse else ())
 
 
 def train_models(folder: Path, config: EndToEndConfig, progress: bool = True) -> dict[str, Any]:
-    """Train (or reuse, when already in ``folder/e2e``) the judge and the five decoders; one
-    that was interrupted continues from its last checkpoint."""
+    """Train (or reuse, when already in ``folder/e2e``) the judge, the five decoders and
+    L-Verse; one that was interrupted continues from its last checkpoint."""
     e2e, stores = folder / "e2e", folder / "store"
     train, val = open_store(stores, "train"), open_store(stores, "val")
     summaries: dict[str, Any] = {}
@@ -150,6 +181,38 @@ def train_models(folder: Path, config: EndToEndConfig, progress: bool = True) ->
             fit(train, val, e2e / name, model_config, progress=progress,
                 resume=(e2e / name).is_dir())
         summaries[name] = read_json(e2e / name / "summary.json")
+    if config.lverse:
+        summaries.update(_train_lverse(folder, config, progress))
+    return summaries
+
+
+def _train_lverse(folder: Path, config: EndToEndConfig, progress: bool) -> dict[str, Any]:
+    """L-Verse's three stages on the world's train images and captions: the ML tokenizer,
+    the SL one fine-tuned from it, BiART over the SL tokens (each reused when there)."""
+    e2e, world = folder / "e2e", folder / "world"
+    images, _ = world_split(world, "train")
+    val_images, _ = world_split(world, "val")
+    captions = read_coco_captions(world / "train" / "captions.json").captions
+    val_captions = read_coco_captions(world / "val" / "captions.json").captions[:200]
+    sl_levels = tuple(config.augvae.get("levels", AugVAEConfig().levels))[:1]
+    stages = {
+        "augvae_ml": (AugVAEConfig(**{"variant": "ml", **config.augvae}), lambda c, o: fit_augvae(
+            images, val_images[:500], o, c, progress=progress, resume=o.is_dir())),
+        "augvae": (AugVAEConfig(**{**config.augvae, "variant": "sl", "levels": sl_levels,
+                                   **config.augvae_sl}),
+                   lambda c, o: fit_augvae(images, val_images[:500], o, c, init=e2e / "augvae_ml",
+                                           progress=progress, resume=o.is_dir())),
+        "biart": (BiARTConfig(**config.biart), lambda c, o: fit_biart(
+            images, captions, val_images[:200], val_captions, e2e / "augvae", o, c,
+            progress=progress, resume=o.is_dir())),
+    }
+    summaries = {}
+    for name, (model_config, train) in stages.items():
+        if (e2e / name / "summary.json").is_file():
+            _check_reused(e2e / name, model_config)
+        else:
+            train(model_config, e2e / name)
+        summaries[name] = read_json(e2e / name / "summary.json")
     return summaries
 
 
@@ -158,7 +221,8 @@ def _check_reused(folder: Path, wanted: Config) -> None:
     now (aside from those set at fit time from the store: its dims and encoders)."""
     read = {CaptionDecoderConfig: CaptionDecoder.read_config,
             ImageDecoderConfig: ConditionalVAE.read_config,
-            RecogniserConfig: AttributeRecogniser.read_config}[type(wanted)]
+            RecogniserConfig: AttributeRecogniser.read_config,
+            AugVAEConfig: AugVAE.read_config, BiARTConfig: BiART.read_config}[type(wanted)]
     saved = read(folder)
     differ = _differences(json.loads(json.dumps(saved.to_dict())),
                           json.loads(json.dumps(wanted.to_dict())))
@@ -209,19 +273,41 @@ class RouteGenerator:
     draws; ``e2e/vae_text`` is loaded when the direct route first asks.
     """
 
-    def __init__(self, folder: Path, clip: Any, seed: int, candidates: int) -> None:
+    def __init__(self, folder: Path, clip: Any, seed: int, candidates: int,
+                 lverse_sampling: dict[str, Any] | None = None) -> None:
         self.folder = folder
         self.vae_image = ConditionalVAE.load(folder / "e2e" / "vae_image")
         self.translators = {m: Translator.load(folder / "translators" / "text2image" / m)
                             for m in ("ced", "ridge")}
         self.clip, self.seed, self.candidates = clip, seed, candidates
+        self.lverse_sampling = lverse_sampling or {}
 
     @functools.cached_property
     def vae_text(self) -> ConditionalVAE:
         return ConditionalVAE.load(self.folder / "e2e" / "vae_text")
 
+    @functools.cached_property
+    def biart(self) -> BiART:
+        return BiART.load(self.folder / "e2e" / "biart")
+
+    def _lverse(self, items: list[tuple[str, Path]], k: int,
+                generator: torch.Generator) -> torch.Tensor:
+        """BiART's images of the prompts, the best of ``k`` draws each by CLIP score."""
+        prompts = [prompt for prompt, _ in items for _ in range(k)]
+        images = torch.cat([self.biart.generate_image(prompts[i:i + 64], generator=generator,
+                                                      **self.lverse_sampling)
+                            for i in range(0, len(prompts), 64)])
+        if k == 1:
+            return images
+        return best_of(images, self.clip.encode_texts(prompts), self.clip, k)[0]
+
     def __call__(self, route: str, items: list[tuple[str, Path]]) -> torch.Tensor:
         generator = torch.Generator().manual_seed(self.seed)
+        if route == "lverse-reconstruction":
+            return self.biart.augvae.reconstruct(load_images([path for _, path in items], 64))
+        if route.removesuffix(RERANK) == "lverse":
+            k = self.candidates if route.endswith(RERANK) else 1
+            return self._lverse(items, k, generator)
         if route in ("oracle", "reconstruction"):
             images = load_images([path for _, path in items], 64)
             e = self.clip.encode_images(images)
@@ -270,7 +356,8 @@ def text_to_image(folder: Path, split: str, config: EndToEndConfig, judge: Attri
     """Semantic scores and FD per route (and the judge on the prompts' own real images);
     example images and their prompts."""
     groups = full_prompts(folder / "world" / split, config.prompts_per_group, config.seed)
-    generate = RouteGenerator(folder, clip, config.seed, config.candidates)
+    generate = RouteGenerator(folder, clip, config.seed, config.candidates,
+                              config.lverse_sampling)
     world = read_coco_captions(folder / "world" / split / "captions.json")
     real = load_images(world.image_paths[:2000], 64)
     examples_items = [items[0] for items in groups.values() if items]
@@ -324,6 +411,12 @@ def image_to_text(folder: Path, split: str, config: EndToEndConfig
         outputs[route] = predicted
         results[route] = {**caption_metrics(predicted, references),
                           **caption_semantic_scores(predicted, rows)}
+    if config.lverse:
+        biart = BiART.load(folder / "e2e" / "biart")
+        images = load_images(meta.column("image_path").to_pylist()[:n], 64)
+        outputs["lverse"] = [c for i in range(0, n, 64) for c in biart.caption(images[i:i + 64])]
+        results["lverse"] = {**caption_metrics(outputs["lverse"], references),
+                             **caption_semantic_scores(outputs["lverse"], rows)}
     paths = meta.column("image_path").to_pylist()[:n]
     examples = {"images": paths[:8], "references": references[:8],
                 "captions": {route: out[:8] for route, out in outputs.items()}}
