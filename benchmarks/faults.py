@@ -15,6 +15,7 @@ world, the encoder and the uninterrupted references.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
@@ -94,16 +95,19 @@ def train_argv(work: Path, out: Path) -> list[str]:
 def kill_until_done(argv: list[str], finished: Path, seconds: float, rng: random.Random,
                     check: Any, counts: dict[str, int]) -> None:
     """Start ``argv``, kill it at a random moment and resume, until ``finished`` exists;
-    ``check()`` inspects what each kill left behind."""
+    ``check()`` inspects what each kill left behind. The kill moment is drawn from up to the
+    uninterrupted run's ``seconds``, half as long again after each kill, so that a run slowed
+    by a busy machine still finishes."""
     resume: list[str] = []
-    while True:
-        process = modtrans(*argv, *resume)
+    for attempt in itertools.count():
+        process, started = modtrans(*argv, *resume), time.perf_counter()
         try:
-            process.wait(timeout=rng.uniform(0.2, seconds))
+            process.wait(timeout=rng.uniform(0.2, seconds * 1.5 ** attempt))
         except subprocess.TimeoutExpired:
             process.send_signal(signal.SIGKILL)
             process.wait()
             counts["kills"] += 1
+            logger.info("killed %s after %.1f s", argv[0], time.perf_counter() - started)
             check()
             resume = ["--resume"]
             continue

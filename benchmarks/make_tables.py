@@ -195,14 +195,26 @@ def embed_section() -> list[str]:
     return out
 
 
-def e2e_section() -> list[str]:
-    r = _load("e2e")
+E2E_RUNS = {"": "End to end (e2e)",
+            "budget": "End to end at a 60-minute budget, L-Verse included (e2e_budget)"}
+
+
+def e2e_section(tag: str = "") -> list[str]:
+    name = f"e2e_{tag}" if tag else "e2e"
+    r = _load(name)
     if not r:
         return []
     f = r["figures"]
     judge = f["recogniser"]
-    out = ["### End to end (e2e)", "",
-           f"The judge (attribute recogniser), per label, {describe_report(judge)}", ""]
+    out = [f"### {E2E_RUNS[tag]}", ""]
+    if "demo" in r["config"]:
+        demo = r["config"]["demo"]
+        out += [f"Every route trained and judged in one run on a world of {demo['n_images']} "
+                f"images: configs `benchmarks/configs/{name}_demo.yaml` and "
+                f"`benchmarks/configs/{name}.yaml`. Training costs (CPU minutes): "
+                + ", ".join(f"{stage} {_minutes(summary):.1f}"
+                            for stage, summary in f["training"].items()) + ".", ""]
+    out += [f"The judge (attribute recogniser), per label, {describe_report(judge)}", ""]
     if "conditioning_probes" in f:
         probes = f["conditioning_probes"]
 
@@ -224,6 +236,7 @@ def e2e_section() -> list[str]:
                 "fit-decoder image --prior-only`) on VAEs kept from an earlier run: "
                 + ", ".join(f"{name} prior {f['training'][name]['prior_seconds']:.0f} s"
                             for name in refit) + ".", ""]
+    lverse = "lverse" in next(iter(f["text_to_image"].values()))
     keys = ("colours_recall", "shapes_recall", "pairs_recall", "pairs_hallucination")
     for split, routes in f["text_to_image"].items():
         out += [f"**text → image — {split}** (prompts naming every object; recall of the "
@@ -232,6 +245,9 @@ def e2e_section() -> list[str]:
                 "`oracle` decodes the embedding of the image the prompt describes, "
                 "`reconstruction` redraws that image from the VAE's posterior, `real` "
                 "judges that image"
+                + ("; `lverse`: BiART draws the image tokens from the prompt, "
+                   "`lverse-reconstruction` is the AugVAE tokenizer's redrawing of the "
+                   "prompt's image" if lverse else "")
                 + (f"; `-rerank`: the route draws {r['config']['candidates']} images per "
                    "prompt and the one the world CLIP scores highest against the prompt is "
                    "judged"
@@ -251,18 +267,44 @@ def e2e_section() -> list[str]:
                 "ridge: the translator's mean of 8 draws into CapDec trained on caption-set "
                 "means; "
                 "`ced-capdec-paper`: the same `ced` translations into the paper's CapDec, "
-                "trained on single captions; clipcap: the image embedding into ClipCap)", "",
+                "trained on single captions; clipcap: the image embedding into ClipCap"
+                + ("; lverse: BiART's greedy caption from the image's tokens" if lverse else "")
+                + ")", "",
                 "| route | " + " | ".join(k.replace("_", " ") for k in keys) + " |",
                 "|---|" + "---|" * len(keys)]
         for route, v in routes.items():
             out.append(f"| {route} | " + " | ".join(f"{v[k]:.3f}" for k in keys) + " |")
         out.append("")
-    out += ["Samples: `benchmarks/results/e2e_text2image.png` (rows: "
+    out += [f"Samples: `benchmarks/results/{name}_text2image.png` (rows: "
             + "; ".join(f"“{p}”" for p in f.get("examples", {}).get("prompts", []))
             + "; columns: " + ", ".join(f.get("examples", {}).get("columns", []))
             + "); captions: "
-            "`benchmarks/results/e2e_image2text.json`.", "", _source(r), ""]
+            f"`benchmarks/results/{name}_image2text.json`.", "", _source(r), ""]
     return out
+
+
+def _minutes(summary: dict) -> float:
+    """A model's training seconds (all its stages) in minutes."""
+    return sum(v for k, v in summary.items()
+               if k == "seconds" or (k.endswith("_seconds") and isinstance(v, int | float))) / 60
+
+
+def faults_section() -> list[str]:
+    r = _load("faults")
+    if not r:
+        return []
+    f = r["figures"]
+    e, t = f["embed"], f["train"]
+    return ["### Faults (randomized kill -9)", "",
+            f"`benchmarks/faults.py`: `modtrans embed` killed {e['kills']} times over "
+            f"{e['rounds']} runs, each resumed until it finished: {e['rows_lost']} rows lost, "
+            f"{e['rows_duplicated']} duplicated, {e['stores_differing']} stores differing from "
+            f"an uninterrupted run (largest embedding difference "
+            f"{e['max_abs_embedding_difference']:.1e}); `modtrans train` killed {t['kills']} "
+            f"times over {t['rounds']} runs: {t['checkpoints_unreadable']} unreadable and "
+            f"{t['checkpoints_non_finite']} non-finite checkpoints of "
+            f"{t['checkpoints_checked']} checked, {t['models_differing']} final models "
+            "differing from an uninterrupted run's.", "", _source(r), ""]
 
 
 def image_decoder_section() -> list[str]:
@@ -322,11 +364,12 @@ def main() -> None:
             "from.", "",
             *[line.replace("### ", "## ", 1) if line.startswith("### ") else line
               for line in [*world_section(), *clip_section(), *worldbench_section(),
-                           *e2e_section(), *image_decoder_section(),
+                           *e2e_section(), *e2e_section("budget"),
+                           *image_decoder_section(),
                            *(part for tag in VARIANTS if tag
                              for part in (*clip_section(tag), *worldbench_section(tag))),
                            *mean_map_section(), *speed_section(), *sampling_section(),
-                           *embed_section()]]]
+                           *embed_section(), *faults_section()]]]
     with atomic_open(RESULTS_PAGE) as f:
         f.write("\n".join(body).rstrip() + "\n")
     text = README.read_text()

@@ -130,3 +130,18 @@ def test_a_caption_longer_than_the_context_is_flagged_and_counted(
     index = next(i for i, r in enumerate(rows) if r["truncated"])
     start = clip_encoder.encode_texts([long[:400]]).numpy()[0]
     np.testing.assert_allclose(store.text_embeddings[index], start, atol=1e-5)
+
+
+def test_embed_strict_on_a_bad_image_names_it_and_nothing_misleading(
+    tiny_world: Path, tiny_clip, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "photos"
+    root.mkdir()
+    for i, image in enumerate(sorted((tiny_world / "val" / "images").iterdir())[:2]):
+        shutil.copy(image, root / f"{i}.png")
+        (root / f"{i}.txt").write_text(f"caption {i}\n")
+    (root / "1.png").write_bytes(b"not a png at all")
+    last = assert_cli_error(capsys, ["embed", str(root), "--out", str(tmp_path / "store"),
+                                     "--encoder", tiny_clip.spec, "--strict", "--workers", "0"],
+                            str(root / "1.png"), "--strict")
+    assert "--resume" not in last
