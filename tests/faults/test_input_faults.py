@@ -35,14 +35,19 @@ def test_a_coco_entry_without_a_key_names_the_file_entry_and_key(
                      str(captions), where, repr(key))
 
 
+def _photo_folder(tiny_world: Path, root: Path, n: int) -> Path:
+    """A folder of ``n`` world images, each with a one-line caption file beside it."""
+    root.mkdir()
+    for i, image in enumerate(sorted((tiny_world / "val" / "images").iterdir())[:n]):
+        shutil.copy(image, root / f"{i}.png")
+        (root / f"{i}.txt").write_text(f"caption {i}\n")
+    return root
+
+
 def test_a_sidecar_that_is_not_utf8_skips_only_its_image(
     tiny_world: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    root = tmp_path / "photos"
-    root.mkdir()
-    for i, image in enumerate(sorted((tiny_world / "val" / "images").iterdir())[:3]):
-        shutil.copy(image, root / f"{i}.png")
-        (root / f"{i}.txt").write_text(f"caption {i}\n")
+    root = _photo_folder(tiny_world, tmp_path / "photos", 3)
     (root / "1.txt").write_bytes(b"caf\xff\xfe\n")
     with caplog.at_level(logging.WARNING):
         data = read_image_folder(root)
@@ -135,11 +140,7 @@ def test_a_caption_longer_than_the_context_is_flagged_and_counted(
 def test_embed_strict_on_a_bad_image_names_it_and_nothing_misleading(
     tiny_world: Path, tiny_clip, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    root = tmp_path / "photos"
-    root.mkdir()
-    for i, image in enumerate(sorted((tiny_world / "val" / "images").iterdir())[:2]):
-        shutil.copy(image, root / f"{i}.png")
-        (root / f"{i}.txt").write_text(f"caption {i}\n")
+    root = _photo_folder(tiny_world, tmp_path / "photos", 2)
     (root / "1.png").write_bytes(b"not a png at all")
     last = assert_cli_error(capsys, ["embed", str(root), "--out", str(tmp_path / "store"),
                                      "--encoder", tiny_clip.spec, "--strict", "--workers", "0"],
