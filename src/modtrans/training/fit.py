@@ -313,12 +313,14 @@ def fit(model: nn.Module, step: Step, train: DataLoader, val: DataLoader | None,
         log_file = Path(out_dir) / log_name / "metrics.csv"
     resume_from = last if recipe.resume and last is not None and last.is_file() else None
     if recipe.resume and resume_from is None:
-        if out_dir is None or not Path(out_dir).is_dir():
-            raise FileNotFoundError(f"--resume: no checkpoint at {last} and no earlier run in "
-                                    f"{out_dir}; train without --resume")
-        logger.warning("--resume: no checkpoint at %s yet (the run stopped before its first, "
-                       "or this stage had not begun): it starts from the beginning", last)
-    if out_dir is not None:  # marks a started run for --resume
+        if out_dir is None:
+            raise ValueError("resume needs an out_dir to find the checkpoint in")
+        # a run killed before its first checkpoint (even before it made its folder) left
+        # nothing to continue: it starts from the beginning, which is what resuming it means
+        logger.warning("--resume: no checkpoint at %s yet (%s): this stage starts from the "
+                       "beginning", last, "the run stopped before its first, or this stage "
+                       "had not begun" if Path(out_dir).is_dir() else "no earlier run there")
+    if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
     trainer = L.Trainer(
         max_epochs=recipe.epochs, max_steps=recipe.max_steps, max_time=recipe.max_time,
