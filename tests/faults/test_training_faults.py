@@ -104,6 +104,36 @@ def _fit_caption_decoder(world: Path, store: Path, out: Path, resume: bool) -> N
                         resume=resume)
 
 
+TINY_AUGVAE = {"channels": (8, 8, 8), "codebook_size": 16, "code_dim": 8, "batch_size": 16,
+               "epochs": 2}
+
+
+def _fit_tokenizer(world: Path, store: Path, out: Path, resume: bool) -> None:
+    from modtrans.decoders.augvae import AugVAEConfig, fit_augvae
+    from modtrans.world.recogniser import world_split
+
+    images, _ = world_split(world, "train")
+    fit_augvae(images, images[:4], out, AugVAEConfig(**TINY_AUGVAE), accelerator="cpu",
+               progress=False, resume=resume)
+
+
+def _fit_biart(world: Path, store: Path, out: Path, resume: bool) -> None:
+    from modtrans.data.coco import read_coco_captions
+    from modtrans.decoders.augvae import AugVAE, AugVAEConfig
+    from modtrans.decoders.biart import BiARTConfig, fit_biart
+    from modtrans.world.recogniser import world_split
+
+    tokenizer = out.parent / f"{out.name}_tokenizer"
+    torch.manual_seed(0)  # the same (untrained) tokenizer for every run
+    AugVAE(AugVAEConfig(**TINY_AUGVAE)).save(tokenizer)
+    images, _ = world_split(world, "train")
+    captions = read_coco_captions(world / "train" / "captions.json").captions
+    config = BiARTConfig(max_text_length=12, width=16, layers=1, heads=2, batch_size=32,
+                         epochs=2)
+    fit_biart(images[:20], captions[:20], images[:2], captions[:2], tokenizer, out, config,
+              accelerator="cpu", progress=False, resume=resume)
+
+
 def _stores(store: Path) -> tuple:
     from modtrans.data.store import EmbeddingStore
 
@@ -113,14 +143,15 @@ def _stores(store: Path) -> tuple:
 @pytest.mark.parametrize(("trainer", "stage", "kill_at"), [
     (_fit_encoder, "warm_start", 4), (_fit_encoder, "", 4),
     (_fit_image_decoder, "", 4), (_fit_image_decoder, "prior", 5),
-    (_fit_caption_decoder, "", 4)], ids=["encoder-warm-start", "encoder", "image-decoder",
-                                         "image-decoder-prior", "caption-decoder"])
+    (_fit_caption_decoder, "", 4), (_fit_tokenizer, "", 4), (_fit_biart, "", 5)],
+    ids=["encoder-warm-start", "encoder", "image-decoder", "image-decoder-prior",
+         "caption-decoder", "tokenizer", "biart"])
 def test_every_trainer_resumes_to_the_same_weights(
     tiny_world: Path, tiny_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     trainer, stage: str, kill_at: int,
 ) -> None:
-    """fit-encoder, fit-decoder (image: both stages; caption) killed mid-run and resumed
-    end with the weights of a run that was never stopped."""
+    """fit-encoder, fit-decoder (image: both stages; caption), fit-tokenizer and fit-biart
+    killed mid-run and resumed end with the weights of a run that was never stopped."""
     trainer(tiny_world, tiny_store, tmp_path / "whole", False)
     with monkeypatch.context() as m:
         _kill_at(m, kill_at, stage)
