@@ -135,8 +135,9 @@ def embed_rounds(work: Path, kills: int, seconds: float, rng: random.Random
         shutil.rmtree(out, ignore_errors=True)
 
         def check_partial() -> None:
-            if not (out / "train" / "manifest.json").is_file():
-                return
+            manifest = out / "train" / "manifest.json"
+            if not manifest.is_file() or not json.loads(manifest.read_text())["shards"]:
+                return  # killed before its first shard: nothing to check
             ids, _, _ = store_rows(out / "train")
             counts["partial_stores_checked"] += 1
             counts["rows_duplicated"] += len(ids) - len(set(ids))
