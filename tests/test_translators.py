@@ -687,3 +687,15 @@ def test_image2text_direction(tmp_path: Path) -> None:
     assert model.config.direction == "image2text"
     assert (model.config.cond_modality, model.config.target_modality) == ("image", "text")
     assert sim(model.translate(val.images), val.texts) > 0.999
+
+
+def test_a_fit_prints_no_third_party_noise(data: tuple[PairedSplit, ...], tmp_path: Path,
+                                           caplog: pytest.LogCaptureFixture,
+                                           recwarn: pytest.WarningsRecorder) -> None:
+    """Lightning's cloud-logger tip and torch's LeafSpec deprecation are filtered out."""
+    with caplog.at_level(logging.INFO, logger="lightning.pytorch"):
+        fit_translator("ridge", *data, tmp_path, progress=False)
+        fit_translator("mlp", *data, tmp_path / "mlp", params={"width": 16},
+                       recipe=train_config(epochs=1), progress=False)
+    assert "litlogger" not in caplog.text and "GPU available" in caplog.text
+    assert not [w for w in recwarn if "LeafSpec" in str(w.message)]

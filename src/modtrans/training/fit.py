@@ -15,6 +15,7 @@ import math
 import os
 import pickle
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,16 @@ from modtrans.errors import Interrupted, NonFiniteError, StopOnSignal
 from modtrans.io import atomic_open
 
 logger = logging.getLogger(__name__)
+
+
+class _NoCloudLoggerTip(logging.Filter):
+    """Drops Lightning's advertisement for its cloud logger, printed by every fit."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoCloudLoggerTip())
 
 #: Lightning precisions that keep float32 weights.
 PRECISIONS = ("32", "32-true", "bf16-mixed", "16-mixed")
@@ -333,7 +344,10 @@ def fit(model: nn.Module, step: Step, train: DataLoader, val: DataLoader | None,
     earlier = _read_csv(log_file) if resume_from and recipe.logger == "csv" else []
     start = time.perf_counter()
     try:
-        trainer.fit(module, train, val, ckpt_path=resume_from, weights_only=True)
+        with warnings.catch_warnings():  # torch deprecates a class Lightning still uses
+            warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)`",
+                                    category=FutureWarning)
+            trainer.fit(module, train, val, ckpt_path=resume_from, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError) as e:
         if resume_from is None or isinstance(e, Interrupted) or trainer.global_step:
             raise
