@@ -123,9 +123,9 @@ class EndToEndConfig(Config):
     capdec: dict[str, Any] = dataclasses.field(default_factory=lambda: {"epochs": 3})
     capdec_paper: dict[str, Any] = dataclasses.field(default_factory=lambda: {"epochs": 3})
     lverse: bool = True
-    augvae: dict[str, Any] = dataclasses.field(default_factory=dict)
-    augvae_sl: dict[str, Any] = dataclasses.field(default_factory=dict)
-    biart: dict[str, Any] = dataclasses.field(default_factory=dict)
+    augvae: dict[str, Any] = dataclasses.field(default_factory=lambda: {"epochs": 2})
+    augvae_sl: dict[str, Any] = dataclasses.field(default_factory=lambda: {"epochs": 1})
+    biart: dict[str, Any] = dataclasses.field(default_factory=lambda: {"epochs": 1})
     lverse_sampling: dict[str, Any] = dataclasses.field(default_factory=dict)
     beams: int = 3
     candidates: int = 8
