@@ -276,10 +276,11 @@ def end_to_end(
     folder: Path = typer.Argument(..., help="A demo folder (world, CLIP, store, translators)."),
     config: Path = typer.Option(None, help="YAML/JSON file of EndToEndConfig options."),
 ) -> None:
-    """Train the decoders and the judge in FOLDER/e2e and evaluate generation end to end:
-    text → image (recogniser recall, hallucination, FD) and image → text (caption metrics,
-    semantic precision/recall), through ced, ridge and the direct routes, bounded by the
-    oracle (the prompt's own image embedding), reconstruction and real-image references."""
+    """Train the decoders, L-Verse and the judge in FOLDER/e2e and evaluate generation end to
+    end: text → image (recogniser recall, hallucination, FD) and image → text (caption
+    metrics, semantic precision/recall), through ced, ridge, the direct routes and L-Verse,
+    bounded by the oracle (the prompt's own image embedding), reconstruction and real-image
+    references."""
     from modtrans.eval.endtoend import EndToEndConfig, run_end_to_end
     from modtrans.eval.report import write_report
 
