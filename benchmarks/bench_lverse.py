@@ -26,11 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import write_result
+from _common import RESULTS, write_result
 
 from modtrans.decoders.augvae import AugVAE, AugVAEConfig, reconstruction_metrics
 from modtrans.decoders.biart import BiART, BiARTConfig
 from modtrans.encoders.tokenizer import build_tokenizer
+from modtrans.io import read_json
 
 logger = logging.getLogger("bench_lverse")
 
@@ -117,6 +118,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, help="a folder the e2e benchmark trained in")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per setting")
+    parser.add_argument("--parts", nargs="*", default=["speed", "tokenizer", "guidance"],
+                        help="what to measure (each part replaces its own figures in the "
+                        "result file, the others are kept)")
     parser.add_argument("--val-images", type=int, default=500)
     parser.add_argument("--guidance", type=float, nargs="*", default=[1.0, 2.0, 4.0],
                         help="classifier-free guidance scales to judge (with --work)")
@@ -125,9 +129,13 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.manual_seed(0)
-    figures: dict[str, Any] = {"speed": speed(args.device, args.repeats)}
-    if args.work is not None:
+    path = RESULTS / f"lverse_{args.device}.json"
+    figures: dict[str, Any] = read_json(path)["figures"] if path.is_file() else {}
+    if "speed" in args.parts:
+        figures["speed"] = speed(args.device, args.repeats)
+    if args.work is not None and "tokenizer" in args.parts:
         figures["tokenizer"] = tokenizer_figures(args.work, args.val_images)
+    if args.work is not None and "guidance" in args.parts:
         figures["guidance"] = guidance_figures(args.work, args.guidance, args.guidance_prompts)
     config = {"device": args.device, "repeats": args.repeats, "val_images": args.val_images,
               "guidance": args.guidance, "guidance_prompts": args.guidance_prompts,
