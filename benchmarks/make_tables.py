@@ -289,6 +289,12 @@ def _minutes(summary: dict) -> float:
                if k == "seconds" or (k.endswith("_seconds") and isinstance(v, int | float))) / 60
 
 
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A markdown table and the blank line after it."""
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(row) + " |" for row in rows), ""]
+
+
 def lverse_section() -> list[str]:
     r = _load("lverse_cpu")
     if not r:
@@ -297,49 +303,47 @@ def lverse_section() -> list[str]:
     out = ["### L-Verse (lverse_cpu)", ""]
     if "speed" in f:
         sp = f["speed"]
+        batches = sorted({int(k.split("_")[1]) for k in sp if k.startswith("batch_")})
         out += [f"BiART text → image sampling ({sp['image_tokens']} image tokens, width "
                 f"{sp['width']}, {sp['layers']} layers, then the tokenizer's decoder), seconds "
                 "an image and image tokens per second, with the KV cache and without it "
                 "(every step re-reads the sequence), in one run:", "",
-                "| images a call | cache s/image | cache tokens/s | no cache s/image | "
-                "no cache tokens/s | speed-up |", "|---|---|---|---|---|---|"]
-        for batch in sorted({int(k.split("_")[1]) for k in sp if k.startswith("batch_")}):
-            c, n = sp[f"batch_{batch}_cache"], sp[f"batch_{batch}_no_cache"]
-            out.append(f"| {batch} | {c['seconds_per_image']:.3f} | {c['tokens_per_s']:.0f} | "
-                       f"{n['seconds_per_image']:.3f} | {n['tokens_per_s']:.0f} | "
-                       f"{sp[f'batch_{batch}_cache_speedup']:.1f}× |")
-        out.append("")
+                *_table(["images a call", "cache s/image", "cache tokens/s",
+                         "no cache s/image", "no cache tokens/s", "speed-up"],
+                        [[str(b), f"{c['seconds_per_image']:.3f}", f"{c['tokens_per_s']:.0f}",
+                          f"{n['seconds_per_image']:.3f}", f"{n['tokens_per_s']:.0f}",
+                          f"{sp[f'batch_{b}_cache_speedup']:.1f}×"]
+                         for b in batches
+                         for c, n in [(sp[f"batch_{b}_cache"], sp[f"batch_{b}_no_cache"])]])]
     if "tokenizer" in f:
         tk = f["tokenizer"]
+        real = tk["real"]["judge"]
+        rows = [["real images", *(f"{real[k]:.3f}" for k in JUDGED), "—", "—", "—", "—"]]
+        rows += [[f"{name} ({t['variant']}, {'+'.join(map(str, t['levels']))} grid)",
+                  *(f"{t['judge'][k]:.3f}" for k in JUDGED), f"{t['psnr']:.2f}",
+                  f"{t['codebook_usage']:.3f}", f"{t['perplexity']:.0f}", f"{t['fd']:.3f}"]
+                 for name in ("augvae", "augvae_ml") for t in [tk[name]]]
         out += [f"The tokenizers of `{r['config']['work']}` on {tk['val_images']} val images: "
                 "the judge's recall of each image's shapes, colours and colour–shape pairs in "
                 "its reconstruction (and in the image itself), PSNR, codebook usage and "
                 "perplexity, FD in the world CLIP's image space:", "",
-                "| tokenizer | shapes | colours | pairs | PSNR dB | usage | perplexity | FD |",
-                "|---|---|---|---|---|---|---|---|"]
-        real = tk["real"]["judge"]
-        out.append(f"| real images | {real['shapes_recall']:.3f} | {real['colours_recall']:.3f}"
-                   f" | {real['pairs_recall']:.3f} | — | — | — | — |")
-        for name in ("augvae", "augvae_ml"):
-            t, j = tk[name], tk[name]["judge"]
-            out.append(f"| {name} ({t['variant']}, {'+'.join(map(str, t['levels']))} grid) | "
-                       f"{j['shapes_recall']:.3f} | {j['colours_recall']:.3f} | "
-                       f"{j['pairs_recall']:.3f} | {t['psnr']:.2f} | {t['codebook_usage']:.3f} "
-                       f"| {t['perplexity']:.0f} | {t['fd']:.3f} |")
-        out.append("")
+                *_table(["tokenizer", "shapes", "colours", "pairs", "PSNR dB", "usage",
+                         "perplexity", "FD"], rows)]
     if "guidance" in f:
         g = f["guidance"]
         out += [f"Classifier-free guidance of BiART, {g['prompts']} val prompts naming every "
                 "object, judged as in the end-to-end tables:", "",
-                "| guidance | pairs recall | shapes recall | colours recall | pairs "
-                "hallucination | s/image |", "|---|---|---|---|---|---|"]
-        for key, v in g.items():
-            if key.startswith("guidance_"):
-                out.append(f"| {key.removeprefix('guidance_')} | {v['pairs_recall']:.3f} | "
-                           f"{v['shapes_recall']:.3f} | {v['colours_recall']:.3f} | "
-                           f"{v['pairs_hallucination']:.3f} | {v['seconds_per_image']:.3f} |")
-        out.append("")
+                *_table(["guidance", "pairs recall", "shapes recall", "colours recall",
+                         "pairs hallucination", "s/image"],
+                        [[key.removeprefix("guidance_"),
+                          *(f"{v[k]:.3f}" for k in ("pairs_recall", "shapes_recall",
+                                                    "colours_recall", "pairs_hallucination",
+                                                    "seconds_per_image"))]
+                         for key, v in g.items() if key.startswith("guidance_")])]
     return [*out, _source(r), ""]
+
+
+JUDGED = ("shapes_recall", "colours_recall", "pairs_recall")
 
 
 def faults_section() -> list[str]:
