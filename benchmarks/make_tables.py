@@ -196,7 +196,7 @@ def embed_section() -> list[str]:
 
 
 E2E_RUNS = {"": "End to end (e2e)",
-            "budget": "End to end at a 60-minute budget, L-Verse included (e2e_budget)"}
+            "budget": "End to end sized for 60 minutes, L-Verse included (e2e_budget)"}
 
 
 def e2e_section(tag: str = "") -> list[str]:
@@ -427,8 +427,8 @@ def generation_headline(tag: str = "budget") -> list[str]:
         return []
     f = r["figures"]
     t2i, i2t = f["text_to_image"]["val"], f["image_to_text"]["val"]
-    out = ["", "Generation on val, every route trained and judged in one run at a 60-minute "
-           f"budget ({r['config']['demo']['n_images']}-image world): pairs recall is the share "
+    out = ["", "Generation on val, every route trained and judged in one run sized for 60 "
+           f"minutes ({r['config']['demo']['n_images']}-image world): pairs recall is the share "
            "of the colour–shape pairs a prompt names that the judge finds; `-rerank` keeps the "
            f"best of {r['config']['candidates']} draws by CLIP score.", "",
            "| text → image | pairs recall 1 obj. | 2 obj. | 3 obj. | FD |", "|---|---|---|---|---|"]
