@@ -142,11 +142,6 @@ class EndToEndConfig(Config):
         extra = tuple(r + RERANK for r in reranked) if self.candidates > 1 else ()
         return T2I_ROUTES + (LVERSE_T2I if self.lverse else ()) + extra
 
-    @property
-    def i2t_routes(self) -> tuple[str, ...]:
-        """The image → text routes evaluated, in table order."""
-        return tuple(I2T_ROUTES) + (("lverse",) if self.lverse else ())
-
 
 def train_models(folder: Path, config: EndToEndConfig, progress: bool = True) -> dict[str, Any]:
     """Train (or reuse, when already in ``folder/e2e``) the judge, the five decoders and
@@ -299,7 +294,8 @@ class RouteGenerator:
                             for i in range(0, len(prompts), 64)])
         if k == 1:
             return images
-        return best_of(images, self.clip.encode_texts(prompts), self.clip, k)[0]
+        targets = self.clip.encode_texts([prompt for prompt, _ in items])
+        return best_of(images, targets.repeat_interleave(k, dim=0), self.clip, k)[0]
 
     def __call__(self, route: str, items: list[tuple[str, Path]]) -> torch.Tensor:
         generator = torch.Generator().manual_seed(self.seed)
