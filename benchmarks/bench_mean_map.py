@@ -34,7 +34,7 @@ from modtrans.eval.metrics import mean_cosine
 from modtrans.eval.worldbench import EvalOptions, evaluate_translator
 from modtrans.training.fit import Recipe
 from modtrans.training.translator import fit_translator
-from modtrans.translators.base import Translator
+from modtrans.translators.base import Translator, row_seeds
 
 logger = logging.getLogger("bench_mean_map")
 
@@ -84,7 +84,7 @@ def mean_mode_sims(model: Translator, pairs: PairedSplit, ks: list[int],
     out = {"map": sim(mapped)}
     for k in ks:
         out[f"K={k}"] = sim(model.translate(pairs.queries, mode="mean", n_samples=k,
-                                            generator=torch.Generator().manual_seed(seed)))
+                                            seed=row_seeds(seed, len(pairs.queries))))
     return out
 
 

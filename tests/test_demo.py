@@ -368,6 +368,31 @@ def test_translate_texts(demo: Demo, tmp_path: Path, capsys: pytest.CaptureFixtu
     np.testing.assert_array_equal(np.load(tmp_path / "again.npy"), z)
 
 
+def test_same_query_same_seed_same_answer_in_every_verb(
+    demo: Demo, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A query translated alone, among other queries (translate), and searched through the
+    translator (retrieve) gets the same translation, so the same neighbours and scores."""
+    ckpt, query = str(demo.checkpoint("text2image", "ced")), "a red circle"
+    common = ["--mode", "sample", "--seed", "3"]
+    _run(capsys, ["translate", ckpt, "--text", query, "--out", str(tmp_path / "alone.npy"),
+                  *common])
+    _run(capsys, ["translate", ckpt, "--text", "two blue stars", "--text", query, "--text",
+                  "a green square", "--out", str(tmp_path / "among.npy"), *common])
+    alone, among = np.load(tmp_path / "alone.npy"), np.load(tmp_path / "among.npy")
+    np.testing.assert_allclose(alone[0], among[1], atol=1e-5)
+    lines = _run(capsys, ["translate", ckpt, "--text", query, "--gallery", str(demo.store),
+                          "-k", "3", *common]).splitlines()
+    translated = [float(line.split()[0]) for line in lines[1:4]]
+    _run(capsys, ["index", str(demo.store), "--split", "val", "--kind", "flat", "--out",
+                  str(tmp_path / "ix")])
+    results = json.loads(_run(capsys, ["retrieve", str(tmp_path / "ix"), "--text", "two blue "
+                                       "stars", "--text", query, "--translator", ckpt, "-k",
+                                       "3", "--json", *common]))
+    retrieved = [hit["score"] for hit in results[1]["results"]]
+    np.testing.assert_allclose(retrieved, translated, atol=2e-3)  # translate prints 3 digits
+
+
 def test_translate_sampler_options(
     demo: Demo, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

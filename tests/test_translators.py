@@ -30,6 +30,8 @@ from modtrans.translators.base import (
     Translator,
     TranslatorConfig,
     list_translators,
+    row_generators,
+    row_seeds,
     translator_class,
 )
 from modtrans.translators.baselines import KNNOptions, MLPOptions, RidgeOptions
@@ -117,7 +119,7 @@ def test_every_method_fits(method: str, fitted: dict, data: tuple[PairedSplit, .
     _, val = data
     assert info["method"] == method and info["direction"] == "text2image"
     assert info["train_pairs"] == N_TRAIN
-    z = model.translate(val.cond, generator=seeded(0))
+    z = model.translate(val.cond, seed=0)
     assert z.shape == (N_VAL, D) and z.dtype == torch.float32
     assert torch.isfinite(z).all()
     saved = json.loads((ckpt / "summary.json").read_text())
@@ -166,8 +168,8 @@ def test_save_load_round_trip(
     loaded = Translator.load(alone)
     assert type(loaded) is type(model) and loaded.config == model.config
     for mode in MODES:
-        expected = model.translate(val.cond, mode=mode, n_samples=3, generator=seeded(7))
-        got = loaded.translate(val.cond, mode=mode, n_samples=3, generator=seeded(7))
+        expected = model.translate(val.cond, mode=mode, n_samples=3, seed=7)
+        got = loaded.translate(val.cond, mode=mode, n_samples=3, seed=7)
         torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
@@ -273,9 +275,43 @@ def test_ced_mapping_is_the_ridge_solution(
 def test_ced_sample_differs_across_seeds(fitted: dict, data: tuple[PairedSplit, ...]) -> None:
     model = fitted["ced"][0]
     c = data[1].cond[:50]
-    a = model.translate(c, mode="sample", generator=seeded(0))
-    b = model.translate(c, mode="sample", generator=seeded(1))
+    a = model.translate(c, mode="sample", seed=0)
+    b = model.translate(c, mode="sample", seed=1)
     assert (a - b).norm(dim=-1).min() > 1e-3
+
+
+@pytest.mark.parametrize("sampling", [None, SamplerOptions(sampler="ddim", eta=1.0),
+                                      SamplerOptions(sampler="dpm", eta=1.0)],
+                         ids=["saved", "ddim-eta1", "dpm-sde"])
+@pytest.mark.parametrize("method", ["ced", "ced-paper"])
+@pytest.mark.parametrize("mode", MODES)
+def test_a_rows_translation_does_not_depend_on_its_batch(
+    method: str, mode: str, sampling: SamplerOptions | None, fitted: dict,
+    data: tuple[PairedSplit, ...]
+) -> None:
+    """The same query and seed give the same translation alone, among other queries, in
+    another order or batch size: with one seed for all rows, or one seed per row. The
+    samplers' own per-step noise (η = 1) is drawn per row too."""
+    model = fitted[method][0]
+    c = data[1].cond[:12]
+    options = {"mode": mode, "n_samples": 3, "sampling": sampling}
+    batch = model.translate(c, seed=4, **options)
+    alone = torch.cat([model.translate(c[i:i + 1], seed=4, **options) for i in (0, 7)])
+    torch.testing.assert_close(alone, batch[[0, 7]], atol=1e-5, rtol=1e-5)
+    perm = torch.randperm(len(c), generator=seeded(0))
+    torch.testing.assert_close(model.translate(c[perm], seed=4, batch_size=5, **options),
+                               batch[perm], atol=1e-5, rtol=1e-5)
+    seeds = row_seeds(9, len(c))
+    own = model.translate(c, seed=seeds, **options)
+    torch.testing.assert_close(
+        model.translate(c[perm], seed=[seeds[i] for i in perm], **options), own[perm],
+        atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(own, batch, atol=1e-3)  # the seeds do matter
+
+
+def test_one_seed_per_row_is_checked(fitted: dict, data: tuple[PairedSplit, ...]) -> None:
+    with pytest.raises(ValueError, match="one seed per row: 2 seeds for 3 rows"):
+        fitted["ced"][0].translate(data[1].cond[:3], seed=[1, 2])
 
 
 @pytest.mark.parametrize("method", ["ced", "ced-paper"])
@@ -285,10 +321,10 @@ def test_same_seed_same_output(
 ) -> None:
     model = fitted[method][0]
     c = data[1].cond[:30]
-    a = model.translate(c, mode=mode, n_samples=3, generator=seeded(5))
-    b = model.translate(c, mode=mode, n_samples=3, generator=seeded(5))
+    a = model.translate(c, mode=mode, n_samples=3, seed=5)
+    b = model.translate(c, mode=mode, n_samples=3, seed=5)
     assert torch.equal(a, b)
-    assert not torch.equal(a, model.translate(c, mode=mode, n_samples=3, generator=seeded(6)))
+    assert not torch.equal(a, model.translate(c, mode=mode, n_samples=3, seed=6))
 
 
 def test_ced_mean_mode_has_lower_spread(fitted: dict, data: tuple[PairedSplit, ...]) -> None:
@@ -297,7 +333,7 @@ def test_ced_mean_mode_has_lower_spread(fitted: dict, data: tuple[PairedSplit, .
     k = 8
 
     def spread(mode: str) -> float:
-        outs = torch.stack([model.translate(c, mode=mode, n_samples=k, generator=seeded(s))
+        outs = torch.stack([model.translate(c, mode=mode, n_samples=k, seed=s)
                             for s in range(6)])  # (seeds, N, D)
         return float(outs.std(0).mean())
 
@@ -311,12 +347,12 @@ def test_ced_best_of_k_returns_the_draw_closest_to_the_mapping(
 ) -> None:
     model = fitted["ced"][0]
     c, k = data[1].cond[:40], 5
-    best = model.translate(c, mode="best-of-k", n_samples=k, generator=seeded(11))
-    mean = model.translate(c, mode="mean", n_samples=k, generator=seeded(11))
+    best = model.translate(c, mode="best-of-k", n_samples=k, seed=11)
+    mean = model.translate(c, mode="mean", n_samples=k, seed=11)
     # The same draws by hand: K copies of the batch, one residual each.
     with torch.no_grad():
         cn = model.cond_norm(c)
-        residual = model.sample_residual(cn.repeat(k, 1), generator=seeded(11))
+        residual = model.sample_residual(cn.repeat(k, 1), noise=_row_noise(11, len(c), k))
         z_hat = model.combine(cn.repeat(k, 1), residual).view(k, len(c), D)  # (K, N, D)
         score = F.cosine_similarity(z_hat, model.mapped(cn).unsqueeze(0), dim=-1)  # (K, N)
         draws = model.target_norm.inverse(z_hat)
@@ -327,12 +363,17 @@ def test_ced_best_of_k_returns_the_draw_closest_to_the_mapping(
     assert not torch.allclose(mean, model.target_norm.inverse(z_hat.mean(0)), atol=1e-4)
 
 
-def _antithetic_mean_by_hand(model, c: torch.Tensor, k: int, seed: int) -> torch.Tensor:
-    from modtrans.translators.diffusion import randn
+def _row_noise(seed: int, n: int, k: int) -> torch.Tensor:
+    """The K draws' initial noise of n rows seeded ``seed``, (K·N, D), draw-major: each row's
+    K·D values from its own generator."""
+    rows = [torch.randn(k, D, generator=g) for g in row_generators(seed, n)]
+    return torch.stack(rows, dim=1).reshape(k * n, D)
 
+
+def _antithetic_mean_by_hand(model, c: torch.Tensor, k: int, seed: int) -> torch.Tensor:
     with torch.no_grad():
         cn = model.cond_norm(c)
-        noise = randn((k, len(c), D), generator=seeded(seed), device=cn.device, dtype=cn.dtype)
+        noise = _row_noise(seed, len(c), k).view(k, len(c), D)
         half = (k + 1) // 2
         noise = torch.cat([noise[:half], -noise[:half]])[:k].reshape(k * len(c), D)
         residual = model.sample_residual(cn.repeat(k, 1), noise=noise)
@@ -345,7 +386,7 @@ def test_ced_mean_averages_antithetic_draws(fitted: dict, data: tuple[PairedSpli
                                             k: int) -> None:
     model = fitted["ced"][0]
     c = data[1].cond[:30]
-    mean = model.translate(c, mode="mean", n_samples=k, generator=seeded(3))
+    mean = model.translate(c, mode="mean", n_samples=k, seed=3)
     torch.testing.assert_close(mean, _antithetic_mean_by_hand(model, c, k, 3))
 
 
@@ -357,7 +398,7 @@ def test_antithetic_mean_varies_less_than_independent_draws(
     model = fitted["ced"][0]
     c, k = data[1].cond[:50], 4
     antithetic = torch.stack([model.translate(c, mode="mean", n_samples=k,
-                                              generator=seeded(s)) for s in range(6)])
+                                              seed=s) for s in range(6)])
     with torch.no_grad():
         cn = model.cond_norm(c)
         independent = []
@@ -374,12 +415,12 @@ def test_ced_sampler_options_override_the_defaults(
 ) -> None:
     model = fitted["ced"][0]
     c = data[1].cond[:20]
-    default = model.translate(c, mode="sample", generator=seeded(0))
+    default = model.translate(c, mode="sample", seed=0)
     explicit = model.options.sampling
-    assert torch.equal(model.translate(c, mode="sample", generator=seeded(0), sampling=explicit),
+    assert torch.equal(model.translate(c, mode="sample", seed=0, sampling=explicit),
                        default)
     for override in ({"steps": 2}, {"sampler": "ddim"}, {"guidance": 0.0}):
-        other = model.translate(c, mode="sample", generator=seeded(0),
+        other = model.translate(c, mode="sample", seed=0,
                                 sampling=SamplerOptions(**override))
         assert not torch.equal(other, default), override
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['step'\].*'steps'"):
@@ -393,15 +434,15 @@ def test_sampling_override_equals_a_checkpoint_saved_with_it(
 ) -> None:
     model, _, ckpt = fitted["ced"]
     c = data[1].cond[:20]
-    one_step = model.translate(c, generator=seeded(0), sampling=SamplerOptions(steps=1))
-    assert not torch.equal(one_step, model.translate(c, generator=seeded(0)))
+    one_step = model.translate(c, seed=0, sampling=SamplerOptions(steps=1))
+    assert not torch.equal(one_step, model.translate(c, seed=0))
     shutil.copytree(ckpt, tmp_path / "ced")
     config = saved_options(tmp_path / "ced")
     config["params"]["steps"] = 1
     write_options(tmp_path / "ced", config)
     saved = Translator.load(tmp_path / "ced")
     assert saved.options.sampling == dataclasses.replace(model.options.sampling, steps=1)
-    assert torch.equal(saved.translate(c, generator=seeded(0)), one_step)
+    assert torch.equal(saved.translate(c, seed=0), one_step)
 
 
 def test_baselines_ignore_sampling(fitted: dict, data: tuple[PairedSplit, ...]) -> None:
@@ -412,7 +453,7 @@ def test_baselines_ignore_sampling(fitted: dict, data: tuple[PairedSplit, ...]) 
 
 def test_ced_beats_identity_on_val(fitted: dict, data: tuple[PairedSplit, ...]) -> None:
     _, val = data
-    ced_sim = sim(fitted["ced"][0].translate(val.cond, mode="mean", generator=seeded(0)),
+    ced_sim = sim(fitted["ced"][0].translate(val.cond, mode="mean", seed=0),
                   val.target)
     identity_sim = sim(fitted["identity"][0].translate(val.cond), val.target)
     ridge_sim = sim(fitted["ridge"][0].translate(val.cond), val.target)
@@ -477,8 +518,8 @@ def test_checkpoint_without_a_newer_option_loads_with_its_default(fitted: dict,
     assert old.options.mean_map == "ridge" and old.correction is None
     assert old.options == new.options and old.config.params == new.config.params
     c = torch.randn(8, D, generator=seeded(5))
-    torch.testing.assert_close(old.translate(c, mode="sample", generator=seeded(6)),
-                               new.translate(c, mode="sample", generator=seeded(6)))
+    torch.testing.assert_close(old.translate(c, mode="sample", seed=6),
+                               new.translate(c, mode="sample", seed=6))
 
 
 def _mean_loss(model: Translator, cn: torch.Tensor, zn: torch.Tensor, repeats: int = 8) -> float:

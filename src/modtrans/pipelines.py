@@ -28,9 +28,11 @@ from modtrans.retrieval import GalleryIndex, build_index, search
 from modtrans.training.translator import fit_translator
 from modtrans.translators.base import (
     Mode,
+    RowSeeds,
     Translator,
     TranslatorConfig,
     list_translators,
+    row_seeds,
     translator_class,
 )
 from modtrans.translators.samplers import SamplerOptions
@@ -162,14 +164,15 @@ class TextToImage:
         return self.decoder.config.image_encoder == self.decoder.config.text_encoder
 
     def __call__(self, prompts: Sequence[str], *, n: int = 1, candidates: int = 1,
-                 mode: Mode = "sample", generator: torch.Generator | None = None,
+                 mode: Mode = "sample", seed: int = 0,
                  steps: int | None = None, guidance: float | None = None,
                  sampling: SamplerOptions | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``n`` images per prompt, uint8 (len(prompts)·n, 64, 64, 3), prompt-major, and the
         kept candidates' scores (None without reranking).
 
-        ``generator`` seeds the translator's draws and then the decoder's latents; ``steps``
+        ``seed`` seeds the translator's draws (the j-th image of every prompt from its own
+        seed, the same whatever the other prompts) and then the decoder's latents; ``steps``
         and ``guidance`` override the decoder's latent prior, ``sampling`` the translator's.
         """
         if n < 1 or candidates < 1:
@@ -181,8 +184,10 @@ class TextToImage:
                              "pair; give a text2image translator")
         c = self.text_encoder.encode_texts(list(prompts)).repeat_interleave(n * candidates, 0)
         e = c if self.translator is None else self.translator.translate(
-            c, mode=mode, generator=generator, sampling=sampling)
-        images = self.decoder.generate(e, generator=generator, steps=steps, guidance=guidance)
+            c, mode=mode, seed=row_seeds(seed, n * candidates) * len(prompts),
+            sampling=sampling)
+        images = self.decoder.generate(e, generator=torch.Generator().manual_seed(seed),
+                                       steps=steps, guidance=guidance)
         if candidates == 1:
             return images, None
         return best_of(images, c if self.shared_space else e, self._scorer, candidates)
@@ -227,22 +232,22 @@ class ImageToText:
                    None if translator is None else Translator.load(translator))
 
     def translate(self, z: torch.Tensor, *, mode: Mode = "mean", n_samples: int = 8,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
+                  seed: RowSeeds = 0) -> torch.Tensor:
         """Image embeddings → what the decoder reads (the translation, or ``z`` itself)."""
         if self.translator is None:
             return z
-        return self.translator.translate(z, mode=mode, n_samples=n_samples, generator=generator)
+        return self.translator.translate(z, mode=mode, n_samples=n_samples, seed=seed)
 
     def decode(self, e: torch.Tensor, *, beams: int = 3) -> list[str]:
         """One caption per row of what :meth:`translate` returned."""
         return self.decoder.generate(e, num_beams=beams)
 
     def __call__(self, images: Sequence[Path], *, beams: int = 3, mode: Mode = "mean",
-                 n_samples: int = 8, generator: torch.Generator | None = None) -> list[str]:
+                 n_samples: int = 8, seed: int = 0) -> list[str]:
         """A caption for each image file."""
         z = build_encoder(self.decoder.config.image_encoder).encode_images(open_images(images))
-        return self.decode(self.translate(z, mode=mode, n_samples=n_samples,
-                                          generator=generator), beams=beams)
+        return self.decode(self.translate(z, mode=mode, n_samples=n_samples, seed=seed),
+                           beams=beams)
 
 
 @dataclasses.dataclass
@@ -273,7 +278,7 @@ class Search:
 
     def __call__(self, modality: str, queries: torch.Tensor, labels: Sequence[str], k: int,
                  *, mode: Mode = "mean", n_samples: int = 8,
-                 generator: torch.Generator | None = None) -> list[dict[str, Any]]:
+                 seed: int = 0) -> list[dict[str, Any]]:
         """The top ``k`` items per query: ``{"query", "results": [{rank, score, row, item}]}``."""
         info = self.gallery.info
         if self.translator is not None:
@@ -281,7 +286,7 @@ class Search:
                 raise ValueError(f"the translator maps {self.translator.config.cond_modality} "
                                  f"to {self.gallery.modality}, but the queries are {modality}")
             queries = self.translator.translate(queries, mode=mode, n_samples=n_samples,
-                                                generator=generator)
+                                                seed=seed)
         elif modality != self.gallery.modality and info["image_encoder"] != info["text_encoder"]:
             raise ValueError(
                 f"{info['text_encoder']} texts and {info['image_encoder']} images do not share "

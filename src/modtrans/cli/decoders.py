@@ -99,7 +99,6 @@ def fit_decoder(
 
 def _matched_noise(translator: Path, train, cfg, noise_asked: bool) -> float:
     """CapDec's noise variance matched to ``translator`` on the train split (--noise-from)."""
-    import torch
 
     from modtrans.decoders.caption import matched_noise_variance
     from modtrans.translators.base import Translator
@@ -119,9 +118,8 @@ def _matched_noise(translator: Path, train, cfg, noise_asked: bool) -> float:
                          f"({tcfg.image_encoder}/{tcfg.text_encoder}) than the store "
                          f"({train.image_encoder}/{train.text_encoder}); train them on the "
                          "same store")
-    generator = torch.Generator().manual_seed(cfg.seed)
     variance = matched_noise_variance(
-        lambda z: model.translate(z, mode="mean", generator=generator), train, cfg.text_input)
+        lambda z: model.translate(z, mode="mean", seed=cfg.seed), train, cfg.text_input)
     typer.echo(f"noise variance matched to {translator}: {variance:.5f}", err=True)
     return variance
 
@@ -159,7 +157,6 @@ def generate(
     ),
 ) -> None:
     """Text → embedding → translator → image embedding → decoder → a PNG grid (rows: prompts)."""
-    import torch
 
     from modtrans.images import image_grid
     from modtrans.io import atomic_path
@@ -180,9 +177,8 @@ def generate(
     if system != "translate":
         raise ValueError(f"--system must be translate or lverse, got {system!r}")
     pipeline = TextToImage.load(decoder, translator)
-    images, scores = pipeline(text, n=n, candidates=candidates, mode=mode,
-                              generator=torch.Generator().manual_seed(seed), steps=steps,
-                              guidance=guidance)
+    images, scores = pipeline(text, n=n, candidates=candidates, mode=mode, seed=seed,
+                              steps=steps, guidance=guidance)
     if scores is not None:
         typer.echo(f"kept the best of {candidates} per image (mean cosine {scores.mean():.3f})")
     with atomic_path(out) as tmp:
@@ -240,8 +236,7 @@ def caption(
         captions = BiART.load(decoder).caption(torch.from_numpy(pixels))
     elif system == "translate":
         pipeline = ImageToText.load(decoder, translator)
-        captions = pipeline(image, beams=beams, mode=mode,
-                            generator=torch.Generator().manual_seed(seed))
+        captions = pipeline(image, beams=beams, mode=mode, seed=seed)
     else:
         raise ValueError(f"--system must be translate or lverse, got {system!r}")
     for label, text in zip(image, captions, strict=True):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 import typer
 
 from modtrans.cli.application import app
@@ -22,7 +21,8 @@ def index(
         "to 2 million, IVF beyond."
     ),
     n_queries: int = typer.Option(1000, help="Queries used to measure recall against exact."),
-    k: int = typer.Option(10, help="k of the reported recall@k against exact search."),
+    k: int = typer.Option(10, "-k", "--k", help="k of the reported recall@k against exact "
+                          "search."),
 ) -> None:
     """Build a faiss cosine index over a store's embeddings; report its recall vs exact."""
     from modtrans.data.store import open_store
@@ -43,7 +43,7 @@ def retrieve(
         "modality to the index's). Without it the raw embeddings are searched, which needs a "
         "shared space (one CLIP for both modalities)."
     ),
-    k: int = typer.Option(10, "-k", help="Results per query."),
+    k: int = typer.Option(10, "-k", "--k", help="Results per query."),
     mode: str = typer.Option("mean", help="Translator mode: sample, mean or best-of-k."),
     n_samples: int = typer.Option(8, help="Translator draws for mean and best-of-k."),
     seed: int = typer.Option(0, help="Seed of the translator's draws."),
@@ -57,8 +57,7 @@ def retrieve(
     pipeline = Search(load_index(index_dir),
                       None if translator is None else Translator.load(translator))
     modality, queries, labels = pipeline.encode(text, image)
-    results = pipeline(modality, queries, labels, k, mode=mode, n_samples=n_samples,
-                       generator=torch.Generator().manual_seed(seed))
+    results = pipeline(modality, queries, labels, k, mode=mode, n_samples=n_samples, seed=seed)
     if as_json:
         typer.echo(json.dumps(results, indent=2))
         return

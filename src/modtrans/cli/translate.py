@@ -161,7 +161,7 @@ def translate(
     out: Path = typer.Option(None, help="Write the translated embeddings here (.npy)."),
     gallery: Path = typer.Option(None, help="Store root or store to search for neighbours."),
     split: str = typer.Option("val", help="Gallery split."),
-    k: int = typer.Option(5, help="Neighbours to show."),
+    k: int = typer.Option(5, "-k", "--k", help="Neighbours to show."),
     mode: str = typer.Option("mean", help="sample, mean or best-of-k."),
     n_samples: int = typer.Option(8, help="Draws for mean and best-of-k."),
     seed: int = typer.Option(0, help="Seed of the draws."),
@@ -172,7 +172,6 @@ def translate(
 ) -> None:
     """Translate texts or images into the other space; save them and show neighbours."""
     import numpy as np
-    import torch
 
     from modtrans.data.store import open_store
     from modtrans.io import save_npy
@@ -190,8 +189,7 @@ def translate(
                          f"{cfg.target_modality}: give {flag}")
     _, c, labels = encode_queries(text, image, image_spec=cfg.image_encoder,
                                   text_spec=cfg.text_encoder)
-    z = model.translate(c, mode=mode, n_samples=n_samples,
-                        generator=torch.Generator().manual_seed(seed), sampling=sampling)
+    z = model.translate(c, mode=mode, n_samples=n_samples, seed=seed, sampling=sampling)
     if out:
         save_npy(out, z.numpy().astype(np.float32))
         typer.echo(f"wrote {tuple(z.shape)} embeddings to {out}")

@@ -64,7 +64,7 @@ from modtrans.eval.encoder_report import linear_probe
 from modtrans.images import image_grid, load_images
 from modtrans.io import atomic_path, read_json, write_json
 from modtrans.pipelines import ImageToText, TextToImage
-from modtrans.translators.base import Translator
+from modtrans.translators.base import Translator, row_seeds
 from modtrans.world.generator import load_ground_truth
 from modtrans.world.recogniser import (
     AttributeRecogniser,
@@ -317,7 +317,7 @@ class RouteGenerator:
                     else TextToImage(self.vae_image, self.translators[method],
                                      text_encoder=self.clip))
         return pipeline([prompt for prompt, _ in items], candidates=k, mode=mode,
-                        generator=generator)[0]
+                        seed=self.seed)[0]
 
 
 def conditioning_probes(folder: Path, min_images: int = 20) -> dict[str, Any]:
@@ -401,8 +401,7 @@ def image_to_text(folder: Path, split: str, config: EndToEndConfig
         pipeline = ImageToText(decoders[decoder], translators.get(method))
         if method not in translated:  # each translation once, shared by its routes
             translated[method] = pipeline.translate(
-                image_emb, mode="mean", n_samples=8,
-                generator=torch.Generator().manual_seed(config.seed))
+                image_emb, mode="mean", n_samples=8, seed=row_seeds(config.seed, len(image_emb)))
         predicted = pipeline.decode(translated[method], beams=config.beams)
         outputs[route] = predicted
         results[route] = {**caption_metrics(predicted, references),

@@ -25,7 +25,7 @@ from modtrans.eval.metrics import (
     retrieval_metrics,
     zero_shot_accuracy,
 )
-from modtrans.translators.base import Translator
+from modtrans.translators.base import Translator, row_seeds
 from modtrans.translators.samplers import SamplerOptions
 
 logger = logging.getLogger(__name__)
@@ -71,8 +71,7 @@ class EvalOptions:
 
 def _translate(translator: Translator, c: Tensor, mode: str, n: int, seed: int,
                sampling: SamplerOptions | None) -> Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    return translator.translate(c, mode=mode, n_samples=n, generator=generator,
+    return translator.translate(c, mode=mode, n_samples=n, seed=row_seeds(seed, len(c)),
                                 sampling=sampling)
 
 

@@ -112,14 +112,13 @@ def zeroshot_folder(
         scores["raw"] = zero_shot_predict(images, class_embeddings_from_prompts(prompts))
     for name, translator in (translators or {}).items():
         _check_translator(name, translator, image_encoder.spec, text_encoder.spec)
-        generator = torch.Generator().manual_seed(seed)
         if translator.config.direction == "text2image":
             c, p, d = prompts.shape
             moved = translator.translate(prompts.reshape(c * p, d), n_samples=n_samples,
-                                         generator=generator).view(c, p, -1)
+                                         seed=seed).view(c, p, -1)
             scores[name] = zero_shot_predict(images, class_embeddings_from_prompts(moved))
         else:
-            moved = translator.translate(images, n_samples=n_samples, generator=generator)
+            moved = translator.translate(images, n_samples=n_samples, seed=seed)
             scores[name] = zero_shot_predict(moved, class_embeddings_from_prompts(prompts))
     if not scores:
         raise ValueError(

@@ -14,7 +14,13 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from modtrans.data.pairs import PairedSplit
 from modtrans.training.fit import Recipe, fit
-from modtrans.translators.base import Translator, TranslatorConfig, translator_class
+from modtrans.translators.base import (
+    Translator,
+    TranslatorConfig,
+    row_generators,
+    row_seeds,
+    translator_class,
+)
 
 
 def build_translator(
@@ -101,7 +107,8 @@ def _train(translator: Translator, train: tuple[torch.Tensor, torch.Tensor],
     """Gradient training in normalised space: the translator's loss, Sim on val."""
     def val_sim(batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
         cn, zn = batch
-        pred = translator._translate(cn, mode="mean", n_samples=2, generator=None)
+        pred = translator._translate(cn, mode="mean", n_samples=2,
+                                     generators=row_generators(row_seeds(0, len(cn)), len(cn)))
         return {"sim": torch.tensor(translator.val_similarity(pred, zn))}
 
     result = fit(translator, lambda batch: {"loss": translator.training_loss(*batch)},

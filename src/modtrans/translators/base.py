@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import numbers
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -27,6 +30,27 @@ if TYPE_CHECKING:
     from modtrans.translators.samplers import SamplerOptions
 
 logger = logging.getLogger(__name__)
+
+#: The seed of a translation: one int for every row, or one per row.
+RowSeeds = int | Sequence[int]
+
+
+def row_generators(seed: RowSeeds, n: int) -> list[torch.Generator]:
+    """One CPU generator per row, seeded by ``seed`` (an int: the same for every row; a
+    sequence: row i's own), so that a row's noise depends on its seed alone and not on which
+    rows share its batch."""
+    seeds = [int(seed)] * n if isinstance(seed, numbers.Integral) else [int(s) for s in seed]
+    if len(seeds) != n:
+        raise ValueError(f"give one seed per row: {len(seeds)} seeds for {n} rows")
+    return [torch.Generator().manual_seed(s) for s in seeds]
+
+
+def row_seeds(seed: int, n: int) -> list[int]:
+    """``n`` independent seeds derived from ``seed``, one per row index: for evaluations,
+    whose distribution metrics (FD, diversity) need each row's draws independent of the
+    others'."""
+    return np.random.SeedSequence(seed).generate_state(n).tolist()
+
 
 DIRECTIONS = ("text2image", "image2text")
 MODES = ("sample", "mean", "best-of-k")
@@ -164,9 +188,10 @@ class Translator(Artefact, nn.Module):
         return float(torch.nn.functional.cosine_similarity(pred, z, dim=-1).mean())
 
     def _translate(self, cn: Tensor, *, mode: Mode, n_samples: int,
-                   generator: torch.Generator | None,
+                   generators: list[torch.Generator],
                    sampling: SamplerOptions | None = None) -> Tensor:
-        """(N, Dc) normalised conditions → (N, D) normalised targets."""
+        """(N, Dc) normalised conditions → (N, D) normalised targets; row i's noise comes
+        from ``generators[i]`` alone."""
         raise NotImplementedError
 
     @torch.no_grad()
@@ -177,7 +202,7 @@ class Translator(Artefact, nn.Module):
         mode: Mode = "mean",
         n_samples: int = 8,
         batch_size: int = 4096,
-        generator: torch.Generator | None = None,
+        seed: RowSeeds = 0,
         sampling: SamplerOptions | None = None,
     ) -> Tensor:
         """Translate condition embeddings into the target space.
@@ -189,7 +214,10 @@ class Translator(Artefact, nn.Module):
                 translators return the same output in every mode.
             n_samples: draws for ``mean`` and ``best-of-k``.
             batch_size: rows translated at once.
-            generator: randomness of stochastic translators.
+            seed: the seed of stochastic translators' draws: one int for every row, or one
+                per row (e.g. to draw different candidates of a repeated prompt). A row's
+                translation depends only on the row and its seed, never on the other rows
+                of the call or on ``batch_size``.
             sampling: sampler settings overriding the saved ones where not None (stochastic
                 translators; the others ignore it).
 
@@ -204,10 +232,12 @@ class Translator(Artefact, nn.Module):
         was_training = self.training
         self.eval()
         device = self.cond_norm.mean.device
+        generators = row_generators(seed, len(c))
         out = []
-        for chunk in c.split(batch_size):
-            cn = self.cond_norm(chunk.to(device, torch.float32))
-            zn = self._translate(cn, mode=mode, n_samples=n_samples, generator=generator,
+        for start in range(0, len(c), batch_size):
+            cn = self.cond_norm(c[start:start + batch_size].to(device, torch.float32))
+            zn = self._translate(cn, mode=mode, n_samples=n_samples,
+                                 generators=generators[start:start + batch_size],
                                  sampling=sampling)
             out.append(self.target_norm.inverse(zn).float().cpu())
         self.train(was_training)

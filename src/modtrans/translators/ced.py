@@ -27,6 +27,7 @@ noise term (``docs/findings.md``, *Translators*).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -199,7 +200,8 @@ class CEDTranslator(Translator):
             loss = loss + F.mse_loss(mean, zn)
         return loss
 
-    def sample_residual(self, cn: Tensor, *, generator: torch.Generator | None = None,
+    def sample_residual(self, cn: Tensor, *,
+                        generator: torch.Generator | Sequence[torch.Generator] | None = None,
                         noise: Tensor | None = None,
                         sampling: SamplerOptions | None = None) -> Tensor:
         """F(c): one diffusion draw per row, (N, D), from ``noise`` (default: drawn from
@@ -219,18 +221,20 @@ class CEDTranslator(Translator):
         return self.mapped(cn) + self.gamma * F.normalize(residual, dim=-1)
 
     def _translate(self, cn: Tensor, *, mode: Mode, n_samples: int,
-                   generator: torch.Generator | None,
+                   generators: list[torch.Generator],
                    sampling: SamplerOptions | None = None) -> Tensor:
         k = 1 if mode == "sample" else n_samples
-        noise = randn((k, len(cn), self.config.target_dim), generator=generator,
-                      device=cn.device, dtype=cn.dtype)
+        noise = randn((len(cn), k, self.config.target_dim), generator=generators,
+                      device=cn.device, dtype=cn.dtype).transpose(0, 1)  # (K, N, D)
         if mode == "mean":
             # Antithetic pairs (ε, −ε): the deterministic sampler maps noise to F smoothly,
             # so the pair's first-order noise terms cancel and the mean of K draws estimates
             # E[ẑ | c] with far less variance than K independent draws.
             half = (k + 1) // 2
             noise = torch.cat([noise[:half], -noise[:half]])[:k]
-        draws = self.sample_residual(cn.repeat(k, 1), generator=generator,
+        # Draw j of row i is row j·N + i: the sampler's own noise, if any, also comes from
+        # row i's generator.
+        draws = self.sample_residual(cn.repeat(k, 1), generator=generators * k,
                                      noise=noise.reshape(k * len(cn), -1), sampling=sampling)
         z_hat = self.combine(cn.repeat(k, 1), draws).view(k, len(cn), -1)  # (K, N, D)
         if mode != "best-of-k":

@@ -16,6 +16,7 @@ shared by the batch). The code broadcasts over any trailing dimensions.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal, Protocol
 
 import torch
@@ -60,14 +61,22 @@ class Denoiser(Protocol):
 def randn(
     shape: tuple[int, ...],
     *,
-    generator: torch.Generator | None,
+    generator: torch.Generator | Sequence[torch.Generator] | None,
     device: torch.device,
     dtype: torch.dtype,
 ) -> Tensor:
     """Standard normal noise on ``device``, drawn on the generator's own device.
 
-    A CPU generator therefore reproduces the same noise whatever ``device`` is.
+    A CPU generator therefore reproduces the same noise whatever ``device`` is. A sequence of
+    generators (one per row of ``shape[0]``, as diffusers' schedulers take them) draws each
+    row from its own.
     """
+    if isinstance(generator, Sequence):
+        if len(generator) != shape[0]:
+            raise ValueError(f"{len(generator)} generators for {shape[0]} rows")
+        rows = [torch.randn(shape[1:], generator=g, device=g.device, dtype=dtype)
+                for g in generator]
+        return torch.stack(rows).to(device)
     draw_on = generator.device if generator is not None else device
     return torch.randn(shape, generator=generator, device=draw_on, dtype=dtype).to(device)
 

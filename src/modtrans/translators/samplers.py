@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -77,7 +77,7 @@ class Sampler(Protocol):
         eta: float = 0.0,
         guidance: float = 1.0,
         objective: Objective = "eps",
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
     ) -> Tensor: ...
 
 
@@ -149,7 +149,7 @@ def ddim_sample(
     eta: float = 0.0,
     guidance: float = 1.0,
     objective: Objective = "eps",
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
 ) -> Tensor:
     """DDIM (Song et al. 2021, eq. 12) from x_T to x_0 in ``steps`` evenly spaced steps.
 
@@ -162,7 +162,7 @@ def ddim_sample(
         eta: η; 0 is the deterministic DDIM ODE, 1 the DDPM posterior variance.
         guidance: classifier-free guidance scale g.
         objective: what the model predicts (``"eps"``, ``"x0"`` or ``"v"``).
-        generator: random generator for the η > 0 noise.
+        generator: random generator for the η > 0 noise, or one per row.
 
     Returns:
         Samples x_0, ``(B, D)``, dtype of ``x``.
@@ -199,7 +199,7 @@ def dpm_solver_sample(
     eta: float = 0.0,
     guidance: float = 1.0,
     objective: Objective = "eps",
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
 ) -> Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022) via diffusers' ``DPMSolverMultistepScheduler``.
 
@@ -211,7 +211,7 @@ def dpm_solver_sample(
         model, x, schedule, cond, steps, guidance, objective: as :func:`ddim_sample`.
         eta: 0 for the ODE solver (``dpmsolver++``), 1 for its SDE variant
             (``sde-dpmsolver++``, noise from ``generator``); other values are rejected.
-        generator: random generator for the SDE noise.
+        generator: random generator for the SDE noise, or one per row.
 
     Returns:
         Samples x_0, ``(B, D)``, dtype of ``x``.
