@@ -286,6 +286,69 @@ def test_strict_names_the_bad_input(
     assert store_files == []
 
 
+# --- words outside the text encoder's vocabulary ------------------------------------------------
+
+
+def test_unknown_words_are_counted_skipped_when_alone_and_warned_about(
+    val_data: CaptionedImages, clip_encoder: Any, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The world CLIP's word-level tokenizer knows the world's words only: a caption of
+    foreign words alone is skipped and listed, a partly foreign one is kept with its count,
+    and the store's share of unknown tokens is recorded and warned about."""
+    data = _copy(val_data)
+    data.captions[0][0] = "Zyzzyva quokka"  # no word the world knows
+    data.captions[1][0] = "a zyzzyva circle"  # one of three
+    for row in range(2, len(data)):  # plenty more, past the warning threshold
+        data.captions[row][1:3] = ["quokka", "quokka"]
+    with caplog.at_level("WARNING", logger="modtrans.data.embed"):
+        summary = _embed(data, clip_encoder, tmp_path / "store", split="val")
+    reasons = {e["item"]: e["reason"] for e in summary["skipped"]}
+    n_quokkas = 2 * (len(data) - 2)
+    assert [e["unknown_tokens"] for e in summary["skipped"]] == [2] + [1] * n_quokkas
+    assert reasons == {
+        f"caption:{data.caption_ids[0][0]}":
+            "only unknown tokens ('Zyzzyva', 'quokka'): the text encoder's vocabulary has none "
+            "of its words",
+        **{f"caption:{data.caption_ids[r][j]}": "only unknown tokens ('quokka'): the text "
+           "encoder's vocabulary has none of its words" for r in range(2, len(data))
+           for j in (1, 2)},
+    }
+    store = EmbeddingStore(tmp_path / "store")
+    meta = store.text_metadata().to_pylist()
+    partial = next(r for r in meta if r["caption"] == "a zyzzyva circle")
+    assert (partial["tokens"], partial["unknown_tokens"]) == (3, 1)
+    unknown, tokens = (sum(r[k] for r in meta) for k in ("unknown_tokens", "tokens"))
+    assert tokens > 100 and 1 <= unknown < 0.05 * tokens  # the world's own words are known
+    left_out = 2 + n_quokkas  # the skipped captions' tokens, every one unknown
+    assert store.manifest["unknown_token_share"] == pytest.approx(
+        (unknown + left_out) / (tokens + left_out), abs=1e-6)
+    assert summary["unknown_token_share"] == store.manifest["unknown_token_share"] > 0.05
+    (warning,) = [r.message for r in caplog.records if "unknown to" in r.message]
+    assert f"'quokka' ({n_quokkas + 1})" in warning and "'zyzzyva' (2)" in warning
+    assert "fit-encoder" in warning
+    only = dataclasses.replace(data, image_ids=data.image_ids[:1],
+                               image_paths=data.image_paths[:1], captions=data.captions[:1],
+                               caption_ids=data.caption_ids[:1], extra=data.extra[:1])
+    with pytest.raises(BadInputError, match=r"only unknown tokens.*--strict"):
+        _embed(only, clip_encoder, tmp_path / "strict", split="val", strict=True)
+
+
+def test_a_query_of_unknown_words_is_warned_about(
+    clip_encoder: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    from modtrans.pipelines import warn_unknown_words
+
+    with caplog.at_level("WARNING", logger="modtrans.pipelines"):
+        warn_unknown_words(clip_encoder, ["Lime pentagon", "a red circle", "a teal circle"])
+    assert [r.message for r in caplog.records] == [
+        f"query 'Lime pentagon': every word is unknown to {clip_encoder.spec} ('Lime', "
+        "'pentagon'), so the embedding does not see them",
+        f"query 'a teal circle': 1 of 3 tokens are unknown to {clip_encoder.spec} ('teal'), so "
+        "the embedding does not see them",
+    ]
+
+
 # --- dtypes ------------------------------------------------------------------------------------
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,6 +38,8 @@ from modtrans.translators.base import (
 )
 from modtrans.translators.samplers import SamplerOptions
 
+logger = logging.getLogger(__name__)
+
 
 def encode_queries(texts: Sequence[str] | None, images: Sequence[Path] | None, *,
                    image_spec: str, text_spec: str) -> tuple[str, torch.Tensor, list[str]]:
@@ -48,9 +51,25 @@ def encode_queries(texts: Sequence[str] | None, images: Sequence[Path] | None, *
     if bool(texts) == bool(images):
         raise ValueError("give either --text or --image queries (one kind, one or more)")
     if texts:
-        return "text", build_encoder(text_spec).encode_texts(list(texts)), list(texts)
+        encoder = build_encoder(text_spec)
+        warn_unknown_words(encoder, list(texts))
+        return "text", encoder.encode_texts(list(texts)), list(texts)
     return ("image", build_encoder(image_spec).encode_images(open_images(images or [])),
             [str(p) for p in images or []])
+
+
+def warn_unknown_words(encoder: Encoder, texts: Sequence[str]) -> None:
+    """Warn about each query with words outside a closed-vocabulary text encoder's
+    vocabulary: they reach the model as one unknown token, so different words can give the
+    same embedding."""
+    counter = getattr(encoder, "unknown_tokens", None)
+    for text, count in zip(texts, counter(texts) if counter else [], strict=False):
+        if not count.unknown:
+            continue
+        what = ("every word is" if len(count.unknown) == count.tokens
+                else f"{len(count.unknown)} of {count.tokens} tokens are")
+        logger.warning("query %r: %s unknown to %s (%s), so the embedding does not see them",
+                       text, what, encoder.spec, ", ".join(map(repr, count.unknown)))
 
 
 def open_images(paths: Sequence[Path]) -> list[Image.Image]:
@@ -182,6 +201,7 @@ class TextToImage:
             raise ValueError(f"reranking ranks the direct route's draws by the CLIP score, but "
                              f"{cfg.image_encoder} and {cfg.text_encoder} are not one CLIP "
                              "pair; give a text2image translator")
+        warn_unknown_words(self.text_encoder, list(prompts))
         c = self.text_encoder.encode_texts(list(prompts)).repeat_interleave(n * candidates, 0)
         e = c if self.translator is None else self.translator.translate(
             c, mode=mode, seed=row_seeds(seed, n * candidates) * len(prompts),

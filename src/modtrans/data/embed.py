@@ -12,6 +12,7 @@ import logging
 import signal
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,10 @@ from modtrans.errors import Interrupted, StopOnSignal
 from modtrans.io import read_parquet
 
 logger = logging.getLogger(__name__)
+
+#: Above this share of unknown caption tokens, ``embed`` warns that the text encoder's
+#: vocabulary does not fit the data.
+UNKNOWN_WARN_SHARE = 0.05
 
 
 class BadInputError(ValueError):
@@ -153,10 +158,14 @@ def embed_captioned_images(
 ) -> dict:
     """Embed every image and caption of a source into a store at ``out_dir``.
 
-    A missing, corrupt or truncated image, or an empty caption, is skipped, counted and
-    listed in the manifest and the returned summary (or raises :class:`BadInputError` when
-    ``strict``). With ``resume`` an interrupted run continues after its last complete shard:
-    images already stored are passed over, so there is no duplicate and no gap.
+    A missing, corrupt or truncated image, an empty caption, or a caption made of nothing
+    but tokens the text encoder does not know, is skipped, counted and listed in the
+    manifest and the returned summary (or raises :class:`BadInputError` when ``strict``).
+    A text encoder with a closed vocabulary also counts each caption's unknown tokens
+    (``text_metadata``, the manifest's ``unknown_token_share``); above
+    :data:`UNKNOWN_WARN_SHARE` a warning names the most frequent unknown words. With
+    ``resume`` an interrupted run continues after its last complete shard: images already
+    stored are passed over, so there is no duplicate and no gap.
 
     Args:
         data: the captioned images, any reader of :mod:`modtrans.data.sources`.
@@ -201,7 +210,7 @@ def embed_captioned_images(
             logger.info("resuming: %d images already embedded", len(done))
         loader = decoded_batches(data, image_encoder.image_transform, batch_size=batch_size,
                                  workers=workers, done=done)
-        buffer = _ShardBuffer()
+        buffer, unknown = _ShardBuffer(), Counter()
         total = max(len(data) - len(done), 0) or None
         with StopOnSignal() as stop, tqdm(total=total, desc=f"embed {split}", unit="img",
                                           disable=not progress) as bar:
@@ -209,7 +218,7 @@ def embed_captioned_images(
                 for record, reason in batch["failed"]:
                     _skip(writer, record.location, reason, strict)
                 _embed_batch(batch, image_encoder, text_encoder, buffer, writer, sidecar,
-                             batch_size, strict)
+                             batch_size, strict, unknown)
                 while len(buffer) >= shard_size:
                     buffer.write(writer, shard_size)
                 bar.update(len(batch["records"]) + len(batch["failed"]))
@@ -221,6 +230,7 @@ def embed_captioned_images(
             raise Interrupted(f"{stop.received} received: stopped with {writer.n_images_done} "
                               f"images stored in {out_dir}; rerun with --resume to continue")
         long = writer.manifest.get("captions_truncated", 0)
+        unknown_share = writer.manifest.get("unknown_token_share")
         written_images = writer.n_images_done - before[0]
         written_captions = writer.n_captions_done - before[1]
         skipped = list(writer.skipped)
@@ -232,6 +242,15 @@ def embed_captioned_images(
         "skipped": skipped,
         "seconds": round(time.perf_counter() - start, 2),
     }
+    if unknown_share is not None:
+        summary["unknown_token_share"] = unknown_share
+        if unknown_share > UNKNOWN_WARN_SHARE:
+            words = ", ".join(f"{w!r} ({n})" for w, n in unknown.most_common(12))
+            logger.warning(
+                "%.1f%% of the caption tokens are unknown to %s, so those words carry nothing "
+                "into the embeddings; most frequent: %s. Use a text encoder whose vocabulary "
+                "covers this data (e.g. train one on it: `modtrans fit-encoder`)",
+                100 * unknown_share, text_encoder.spec, words)
     if long:
         logger.warning("%d caption(s) are longer than the text encoder's context (%s tokens) "
                        "and were embedded from their start; they are flagged `truncated` in "
@@ -243,32 +262,50 @@ def embed_captioned_images(
     return summary
 
 
-def _skip(writer: StoreWriter, item: str, reason: str, strict: bool, of: str = "") -> None:
+def _skip(writer: StoreWriter, item: str, reason: str, strict: bool, of: str = "",
+          **counts: int) -> None:
     """Record a skipped item, or raise :class:`BadInputError` naming it (and ``of``, its image)."""
     if strict:
         where = f"{item} of {of}" if of else item
         raise BadInputError(f"{where}: {reason}; fix or remove it, or drop --strict to skip bad "
                             "images and empty captions")
-    writer.record_skipped(item, reason)
+    writer.record_skipped(item, reason, **counts)
 
 
 def _embed_batch(batch: dict[str, Any], image_encoder: Encoder, text_encoder: Encoder,
                  buffer: _ShardBuffer, writer: StoreWriter, sidecar: dict[Any, dict],
-                 batch_size: int, strict: bool) -> None:
-    """Embed one decoded batch and add its images (with non-empty captions) to the buffer."""
-    keep, texts = [], []
-    for row, record in enumerate(batch["records"]):
+                 batch_size: int, strict: bool, unknown: Counter) -> None:
+    """Embed one decoded batch and add its images (with captions that have words the text
+    encoder knows) to the buffer; ``unknown`` counts the words it does not."""
+    records = batch["records"]
+    counter = getattr(text_encoder, "unknown_tokens", None)
+    nonempty = [t for r in records for t in r.captions if t.strip()]
+    counts = iter(counter(nonempty) if counter and nonempty else [])
+    keep, texts, tokens = [], [], []
+    for row, record in enumerate(records):
         captions = []
         for text, cid in zip(record.captions, record.caption_ids, strict=True):
-            if text.strip():
-                captions.append((text, cid))
-            else:
+            if not text.strip():
                 _skip(writer, f"caption:{cid}", "empty caption", strict, of=record.location)
+                continue
+            count = next(counts, None)
+            if count is not None:
+                unknown.update(w.lower() for w in count.unknown)
+                if count.tokens and len(count.unknown) == count.tokens:
+                    _skip(writer, f"caption:{cid}", "only unknown tokens "
+                          f"({', '.join(map(repr, count.unknown[:5]))}): the text encoder's "
+                          "vocabulary has none of its words", strict, of=record.location,
+                          unknown_tokens=count.tokens)
+                    continue
+                tokens.append(count)
+            captions.append((text, cid))
         if captions:
             keep.append((row, record, captions))
             texts.extend(t for t, _ in captions)
         else:
-            _skip(writer, record.location, "no non-empty caption", strict)
+            reason = ("no caption with a word the text encoder knows"
+                      if any(t.strip() for t in record.captions) else "no non-empty caption")
+            _skip(writer, record.location, reason, strict)
     if not keep:
         return
     image_vecs = image_encoder.encode_pixels(batch["pixels"][[row for row, _, _ in keep]]).numpy()
@@ -287,5 +324,8 @@ def _embed_batch(batch: dict[str, Any], image_encoder: Encoder, text_encoder: En
         if truncated is not None:
             for row, flag in zip(text_meta, truncated[first: first + len(captions)], strict=True):
                 row["truncated"] = flag
+        if tokens:
+            for row, count in zip(text_meta, tokens[first: first + len(captions)], strict=True):
+                row["tokens"], row["unknown_tokens"] = count.tokens, len(count.unknown)
         buffer.add(vec, text_vecs[first : first + len(captions)], image_meta, text_meta)
         first += len(captions)

@@ -7,9 +7,11 @@ A store is one directory holding one split, in the clip-retrieval layout plus a 
     metadata/metadata_{i}.parquet              one row per image: image_id, image_path, caption, ...
     text_metadata/text_metadata_{i}.parquet    one row per caption: image_index (global), caption,
                                                caption_id, truncated (longer than the text
-                                               encoder's context), ...
+                                               encoder's context), tokens, unknown_tokens
+                                               (closed vocabularies), ...
     manifest.json                              rewritten after every complete shard; counts
-                                               skipped items and truncated captions
+                                               skipped items, truncated captions and the
+                                               share of unknown caption tokens
 
 Every file is written atomically and the manifest lists complete shards only, so a crash in
 the middle of a shard leaves a store that reads as of the previous shard and can be resumed.
@@ -693,7 +695,8 @@ class StoreWriter:
             self.root, self.n_images_done, self.n_captions_done, len(self._manifest["skipped"]),
         )  # fmt: skip
 
-    def record_skipped(self, item: str | int | os.PathLike, reason: str) -> None:
+    def record_skipped(self, item: str | int | os.PathLike, reason: str, *,
+                       unknown_tokens: int | None = None) -> None:
         """Note an item left out (unreadable image, empty caption, ...) in the manifest.
 
         An item already recorded (say, before a resume retried it) keeps one entry, the latest.
@@ -701,9 +704,13 @@ class StoreWriter:
         Args:
             item: the image path or caption id.
             reason: why it was skipped.
+            unknown_tokens: a caption left out for holding only tokens unknown to the text
+                encoder: how many (counted in the manifest's ``unknown_token_share``).
         """
         self._check_open()
         entry = {"item": item if isinstance(item, int) else os.fspath(item), "reason": str(reason)}
+        if unknown_tokens is not None:
+            entry["unknown_tokens"] = int(unknown_tokens)
         skipped = self._manifest["skipped"]
         if entry["item"] in self._skipped_at:
             skipped[self._skipped_at[entry["item"]]] = entry
@@ -765,6 +772,10 @@ class StoreWriter:
                 bool(t) for t in text_table.column("truncated").to_pylist())
             self._manifest["captions_truncated"] = sum(
                 s.get("n_truncated", 0) for s in self._manifest["shards"])
+        if "unknown_tokens" in text_table.column_names:  # a closed-vocabulary text encoder
+            shard = self._manifest["shards"][-1]
+            shard["n_tokens"] = sum(text_table.column("tokens").to_pylist())
+            shard["n_unknown_tokens"] = sum(text_table.column("unknown_tokens").to_pylist())
         self._manifest["n_images"] += len(img)
         self._manifest["n_captions"] += len(txt)
         self._write_manifest()
@@ -850,4 +861,11 @@ class StoreWriter:
             raise ValueError(f"{kind} column types clash with earlier shards: {e}") from e
 
     def _write_manifest(self) -> None:
+        shards, skipped = self._manifest["shards"], self._manifest["skipped"]
+        if any("n_tokens" in s for s in shards) or any("unknown_tokens" in e for e in skipped):
+            # captions skipped for having no known word count too: they are the data's
+            left_out = sum(e.get("unknown_tokens", 0) for e in skipped)
+            total = sum(s.get("n_tokens", 0) for s in shards) + left_out
+            unknown = sum(s.get("n_unknown_tokens", 0) for s in shards) + left_out
+            self._manifest["unknown_token_share"] = round(unknown / max(total, 1), 6)
         write_json(self.root / MANIFEST, self._manifest)

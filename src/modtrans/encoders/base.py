@@ -8,7 +8,7 @@ A spec is ``<kind>:<argument>``: ``hf:/path/to/clip`` or ``hf:openai/clip-vit-ba
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -133,6 +133,35 @@ def longer_than(tokenizer: Any, texts: Sequence[str], context: int) -> list[bool
     included); each is tokenised to at most ``context + 1`` tokens, so a huge text is cheap."""
     ids = tokenizer(list(texts), truncation=True, max_length=context + 1)["input_ids"]
     return [len(row) > context for row in ids]
+
+
+class TokenCount(NamedTuple):
+    """A text's tokens (specials left out) and the pieces of it mapped to the unknown token."""
+
+    tokens: int
+    unknown: list[str]
+
+
+def count_unknown(tokenizer: Any, texts: Sequence[str], context: int) -> list[TokenCount]:
+    """Each text's tokens within ``context`` and the pieces a transformers tokenizer maps to
+    its unknown token: a closed vocabulary (a word-level or WordPiece tokenizer built for
+    other data) silently turns every word it lacks into that one token."""
+    unk = tokenizer.unk_token_id
+    fast = getattr(tokenizer, "is_fast", False)
+    enc = tokenizer(list(texts), truncation=True, max_length=context,
+                    return_special_tokens_mask=True, return_offsets_mapping=fast)
+    out = []
+    for row, text in enumerate(texts):
+        special = enc["special_tokens_mask"][row]
+        ids = [i for i, s in zip(enc["input_ids"][row], special, strict=True) if not s]
+        if not fast:
+            out.append(TokenCount(len(ids), ["?"] * sum(i == unk for i in ids)))
+            continue
+        spans = [span for span, s in zip(enc["offset_mapping"][row], special, strict=True)
+                 if not s]
+        out.append(TokenCount(len(ids), [text[a:b] for i, (a, b) in zip(ids, spans, strict=True)
+                                         if unk is not None and i == unk]))
+    return out
 
 
 def to_pil_list(images: ImageBatch) -> list[Image.Image]:

@@ -28,8 +28,10 @@ from modtrans.encoders.base import (
     ModalityError,
     ProcessorTransform,
     TextOnlyEncoderBase,
+    TokenCount,
     batches,
     check_texts,
+    count_unknown,
     finish,
     longer_than,
     register_encoder,
@@ -143,6 +145,10 @@ class _Texts:
     def truncated(self, texts: Sequence[str]) -> list[bool]:
         """Which texts are longer than the context (and so are embedded from their start)."""
         return longer_than(self.tokenizer, texts, self.max_length)
+
+    def unknown_tokens(self, texts: Sequence[str]) -> list[TokenCount]:
+        """Each text's tokens and the pieces of it outside the tokenizer's vocabulary."""
+        return count_unknown(self.tokenizer, texts, self.max_length)
 
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str], *, batch_size: int = 256) -> torch.Tensor:

@@ -13,8 +13,10 @@ import torch
 
 from modtrans.encoders.base import (
     TextOnlyEncoderBase,
+    TokenCount,
     batches,
     check_texts,
+    count_unknown,
     finish,
     longer_than,
     register_encoder,
@@ -74,6 +76,10 @@ class SBertEncoder(TextOnlyEncoderBase):
     def truncated(self, texts: Sequence[str]) -> list[bool]:
         """Which texts are longer than the context (and so are embedded from their start)."""
         return longer_than(self.model.tokenizer, texts, self.text_context)
+
+    def unknown_tokens(self, texts: Sequence[str]) -> list[TokenCount]:
+        """Each text's tokens and the pieces of it outside the tokenizer's vocabulary."""
+        return count_unknown(self.model.tokenizer, texts, self.text_context)
 
 
 @register_encoder("sbert", "sentence-transformers text encoder (sbert:minilm ships offline)")
