@@ -55,6 +55,36 @@ def test_verb_help(verb: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert "--help" in out
 
 
+def test_train_help_shows_the_defaults_train_uses() -> None:
+    """The defaults `train --help` states are the ones it runs: each trainable method's own
+    epochs and the Recipe's."""
+    from modtrans.training.fit import Recipe
+
+    command = typer.main.get_command(modtrans.cli.app).commands["train"]
+    helps = {p.name: getattr(p, "help", None) for p in command.params}
+    for name in list_translators():
+        cls = translator_class(name)
+        if cls.trainable:
+            assert f"{name} {cls.default_epochs}" in helps["epochs"], name
+    recipe = Recipe()
+    for name in ("batch_size", "precision", "accelerator", "devices", "strategy", "logger",
+                 "seed", "checkpoint_every"):
+        assert f"default: {getattr(recipe, name)})" in helps[name], name
+
+
+#: Options that every verb taking them spells the same way.
+SPELLINGS = {"out": {"--out", "-o"}, "k": {"--k", "-k"}, "n": {"--n", "-n"}, "seed": {"--seed"},
+             "device": {"--device"}, "accelerator": {"--accelerator"}}
+
+
+def test_one_spelling_per_option_across_verbs() -> None:
+    for verb, command in typer.main.get_command(modtrans.cli.app).commands.items():
+        for param in command.params:
+            if param.name in SPELLINGS and getattr(param, "opts", None) and \
+                    param.param_type_name == "option":
+                assert set(param.opts) == SPELLINGS[param.name], (verb, param.opts)
+
+
 def test_encoders_lists_kinds(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["encoders"]) == 0
     out = capsys.readouterr().out

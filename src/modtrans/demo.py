@@ -29,7 +29,8 @@ class DemoConfig(Config):
         clip: WorldClipConfig overrides.
         methods: translators trained and compared, in table order.
         method_params: per-method option overrides (e.g. net size).
-        method_train: per-method Recipe overrides (epochs, max_time).
+        method_train: per-method Recipe overrides (epochs, max_time); epochs default to
+            the method's own, as in ``modtrans train``.
         eval_images: images of each evaluation split used (their captions included).
         eval_splits: splits evaluated.
         n_samples: draws averaged in mean mode.
@@ -45,9 +46,7 @@ class DemoConfig(Config):
         "ced-paper": {"width": 512, "depth": 4, "emb_dim": 256, "steps": 10},
     })
     method_train: dict[str, dict[str, Any]] = dataclasses.field(default_factory=lambda: {
-        "mlp": {"epochs": 3},
-        "ced": {"epochs": 2},
-        "ced-paper": {"epochs": 1, "max_time": "00:00:00:20"},
+        "ced-paper": {"max_time": "00:00:00:20"},
     })
     eval_images: int = 250
     eval_splits: list[str] = dataclasses.field(default_factory=lambda: ["val", "novel"])
@@ -203,12 +202,14 @@ def _train(stores: Path, direction: str, method: str, ckpt: Path, config: DemoCo
     from modtrans.data.store import open_store
     from modtrans.training.fit import Recipe
     from modtrans.training.translator import fit_translator
+    from modtrans.translators.base import translator_class
 
     train, val = open_store(stores, "train"), open_store(stores, "val")
     fit_translator(
         method, load_pairs(train, direction), load_pairs(val, direction), ckpt,
         params=config.method_params.get(method),
-        recipe=Recipe(**config.method_train.get(method, {})),
+        recipe=Recipe(**{"epochs": translator_class(method).default_epochs,
+                         **config.method_train.get(method, {})}),
         image_encoder=train.image_encoder, text_encoder=train.text_encoder, progress=progress,
         resume=ckpt.is_dir())
 

@@ -136,7 +136,7 @@ def generate(
     system: str = typer.Option(
         "translate", help="translate (a translator, or none, then an image decoder) or lverse "
         "(BiART draws image tokens from the text; no translator)."),
-    n: int = typer.Option(8, "-n", help="Images per prompt."),
+    n: int = typer.Option(8, "-n", "--n", help="Images per prompt."),
     out: Path = typer.Option(Path("generated.png"), "--out", "-o", help="PNG grid to write."),
     mode: str = typer.Option("sample", help="Translator mode: sample, mean or best-of-k."),
     seed: int = typer.Option(0, help="Seed of the translator's draws and the decoder's latents."),

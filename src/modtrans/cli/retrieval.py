@@ -85,7 +85,7 @@ def zeroshot(
     ),
     n_samples: int = typer.Option(8, help="Draws averaged by stochastic translators."),
     batch_size: int = typer.Option(64, help="Image encoder batch size."),
-    out: Path = typer.Option(None, help="Also write the result as JSON here."),
+    out: Path = typer.Option(None, "--out", "-o", help="Also write the result as JSON here."),
 ) -> None:
     """Zero-shot classification of an image folder through raw CLIP and through translators."""
     from modtrans.encoders import build_encoder

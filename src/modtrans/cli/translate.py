@@ -45,19 +45,24 @@ def train(
     param: list[str] = typer.Option(None, help="Method option KEY=VALUE, the value read as "
                                     "YAML (repeatable; `modtrans methods` lists each method's "
                                     "options), e.g. --param width=1024 --param steps=20."),
-    config: Path = typer.Option(None, help="YAML/JSON file of Recipe options."),
-    epochs: int = typer.Option(None, help="Training epochs (trainable methods)."),
-    batch_size: int = typer.Option(None, help="Pairs per step."),
-    max_time: str = typer.Option(None, help="Wall-clock budget DD:HH:MM:SS."),
+    config: Path = typer.Option(None, help="YAML/JSON file of Recipe options; the flags below "
+                                "override it, and unset ones take its values or the defaults."),
+    epochs: int = typer.Option(None, help="Training epochs of a trainable method (default: "
+                               "the method's own, as the demo and the docs' tables use: "
+                               "ced 2, ced-paper 1, mlp 3)."),
+    batch_size: int = typer.Option(None, help="Pairs per step (default: 256)."),
+    max_time: str = typer.Option(None, help="Wall-clock budget DD:HH:MM:SS (default: none)."),
     precision: str = typer.Option(
-        None, help="Lightning precision: 32, 32-true, bf16-mixed (GPU) or 16-mixed."),
-    accelerator: str = typer.Option(None, help="auto, cpu or gpu."),
-    devices: int = typer.Option(None, help="Number of devices."),
-    strategy: str = typer.Option(None, help="Lightning strategy, e.g. ddp."),
-    logger: str = typer.Option(None, help="csv or tensorboard."),
-    seed: int = typer.Option(None, help="Random seed."),
+        None, help="Lightning precision: 32, 32-true, bf16-mixed (GPU) or 16-mixed (default: "
+        "32)."),
+    accelerator: str = typer.Option(None, help="auto, cpu or gpu (default: auto)."),
+    devices: int = typer.Option(None, help="Number of devices (default: 1)."),
+    strategy: str = typer.Option(None, help="Lightning strategy, e.g. ddp (default: auto)."),
+    logger: str = typer.Option(None, help="csv, tensorboard or none (default: csv)."),
+    seed: int = typer.Option(None, help="Random seed (default: 0)."),
     checkpoint_every: int = typer.Option(None, help="Steps between resume checkpoints "
-                                         "(one is also written at every epoch's end)."),
+                                         "(one is also written at every epoch's end; default: "
+                                         "200)."),
     resume: bool = typer.Option(False, help="Continue from OUT/lightning/last.ckpt, with the "
                                 "weights an uninterrupted run would have reached."),
     skip_bad_rows: bool = typer.Option(False, help=SKIP_BAD_ROWS_HELP),
@@ -66,11 +71,15 @@ def train(
 
     Killed or stopped with Ctrl-C? Run the same command with --resume.
     """
+    from modtrans.config import read_mapping
     from modtrans.data.pairs import load_pairs
     from modtrans.data.store import open_store
     from modtrans.training.fit import Recipe
     from modtrans.training.translator import fit_translator
+    from modtrans.translators.base import translator_class
 
+    if epochs is None and "epochs" not in (read_mapping(config) if config else {}):
+        epochs = translator_class(method).default_epochs
     tc = Recipe.with_overrides(
         config, epochs=epochs, batch_size=batch_size, max_time=max_time, precision=precision,
         accelerator=accelerator, devices=devices, strategy=strategy, logger=logger, seed=seed,
@@ -118,7 +127,8 @@ def evaluate(
     guidance: float = GUIDANCE,
     eta: float = ETA,
     zero_shot: bool = typer.Option(True, help="Zero-shot shape classification (world stores)."),
-    out: Path = typer.Option(None, help="Write the results here (.json; a .md table beside)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Write the results here (.json; a .md "
+                             "table beside)."),
     skip_bad_rows: bool = typer.Option(False, help=SKIP_BAD_ROWS_HELP),
 ) -> None:
     """Evaluate a translator: Sim, cosine suite, R@1/5/10, MedR, FD, diversity, zero-shot."""
@@ -158,7 +168,8 @@ def translate(
     checkpoint: Path = typer.Argument(..., help="Translator checkpoint directory."),
     text: list[str] = typer.Option(None, help="Text(s) to translate (text2image)."),
     image: list[Path] = typer.Option(None, help="Image file(s) to translate (image2text)."),
-    out: Path = typer.Option(None, help="Write the translated embeddings here (.npy)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Write the translated embeddings here "
+                             "(.npy)."),
     gallery: Path = typer.Option(None, help="Store root or store to search for neighbours."),
     split: str = typer.Option("val", help="Gallery split."),
     k: int = typer.Option(5, "-k", "--k", help="Neighbours to show."),

@@ -12,6 +12,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from modtrans.data.store import EmbeddingStore
+from modtrans.encoders import Encoder
 from modtrans.eval.metrics import retrieval_metrics
 
 logger = logging.getLogger(__name__)
@@ -38,17 +39,32 @@ def cross_modal_report(store: EmbeddingStore, n_items: int = 1000) -> dict:
         "image_to_text": {...}, "modality_gap_cosine"}``; the gap is the mean cosine of
         paired raw embeddings (about 0.3 for real CLIP), only when the dims match.
     """
-    images, texts, owner = _first_items(store, n_items)
+    return retrieval_report(*_first_items(store, n_items))
+
+
+def retrieval_report(images: torch.Tensor, texts: torch.Tensor, owner: torch.Tensor) -> dict:
+    """Cross-modal retrieval between image and caption embeddings (caption i describes image
+    ``owner[i]``), with the modality gap and the recall a random ranking would get."""
     report = {
         "n_images": len(images),
         "n_captions": len(texts),
         "text_to_image": retrieval_metrics(texts, images, target_index=owner),
         "image_to_text": retrieval_metrics(images, texts, gallery_owner=owner),
+        "chance_text_to_image_R@5": min(1.0, 5 / len(images)),
     }
     if images.shape[1] == texts.shape[1]:
         paired = torch.nn.functional.cosine_similarity(images[owner], texts, dim=-1)
         report["modality_gap_cosine"] = float(paired.mean())
     return report
+
+
+def encoder_retrieval(encoder: Encoder, images: torch.Tensor, captions: list[list[str]]
+                      ) -> dict:
+    """:func:`retrieval_report` of images (uint8, N×H×W×3) and their captions embedded by a
+    CLIP-like ``encoder``: how well a freshly trained one matches held-out pairs."""
+    owner = torch.tensor([i for i, caps in enumerate(captions) for _ in caps])
+    texts = encoder.encode_texts([c for caps in captions for c in caps])
+    return retrieval_report(encoder.encode_images(images), texts, owner)
 
 
 def _probe_inputs(store: EmbeddingStore, modality: str, images: np.ndarray) -> np.ndarray:

@@ -74,10 +74,14 @@ def fit_translator(
     finished in closed form (e.g. γ of an MLP-mapped ``ced``). ``resume`` continues from
     ``out_dir/lightning/last.ckpt``.
 
+    Without a ``recipe`` the method's own number of epochs
+    (:attr:`~modtrans.translators.base.Translator.default_epochs`) is run.
+
     Returns:
         The fitted translator and a summary (what was chosen, steps, seconds, pairs/s).
     """
-    recipe = dataclasses.replace(recipe or Recipe(), resume=resume, progress=progress)
+    recipe = recipe or Recipe(epochs=translator_class(method).default_epochs)
+    recipe = dataclasses.replace(recipe, resume=resume, progress=progress)
     out_dir = Path(out_dir)
     L.seed_everything(recipe.seed, verbose=False)
     translator = build_translator(method, train.direction, train, params=params,

@@ -148,6 +148,8 @@ class Translator(Artefact, nn.Module):
     method: ClassVar[str]
     stochastic: ClassVar[bool] = False
     trainable: ClassVar[bool] = False
+    #: Epochs ``train`` and the demo run when none are given (trainable methods).
+    default_epochs: ClassVar[int] = 1
     options_class: ClassVar[type[Config]] = NoOptions
 
     def __init__(self, config: TranslatorConfig) -> None:

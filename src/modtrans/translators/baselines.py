@@ -165,6 +165,7 @@ class MLPTranslator(Translator):
 
     method = "mlp"
     trainable = True
+    default_epochs = 3
     options_class = MLPOptions
     options: MLPOptions
 

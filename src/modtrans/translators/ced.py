@@ -133,6 +133,7 @@ class CEDTranslator(Translator):
     method = "ced"
     stochastic = True
     trainable = True
+    default_epochs = 2
     options_class = CEDOptions
     options: CEDOptions
 
@@ -279,6 +280,7 @@ class CEDPaperTranslator(CEDTranslator):
     """The seed's training: learned M, diffusion of z, L1 through a 50-step guided DDIM."""
 
     method = "ced-paper"
+    default_epochs = 1
     options_class = CEDPaperOptions
     options: CEDPaperOptions
 

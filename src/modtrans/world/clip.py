@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset
@@ -31,6 +32,7 @@ from torch.utils.data import Dataset
 from modtrans.artefacts import Artefact, Layout, load_pretrained
 from modtrans.config import Config
 from modtrans.data.coco import CaptionedImages, read_coco_captions
+from modtrans.data.records import CaptionSource
 from modtrans.encoders.tokenizer import build_tokenizer
 from modtrans.images import CLIP_MEAN, CLIP_STD, load_images, pixel_values
 from modtrans.training.contrastive import clamp_logit_scale, contrastive_step
@@ -260,31 +262,9 @@ def fit_world_clip(
         A summary: pairs, epochs, steps, seconds, final loss.
     """
     config = config or WorldClipConfig()
-    out_dir = Path(out_dir)
-    run = {"accelerator": accelerator, "progress": progress, "resume": resume}
-    L.seed_everything(config.seed, verbose=False)
-    tokenizer = build_tokenizer([c for caps in train.captions for c in caps])
-    model = build_model(config, tokenizer)
     images = load_images(train.image_paths, config.image_size)
-    warm_seconds = (_warm_start(model, images, objects, config, out_dir, **run)
-                    if config.warm_start_epochs else 0.0)
-    recipe = dataclasses.replace(config.recipe(), **run)
-    loader = recipe.loader(_PairDataset(train.captions, recipe.seed),
-                           collate_fn=_Collate(images, tokenizer, config.max_length))
-    result = fit(model, functools.partial(contrastive_step, model), loader, None, recipe,
-                 out_dir, after_step=functools.partial(clamp_logit_scale, model))
-    summary = {
-        "pairs": len(train),
-        "epochs": config.epochs,
-        "steps": result["steps"],
-        "seconds": round(result["seconds"], 1),
-        "warm_start_epochs": config.warm_start_epochs,
-        "warm_start_seconds": round(warm_seconds, 1),
-        "final_loss": result.get("train/loss", float("nan")),
-    }
-    WorldClip(config, model.eval(), tokenizer).save(out_dir, summary)
-    logger.info("world CLIP trained: %s", summary)
-    return summary
+    return fit_clip(CaptionedPixels(images, train.captions), out_dir, config, objects=objects,
+                    accelerator=accelerator, progress=progress, resume=resume)
 
 
 def _warm_start(model, images: torch.Tensor, objects: list[dict] | None,
@@ -330,3 +310,153 @@ def fit_world_clip_from_world(world_dir: str | Path, out_dir: str | Path, *,
         rows = {r["image_id"]: r for r in load_ground_truth(split)}
         objects = [rows[i] for i in train.image_ids]
     return fit_world_clip(train, out_dir, config, objects=objects, **kwargs)
+
+
+@dataclasses.dataclass
+class CaptionedPixels:
+    """Decoded images, square at the CLIP's size, with their captions: what a CLIP trains
+    on and is scored on."""
+
+    images: torch.Tensor  # uint8 (N, S, S, 3)
+    captions: list[list[str]]
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def take(self, rows: list[int]) -> CaptionedPixels:
+        return CaptionedPixels(self.images[rows], [self.captions[i] for i in rows])
+
+
+def decode_source(source: CaptionSource, image_size: int, *, where: str,
+                  progress: bool = True) -> tuple[CaptionedPixels, int]:
+    """Every readable image of ``source`` with a non-empty caption, resized (shorter side)
+    and centre-cropped to ``image_size`` as CLIP's preprocessing does.
+
+    Returns:
+        The images with their non-empty captions, and how many images were left out
+        (unreadable, or without a caption).
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+    from tqdm.auto import tqdm
+
+    images, captions, left_out = [], [], 0
+    for record in tqdm(source.records(), total=len(source), desc="read images", unit="img",
+                       disable=not progress):
+        texts = [t for t in record.captions if t.strip()]
+        try:
+            image = None if record.error or not texts else record.open_image()
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
+            image = None
+        if image is None:
+            left_out += 1
+            continue
+        fitted = ImageOps.fit(image, (image_size, image_size), Image.Resampling.BICUBIC)
+        images.append(torch.from_numpy(np.asarray(fitted, dtype=np.uint8).copy()))
+        captions.append(texts)
+    if not images:
+        raise ValueError(f"no readable image with a caption in {where} ({left_out} left "
+                         "out); check where its images are (--images DIR) and its captions")
+    return CaptionedPixels(torch.stack(images), captions), left_out
+
+
+def hold_out(data: CaptionedPixels, fraction: float, seed: int
+             ) -> tuple[CaptionedPixels, CaptionedPixels]:
+    """(train, held out): a seeded random ``fraction`` of the images (at least one) held
+    out of training, for the retrieval reported after it."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"the held-out fraction must be in (0, 1), got {fraction}")
+    n_out = max(1, round(fraction * len(data)))
+    if n_out >= len(data):
+        raise ValueError(f"{len(data)} image(s) are too few to hold {fraction:.0%} out of "
+                         "training; give more data or a separate held-out split")
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed)).tolist()
+    return data.take(sorted(order[n_out:])), data.take(sorted(order[:n_out]))
+
+
+def fit_clip(train: CaptionedPixels, out_dir: str | Path, config: WorldClipConfig, *,
+             objects: list[dict] | None = None, accelerator: str = "auto",
+             progress: bool = True, resume: bool = False) -> dict:
+    """Train a CLIP contrastively on decoded images and their captions, with a tokenizer
+    built from those captions, and save it for ``hf:<out_dir>``; see :func:`fit_world_clip`."""
+    out_dir = Path(out_dir)
+    run = {"accelerator": accelerator, "progress": progress, "resume": resume}
+    L.seed_everything(config.seed, verbose=False)
+    tokenizer = build_tokenizer([c for caps in train.captions for c in caps])
+    model = build_model(config, tokenizer)
+    warm_seconds = (_warm_start(model, train.images, objects, config, out_dir, **run)
+                    if config.warm_start_epochs else 0.0)
+    recipe = dataclasses.replace(config.recipe(), **run)
+    loader = recipe.loader(_PairDataset(train.captions, recipe.seed),
+                           collate_fn=_Collate(train.images, tokenizer, config.max_length))
+    result = fit(model, functools.partial(contrastive_step, model), loader, None, recipe,
+                 out_dir, after_step=functools.partial(clamp_logit_scale, model))
+    summary = {
+        "pairs": len(train),
+        "vocabulary": len(tokenizer),
+        "epochs": config.epochs,
+        "steps": result["steps"],
+        "seconds": round(result["seconds"], 1),
+        "warm_start_epochs": config.warm_start_epochs,
+        "warm_start_seconds": round(warm_seconds, 1),
+        "final_loss": result.get("train/loss", float("nan")),
+    }
+    WorldClip(config, model.eval(), tokenizer).save(out_dir, summary)
+    logger.info("CLIP trained: %s", summary)
+    return summary
+
+
+def fit_clip_on_source(path: str | Path, out_dir: str | Path, config: WorldClipConfig, *,
+                       images: str | Path | None = None, split: str | None = None,
+                       held_out: float = 0.05, max_held_out: int = 1000,
+                       **run: Any) -> tuple[dict, CaptionedPixels]:
+    """Train a CLIP on whatever ``path`` holds (any source :func:`~modtrans.data.sources.
+    open_sources` reads) and return its summary with the images held out of training.
+
+    A world folder trains on its ``train`` split (with the detector warm start its ground
+    truth allows) and holds out ``val``; a source with splits (Karpathy JSON) trains on
+    ``split`` (default ``train``) and holds out ``val`` (or ``test``); a single-split source
+    holds out a seeded ``held_out`` share of its images. At most ``max_held_out`` held-out
+    images are kept.
+    """
+    from modtrans.data.sources import open_sources
+
+    path = Path(path)
+    if (path / "world.json").is_file():
+        summary = fit_world_clip_from_world(path, out_dir, config=config, **run)
+        val = read_coco_captions(path / "val" / "captions.json")
+        rows = list(range(min(max_held_out, len(val))))
+        kept = CaptionedPixels(load_images([val.image_paths[i] for i in rows], config.image_size),
+                               [val.captions[i] for i in rows])
+        return {**summary, "held_out_from": "val"}, kept
+    if config.warm_start_epochs:
+        raise ValueError(
+            f"{path} is not a world folder: the warm start trains the image tower as the "
+            "world's object detector on ground truth that only `modtrans world` writes; pass "
+            "--warm-start-epochs 0 (and drop warm_start_epochs from --config)")
+    sources = open_sources(path, images=images)
+    progress = run.get("progress", True)
+    if len(sources) > 1:
+        name = split or "train"
+        if name not in sources:
+            raise ValueError(f"{path} has splits {sorted(sources)} but no {name!r}; choose the "
+                             "one to train on with --split")
+        other = next((s for s in ("val", "test") if s in sources and s != name), None)
+        if other is None:
+            raise ValueError(f"{path} has no val or test split to hold out beside {name!r}")
+        train, left_out = decode_source(sources[name][0], config.image_size,
+                                        where=f"{path} ({name})", progress=progress)
+        kept, _ = decode_source(sources[other][0], config.image_size,
+                                where=f"{path} ({other})", progress=progress)
+        held_from = other
+    else:
+        ((name, (data, _)),) = sources.items()
+        everything, left_out = decode_source(data, config.image_size, where=str(path),
+                                             progress=progress)
+        train, kept = hold_out(everything, held_out, config.seed)
+        held_from = f"{held_out:.0%} of {name}"
+    if left_out:
+        logger.warning("%d image(s) of %s left out of training: unreadable or without a "
+                       "caption", left_out, path)
+    summary = fit_clip(train, out_dir, config, **run)
+    kept = kept.take(list(range(min(max_held_out, len(kept)))))
+    return {**summary, "images_left_out": left_out, "held_out_from": held_from}, kept
