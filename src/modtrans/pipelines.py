@@ -25,15 +25,15 @@ from modtrans.decoders.caption import CaptionDecoder
 from modtrans.decoders.image_vae import ConditionalVAE
 from modtrans.decoders.rerank import best_of
 from modtrans.encoders import Encoder, build_encoder
-from modtrans.retrieval import GalleryIndex, build_index, search
+from modtrans.retrieval import GalleryIndex, build_index
 from modtrans.training.translator import fit_translator
 from modtrans.translators.base import (
     Mode,
     RowSeeds,
     Translator,
     TranslatorConfig,
+    draw_seeds,
     list_translators,
-    row_seeds,
     translator_class,
 )
 from modtrans.translators.samplers import SamplerOptions
@@ -190,10 +190,22 @@ class TextToImage:
         """``n`` images per prompt, uint8 (len(prompts)·n, 64, 64, 3), prompt-major, and the
         kept candidates' scores (None without reranking).
 
-        ``seed`` seeds the translator's draws (the j-th image of every prompt from its own
-        seed, the same whatever the other prompts) and then the decoder's latents; ``steps``
+        ``seed`` seeds the translator's draws (the j-th image of every prompt from seed + j,
+        whatever the other prompts) and then the decoder's latents; ``steps``
         and ``guidance`` override the decoder's latent prior, ``sampling`` the translator's.
         """
+        self.check(n, candidates)
+        warn_unknown_words(self.text_encoder, list(prompts))
+        c = self.text_encoder.encode_texts(list(prompts)).repeat_interleave(n * candidates, 0)
+        e = c if self.translator is None else self.translator.translate(
+            c, mode=mode, seed=draw_seeds(seed, n * candidates) * len(prompts),
+            sampling=sampling)
+        return self.draw(c, e, candidates=candidates,
+                         generator=torch.Generator().manual_seed(seed), steps=steps,
+                         guidance=guidance)
+
+    def check(self, n: int, candidates: int) -> None:
+        """Raise unless ``n`` images of the best of ``candidates`` each can be drawn."""
         if n < 1 or candidates < 1:
             raise ValueError(f"n and candidates must be ≥ 1, got {n} and {candidates}")
         if candidates > 1 and self.translator is None and not self.shared_space:
@@ -201,13 +213,15 @@ class TextToImage:
             raise ValueError(f"reranking ranks the direct route's draws by the CLIP score, but "
                              f"{cfg.image_encoder} and {cfg.text_encoder} are not one CLIP "
                              "pair; give a text2image translator")
-        warn_unknown_words(self.text_encoder, list(prompts))
-        c = self.text_encoder.encode_texts(list(prompts)).repeat_interleave(n * candidates, 0)
-        e = c if self.translator is None else self.translator.translate(
-            c, mode=mode, seed=row_seeds(seed, n * candidates) * len(prompts),
-            sampling=sampling)
-        images = self.decoder.generate(e, generator=torch.Generator().manual_seed(seed),
-                                       steps=steps, guidance=guidance)
+
+    def draw(self, c: torch.Tensor, e: torch.Tensor, *, candidates: int = 1,
+             generator: torch.Generator | None = None, steps: int | None = None,
+             guidance: float | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Decode the embeddings ``e`` (the translations of the prompt embeddings ``c``, or
+        ``c`` itself on the direct route; ``candidates`` consecutive rows per image) and keep
+        the best candidate of each image; what :meth:`__call__` returns. A service that
+        batches encoding and translation across requests calls this for the last stage."""
+        images = self.decoder.generate(e, generator=generator, steps=steps, guidance=guidance)
         if candidates == 1:
             return images, None
         return best_of(images, c if self.shared_space else e, self._scorer, candidates)
@@ -300,31 +314,46 @@ class Search:
                  *, mode: Mode = "mean", n_samples: int = 8,
                  seed: int = 0) -> list[dict[str, Any]]:
         """The top ``k`` items per query: ``{"query", "results": [{rank, score, row, item}]}``."""
+        self.check_queries(modality)
+        if self.translator is not None:
+            queries = self.translator.translate(queries, mode=mode, n_samples=n_samples,
+                                                seed=seed)
+        scores, rows = self.gallery.search(queries.numpy(), k)
+        return ranked(labels, scores, rows, self.gallery.labels())
+
+    def check_queries(self, modality: str) -> None:
+        """Raise unless queries of ``modality`` can be searched: the translator maps that
+        modality, or without one the store's two encoders share a space."""
         info = self.gallery.info
         if self.translator is not None:
             if self.translator.config.cond_modality != modality:
                 raise ValueError(f"the translator maps {self.translator.config.cond_modality} "
                                  f"to {self.gallery.modality}, but the queries are {modality}")
-            queries = self.translator.translate(queries, mode=mode, n_samples=n_samples,
-                                                seed=seed)
         elif modality != self.gallery.modality and info["image_encoder"] != info["text_encoder"]:
             raise ValueError(
                 f"{info['text_encoder']} texts and {info['image_encoder']} images do not share "
                 "a space; pass --translator CKPT trained on this store's encoders")
-        scores, rows = self.gallery.search(queries.numpy(), k)
-        return ranked(labels, scores, rows, self.gallery.labels())
 
 
 def nearest_in_store(z: torch.Tensor, labels: Sequence[str], store: EmbeddingStore,
                      modality: str, k: int) -> list[dict[str, Any]]:
     """Exact top-``k`` items of a store's ``modality`` embeddings for each row of ``z``."""
-    image_side = modality == "image"
-    emb = store.image_embeddings if image_side else store.text_embeddings
-    meta = store.image_metadata() if image_side else store.text_metadata()
-    index, _ = build_index(np.asarray(emb.to_numpy(), dtype=np.float32), kind="flat")
-    scores, rows = search(index, z.numpy().astype(np.float32), k)
-    return ranked(labels, scores, rows,
-                  meta.column("image_path" if image_side else "caption").to_pylist())
+    gallery = store_gallery(store, modality, kind="flat")
+    scores, rows = gallery.search(z.numpy().astype(np.float32), k)
+    return ranked(labels, scores, rows, gallery.labels())
+
+
+def store_gallery(store: EmbeddingStore, modality: str, kind: str = "auto") -> GalleryIndex:
+    """An in-memory index over one modality of a store (what ``modtrans index`` would save,
+    without its recall measurement), for searching a store that has no index directory."""
+    if modality not in ("image", "text"):
+        raise ValueError(f"modality must be image or text, got {modality!r}")
+    emb = store.image_embeddings if modality == "image" else store.text_embeddings
+    index, params = build_index(np.asarray(emb.to_numpy(), dtype=np.float32), kind=kind)
+    info = {"store": str(Path(store.root).resolve()), "split": store.split,
+            "modality": modality, **params, "image_encoder": store.image_encoder,
+            "text_encoder": store.text_encoder}
+    return GalleryIndex(index, info, store)
 
 
 def ranked(labels: Sequence[str], scores: np.ndarray, rows: np.ndarray, names: Sequence[str]

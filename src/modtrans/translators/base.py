@@ -45,6 +45,12 @@ def row_generators(seed: RowSeeds, n: int) -> list[torch.Generator]:
     return [torch.Generator().manual_seed(s) for s in seeds]
 
 
+def draw_seeds(seed: int, n: int) -> list[int]:
+    """The seeds of ``n`` draws of one query: ``seed, seed + 1, …``, so that the first of
+    ``n`` draws is the one draw made with ``seed`` alone."""
+    return [seed + j for j in range(n)]
+
+
 def row_seeds(seed: int, n: int) -> list[int]:
     """``n`` independent seeds derived from ``seed``, one per row index: for evaluations,
     whose distribution metrics (FD, diversity) need each row's draws independent of the
