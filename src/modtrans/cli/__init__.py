@@ -21,6 +21,7 @@ from modtrans.cli import (  # noqa: F401  (add verbs)
     encoders,
     lverse,
     retrieval,
+    serve,
     translate,
 )
 from modtrans.cli.application import app, options
