@@ -163,11 +163,12 @@ def _endpoint(service: Service, params: type[Params], image: str,
     ``image`` allows one), answered by ``handler``."""
 
     @guarded
-    async def endpoint(request: Request) -> dict[str, Any]:
+    async def endpoint(request: Request) -> JSONResponse:
         with service.admission.enter():
             fields, upload, name = await read_params(request, params, service.limits,
                                                      image=image)  # type: ignore[arg-type]
-            return await handler(fields, upload, name)
+            # a response of our own: FastAPI's encoder would walk every float again
+            return JSONResponse(await handler(fields, upload, name))
 
     endpoint.__name__ = handler.__name__
     return endpoint

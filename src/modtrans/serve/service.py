@@ -11,6 +11,7 @@ import asyncio
 import base64
 import contextlib
 import functools
+import gc
 import io
 import logging
 import time
@@ -93,7 +94,11 @@ class Service:
     # -- life cycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the worker threads (in the event loop that will serve)."""
+        """Start the worker threads (in the event loop that will serve), and move what is
+        loaded out of the garbage collector's sight: a full collection over the models'
+        objects would stall every request in flight."""
+        gc.collect()
+        gc.freeze()
         self._fast = ThreadPoolExecutor(1, thread_name_prefix="modtrans-model")
         self._slow = ThreadPoolExecutor(1, thread_name_prefix="modtrans-decode")
 
@@ -106,6 +111,7 @@ class Service:
             if executor is not None:
                 executor.shutdown(wait=True)
         self._fast = self._slow = None
+        gc.unfreeze()
 
     def health(self) -> dict[str, Any]:
         return {"status": "ok", "uptime_s": round(time.time() - self.started, 1),
