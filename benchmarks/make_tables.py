@@ -364,6 +364,38 @@ def faults_section() -> list[str]:
             "differing from an uninterrupted run's.", "", _source(r), ""]
 
 
+def serve_section() -> list[str]:
+    r = _load("serve")
+    if not r:
+        return []
+    f, c = r["figures"], r["config"]
+    fields = {s["name"]: s for s in c["scenarios"]}
+    rows = [[f"`{fields[name]['endpoint']}` ({name})", str(run["clients"]),
+             f"{run['requests_per_s']:.0f}", f"{run['p50_ms']:.1f}", f"{run['p95_ms']:.1f}",
+             f"{run['p99_ms']:.1f}", str(run["5xx"]), str(run["lost"])]
+            for name, runs in f["runs"].items() for run in runs]
+    stages = ("encode", "translate", "search", "decode", "http_and_framework", "total")
+    breakdown = [[name, *(f"{v[s]:.1f}" if s in v else "—" for s in stages)]
+                 for name, v in f["stage_latency_ms"].items()]
+    ratios = ", ".join(f"{name} {ratio:.1f}×" for name, ratio in
+                       f["throughput_ratio_16_vs_1"].items())
+    batches = ", ".join(f"{op} {size:.1f}" for op, size in f["mean_batch_size"].items())
+    preset = f"the `{c['preset']}` demo" if c.get("preset") else f"`{c['folder']}`"
+    return ["### Serving (modtrans serve)", "",
+            f"`benchmarks/bench_serve.py`: `modtrans serve` on {preset}, closed-loop clients "
+            f"over 127.0.0.1 for {c['seconds_per_run']:.0f} s per row, on the same cores as "
+            f"the server; the indexes hold "
+            + ", ".join(f"{n} {size}" for n, size in f["index_size"].items())
+            + f" items. Throughput at 16 clients over 1 client: {ratios} (micro-batching; "
+            f"mean requests per model call over the run: {batches}). "
+            f"{f['total_5xx']} answers with 5xx and {f['total_lost']} lost requests in all.",
+            "", *_table(["endpoint", "clients", "req/s", "p50 ms", "p95 ms", "p99 ms", "5xx",
+                         "lost"], rows),
+            "Latency of one lone request by stage (medians of the server's own timings, ms; "
+            "`http_and_framework`: the rest of the round trip):", "",
+            *_table(["request", *stages], breakdown), _source(r), ""]
+
+
 def image_decoder_section() -> list[str]:
     r = _load("image_decoder")
     if not r:
@@ -456,7 +488,7 @@ def main() -> None:
                            *(part for tag in VARIANTS if tag
                              for part in (*clip_section(tag), *worldbench_section(tag))),
                            *mean_map_section(), *speed_section(), *sampling_section(),
-                           *embed_section(), *faults_section()]]]
+                           *embed_section(), *serve_section(), *faults_section()]]]
     with atomic_open(RESULTS_PAGE) as f:
         f.write("\n".join(body).rstrip() + "\n")
     text = README.read_text()
