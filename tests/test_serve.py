@@ -310,6 +310,7 @@ BAD = [  # (endpoint, request keywords, status, message fragments)
     ("/translate", {"json": {"text": "x", "mode": "bogus"}}, 422, ["mode:"]),
     ("/translate", {"json": {"text": "x", "n": 5}}, 422, ["n must be between 1 and 4"]),
     ("/translate", {"json": {"text": "x", "n_samples": 0}}, 422, ["n_samples must be between"]),
+    ("/translate", {"json": {"text": "x", "seed": 2**64}}, 422, ["seed must be between 0"]),
     ("/translate", {"json": {"text": "x", "steps": 9}}, 422, ["steps must be between 1 and 8"]),
     ("/translate", {"json": {"text": "x", "guidance": -1}}, 422, ["guidance must be between"]),
     ("/translate", {"json": {"text": "x", "sampler": "nope"}}, 422, ["unknown sampler 'nope'"]),
@@ -488,6 +489,7 @@ def test_the_batcher_merges_waiting_items_and_never_delays_a_lone_one() -> None:
         busy = [1]
 
         def double(items: list[int]) -> list[int]:
+            assert torch.is_inference_mode_enabled()
             sizes.append(len(items))
             if 13 in items:
                 raise ValueError("13 is unlucky")
@@ -557,6 +559,23 @@ def test_a_yaml_file_names_the_models_and_the_limits(folder: Path, tmp_path: Pat
                     "defaults: {text2image: ced}\n")
     with pytest.raises(ValueError, match="no loaded text2image translator"):
         create_app(spec)
+
+
+def test_a_demo_folder_without_decoders_searches_and_says_how_to_generate(
+        folder: Path, tmp_path: Path) -> None:
+    """What `make demo` leaves (no end-to-end stage): search works, generation says what to
+    run."""
+    plain = tmp_path / "demo"
+    plain.mkdir()
+    for name in ("world", "store", "translators"):
+        (plain / name).symlink_to(folder / name)
+    with TestClient(create_app(plain)) as plain_client:
+        assert plain_client.get("/health").json()["loaded"]["decoders"] == 0
+        assert plain_client.post("/search", json={"text": "a red circle"}).status_code == 200
+        error(plain_client.post("/generate", json={"prompt": "a red circle"}), 404,
+              "no image decoder", "modtrans e2e")
+        error(plain_client.post("/caption", files=upload(png())), 404, "no caption decoder",
+              "modtrans e2e")
 
 
 def test_a_folder_that_is_no_demo_folder(tmp_path: Path,

@@ -23,6 +23,8 @@ from modtrans.translators.samplers import SamplerOptions
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
 #: Form fields a multipart body may carry besides the image (a bound on the parser's work).
 MAX_FORM_FIELDS = 32
+#: The largest seed a torch generator takes.
+MAX_SEED = 2**63 - 1
 
 P = TypeVar("P", bound="Params")
 
@@ -85,6 +87,7 @@ class Params(Draw):
     def check(self, limits: Limits) -> None:
         """Raise :class:`ApiError` (422) for a field outside the service's limits."""
         within("n_samples", self.n_samples, 1, limits.max_samples)
+        within("seed", self.seed, 0, MAX_SEED)
         if self.steps is not None:
             within("steps", self.steps, 1, limits.max_steps)
         if self.guidance is not None:
