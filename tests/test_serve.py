@@ -529,7 +529,8 @@ def test_admission_refuses_past_its_bound() -> None:
 # --- sources ---------------------------------------------------------------------------------
 
 
-def test_a_yaml_file_names_the_models_and_the_limits(folder: Path, tmp_path: Path) -> None:
+def test_a_yaml_file_names_the_models_and_the_limits(
+        folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     spec = tmp_path / "serve.yaml"
     t2i = folder / "translators" / "text2image"
     spec.write_text(json.dumps({
@@ -559,6 +560,13 @@ def test_a_yaml_file_names_the_models_and_the_limits(folder: Path, tmp_path: Pat
                     "defaults: {text2image: ced}\n")
     with pytest.raises(ValueError, match="no loaded text2image translator"):
         create_app(spec)
+    options = tmp_path / "options.yaml"
+    options.write_text("limit: {max_k: 3}\n")
+    assert main(["serve", str(folder), "--config", str(options)]) == 2
+    assert "unknown option(s) ['limit']" in capsys.readouterr().err
+    options.write_text("limits: {max_kk: 3}\n")
+    assert main(["serve", str(folder), "--config", str(options)]) == 2
+    assert "unknown option(s) ['max_kk']" in capsys.readouterr().err
 
 
 def test_a_demo_folder_without_decoders_searches_and_says_how_to_generate(

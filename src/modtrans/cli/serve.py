@@ -33,8 +33,7 @@ def serve(
     API docs at /docs and Prometheus metrics at /metrics (needs `pip install modtrans[serve]`)."""
     import dataclasses
 
-    from modtrans.config import read_mapping
-    from modtrans.serve.config import ServeConfig
+    from modtrans.serve.config import service_options
 
     try:
         import uvicorn
@@ -43,12 +42,7 @@ def serve(
     except ImportError as e:
         raise ImportError(f"modtrans serve needs the serve extra ({e}): pip install "
                           "'modtrans[serve]'") from e
-    if config is not None:
-        cfg = ServeConfig.from_mapping(read_mapping(config))
-    elif source.is_file():
-        cfg = ServeConfig.from_mapping(read_mapping(source))
-    else:
-        cfg = ServeConfig()
+    cfg = service_options(source, config)
     changes = {k: v for k, v in {"max_batch": max_batch, "max_queue": max_queue}.items()
                if v is not None}
     if changes:

@@ -23,8 +23,9 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+import modtrans
 from modtrans.serve.batching import Overloaded
-from modtrans.serve.config import ServeConfig
+from modtrans.serve.config import ServeConfig, service_options
 from modtrans.serve.inputs import (
     ApiError,
     CaptionParams,
@@ -41,7 +42,6 @@ logger = logging.getLogger(__name__)
 
 #: Bytes a multipart body may carry beyond the image: its boundaries and form fields.
 FORM_SLACK = 64 * 1024
-JSON_EXAMPLE = {"text": "a red circle", "translator": "text2image/ced", "k": 5}
 
 Endpoint = Callable[..., Awaitable[Any]]
 
@@ -55,7 +55,7 @@ def create_app(source: str | Path | Models, config: ServeConfig | None = None) -
         config: limits, batching and index choices (default: the YAML's, else defaults).
     """
     if config is None:
-        config = _yaml_config(source)
+        config = ServeConfig() if isinstance(source, Models) else service_options(source)
     models = source if isinstance(source, Models) else load_models(source, config)
     service = Service(models, config)
 
@@ -69,7 +69,7 @@ def create_app(source: str | Path | Models, config: ServeConfig | None = None) -
             await service.stop()
             logger.info("serve: stopped")
 
-    app = FastAPI(title="modtrans", lifespan=lifespan, version=_version(),
+    app = FastAPI(title="modtrans", lifespan=lifespan, version=modtrans.__version__,
                   description="Translate, search, generate and caption with the models of a "
                   "modtrans demo folder. Errors are JSON `{error, status}`.")
     app.state.service = service
@@ -78,21 +78,6 @@ def create_app(source: str | Path | Models, config: ServeConfig | None = None) -
     _errors(app)
     _routes(app, service)
     return app
-
-
-def _yaml_config(source: Any) -> ServeConfig:
-    """The service options of a serve YAML file (defaults for a folder)."""
-    if isinstance(source, (str, Path)) and Path(source).is_file():
-        from modtrans.config import read_mapping
-
-        return ServeConfig.from_mapping(read_mapping(source))
-    return ServeConfig()
-
-
-def _version() -> str:
-    import modtrans
-
-    return modtrans.__version__
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None

@@ -4,9 +4,10 @@ the micro-batcher's settings and the queue bound, readable from YAML."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
-from modtrans.config import Config
+from modtrans.config import Config, read_mapping
 
 
 @dataclasses.dataclass
@@ -107,3 +108,13 @@ class ServeConfig(Config):
         models)."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls.from_dict({k: v for k, v in options.items() if k in names})
+
+
+def service_options(source: str | Path, options: str | Path | None = None) -> ServeConfig:
+    """The service's options: those of the file ``options`` if given, else those of a serve
+    YAML ``source`` (beside its models), else the defaults (a demo folder)."""
+    if options is not None:
+        return ServeConfig.load(options)  # every key must be an option: a typo is an error
+    if Path(source).is_file():
+        return ServeConfig.from_mapping(read_mapping(source))
+    return ServeConfig()
