@@ -183,6 +183,25 @@ def test_stochastic_translation_follows_its_seed(client: TestClient) -> None:
     assert not np.allclose(first[0], first[1])  # n draws, not one repeated
     np.testing.assert_allclose(draw(0), first, rtol=1e-5, atol=1e-6)
     assert not np.allclose(draw(1), first)
+    np.testing.assert_allclose(draw(1)[0], first[1], rtol=1e-5, atol=1e-6)  # seed + j
+
+
+def test_requests_sharing_a_translator_call_get_what_they_get_alone(folder: Path,
+                                                                    clip_encoder: Any) -> None:
+    from modtrans.serve.inputs import Draw
+    from modtrans.serve.service import _translate
+    from modtrans.translators.samplers import SamplerOptions
+
+    ced = Translator.load(folder / "translators" / "text2image" / "ced")
+    c = clip_encoder.encode_texts(["a red circle", "two blue stars"])
+    items = [(c[:1].repeat(2, 1), Draw(mode="sample", seed=4)),
+             (c[1:], Draw(mode="sample", seed=9))]
+    together = _translate(ced, items)
+    for (rows, draw), got in zip(items, together, strict=True):
+        (alone,) = _translate(ced, [(rows, draw)])
+        torch.testing.assert_close(got, alone, atol=1e-5, rtol=1e-5)
+    library = ced.translate(c[1:], mode="sample", seed=9, sampling=SamplerOptions())
+    torch.testing.assert_close(together[1], library, atol=1e-5, rtol=1e-5)
 
 
 def test_search_raw_and_translated_as_the_library_does(client: TestClient, folder: Path
@@ -241,7 +260,7 @@ def test_generate_through_a_translator_and_directly(client: TestClient, folder: 
     assert [im.shape for im in images] == [(64, 64, 3)] * 2
     pipeline = TextToImage.load(folder / "e2e" / "vae_image",
                                 folder / "translators" / "text2image" / "ridge")
-    expected, _ = pipeline(["a red circle"], n=2, generator=torch.Generator().manual_seed(3))
+    expected, _ = pipeline(["a red circle"], n=2, seed=3)
     assert np.abs(np.stack(images).astype(int) - expected.numpy().astype(int)).max() <= 1
     assert set(body["timings_ms"]) == {"encode", "translate", "decode"}
     reranked = client.post("/generate", json={"prompt": "a red circle", "n": 1,

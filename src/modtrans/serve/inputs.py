@@ -49,8 +49,9 @@ def bad_request(status: int = 422) -> Iterator[None]:
 
 
 class Draw(BaseModel):
-    """How a translator draws. Concurrent requests are translated in one call only when
-    these agree (a deterministic translator ignores them, so all its requests share calls)."""
+    """How a translator draws. Concurrent requests are translated in one call when these
+    agree but for the seed (a deterministic translator ignores them, so all its requests
+    share calls); each row draws from its own seed, so sharing a call changes no answer."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

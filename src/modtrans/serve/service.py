@@ -40,7 +40,7 @@ from modtrans.serve.inputs import (
 )
 from modtrans.serve.metrics import Metrics
 from modtrans.serve.models import Models
-from modtrans.translators.base import Translator
+from modtrans.translators.base import Translator, draw_seeds
 
 logger = logging.getLogger(__name__)
 
@@ -378,16 +378,18 @@ class Service:
 
 def _translate(model: Translator, items: Sequence[tuple[torch.Tensor, Draw]]
                ) -> list[torch.Tensor]:
-    """One translator call per group of items that draw alike (one for a deterministic
-    translator), split back into the items' rows."""
+    """One translator call per group of items that draw alike but for their seeds (one for a
+    deterministic translator), split back into the items' rows. An item's m rows draw from
+    its seeds ``seed, …, seed + m - 1`` (as the CLI's do), whatever shares the call."""
     groups: dict[Draw, list[int]] = {}
     for i, (_, draw) in enumerate(items):
-        groups.setdefault(draw if model.stochastic else Draw(), []).append(i)
+        key = draw.model_copy(update={"seed": 0}) if model.stochastic else Draw()
+        groups.setdefault(key, []).append(i)
     out: list[torch.Tensor] = [torch.empty(0)] * len(items)
     for draw, members in groups.items():
         c = torch.cat([items[i][0] for i in members])
-        z = model.translate(c, mode=draw.mode, n_samples=draw.n_samples,
-                            generator=torch.Generator().manual_seed(draw.seed),
+        seeds = [s for i in members for s in draw_seeds(items[i][1].seed, len(items[i][0]))]
+        z = model.translate(c, mode=draw.mode, n_samples=draw.n_samples, seed=seeds,
                             sampling=draw.sampling)
         for i, part in zip(members, z.split([len(items[i][0]) for i in members]), strict=True):
             out[i] = part
