@@ -163,7 +163,7 @@ def test_tiny_demo_evaluates_generation_end_to_end(demo: Demo) -> None:
     import json
 
     results = json.loads((demo.out / "e2e" / "results.json").read_text())
-    assert set(results["text_to_image"]) == set(results["image_to_text"]) == {"val", "novel"}
+    assert set(results["text_to_image"]) == set(results["image_to_text"]) == {"test", "novel"}
     for routes in results["text_to_image"].values():
         assert set(routes) == {"ced", "ced-mean", "ridge", "direct", "oracle", "reconstruction",
                                "lverse", "lverse-reconstruction", "real", "ced-rerank",
@@ -273,9 +273,24 @@ def test_eval_closed_form_method_by_name(demo: Demo, capsys: pytest.CaptureFixtu
             "--max-images", "10", "--n-samples", "1", "--no-zero-shot"]  # fmt: skip
     result = json.loads(_run(capsys, argv))
     assert result["method"] == "ridge" and result["direction"] == "text2image"
-    assert result["split"] == "val" and "zero_shot" not in result
+    assert result["split"] == "test" and "zero_shot" not in result  # held out by default
     assert 0 <= result["R@1"] <= 1
     _error(capsys, argv[:2] + argv[4:], "--direction")
+
+
+def test_eval_warns_on_the_split_that_chose_the_hyperparameters(
+    demo: Demo, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from modtrans.artefacts import read_summary
+
+    ckpt = demo.checkpoint("text2image", "ridge")
+    assert read_summary(ckpt)["selected_on"] == "val"
+    warning = "chose this translator's hyperparameters"
+    for split, warned in (("val", True), ("test", False)):
+        assert main(["eval", str(ckpt), "--data", str(demo.store), "--split", split,
+                     "--max-images", "5", "--no-zero-shot"]) == 0
+        err = " ".join(capsys.readouterr().err.split())  # the log, wrapped to the terminal
+        assert (warning in err and "--split test" in err) == warned, err
 
 
 def test_eval_passes_sampler_options(

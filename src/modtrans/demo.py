@@ -32,7 +32,8 @@ class DemoConfig(Config):
         method_train: per-method Recipe overrides (epochs, max_time); epochs default to
             the method's own, as in ``modtrans train``.
         eval_images: images of each evaluation split used (their captions included).
-        eval_splits: splits evaluated.
+        eval_splits: splits evaluated: held out from every choice (val picks the
+            translators' λ and γ, so it is never reported).
         n_samples: draws averaged in mean mode.
         generation: EndToEndConfig overrides to also train the decoders and the judge and
             evaluate generation end to end (text → image, image → text); None: skipped.
@@ -49,7 +50,7 @@ class DemoConfig(Config):
         "ced-paper": {"max_time": "00:00:00:20"},
     })
     eval_images: int = 250
-    eval_splits: list[str] = dataclasses.field(default_factory=lambda: ["val", "novel"])
+    eval_splits: list[str] = dataclasses.field(default_factory=lambda: ["test", "novel"])
     n_samples: int = 8
     generation: dict[str, Any] | None = None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import typer
 import yaml
 
 from modtrans.cli.application import app
+
+logger = logging.getLogger(__name__)
 
 #: The sampler settings ``eval`` and ``translate`` take; unset, the checkpoint's are used.
 SAMPLER = typer.Option(None, help="Sampler of a stochastic translator: ddim or dpm "
@@ -118,7 +121,8 @@ def evaluate(
                                      "closed-form method (identity, mean-shift, ridge, knn) "
                                      "to fit on train first."),
     data: Path = typer.Option(..., help="Store root or store."),
-    split: str = typer.Option("val", help="Split to evaluate on (val, test, novel)."),
+    split: str = typer.Option("test", help="Split to evaluate on: test or novel (val chose the "
+                              "translator's λ and γ, so its figures are not held out)."),
     direction: str = typer.Option(None, help="Needed with a method name."),
     max_images: int = typer.Option(1000, help="Evaluate on the first N images (0: all)."),
     n_samples: int = typer.Option(8, help="Draws averaged in mean mode."),
@@ -132,6 +136,7 @@ def evaluate(
     skip_bad_rows: bool = typer.Option(False, help=SKIP_BAD_ROWS_HELP),
 ) -> None:
     """Evaluate a translator: Sim, cosine suite, R@1/5/10, MedR, FD, diversity, zero-shot."""
+    from modtrans.artefacts import read_summary
     from modtrans.data.pairs import load_pairs
     from modtrans.data.store import open_store
     from modtrans.encoders import build_encoder
@@ -148,6 +153,11 @@ def evaluate(
     sampling = SamplerOptions(sampler=sampler, steps=steps, guidance=guidance, eta=eta)
     store = open_store(data, split, skip_bad_rows=skip_bad_rows)
     model = translator_or_method(translator, data, direction)
+    selected = read_summary(translator).get("selected_on") if Path(translator).is_dir() \
+        else "val"
+    if split == selected:
+        logger.warning("%s chose this translator's hyperparameters (ridge λ, γ), so these "
+                       "figures are not held out; report --split test (or novel)", split)
     check_encoders(model.config, store)
     pairs = load_pairs(store, model.config.direction, max_images or None)
     task = None

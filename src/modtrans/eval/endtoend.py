@@ -115,7 +115,7 @@ class EndToEndConfig(Config):
 
     prompts_per_group: int = 150
     images: int = 300
-    splits: list[str] = dataclasses.field(default_factory=lambda: ["val", "novel"])
+    splits: list[str] = dataclasses.field(default_factory=lambda: ["test", "novel"])
     recogniser: dict[str, Any] = dataclasses.field(default_factory=dict)
     vae_image: dict[str, Any] = dataclasses.field(default_factory=lambda: {"epochs": 4})
     vae_text: dict[str, Any] = dataclasses.field(default_factory=lambda: {"epochs": 1})

@@ -63,6 +63,7 @@ def fit_translator(
     image_encoder: str = "unknown",
     text_encoder: str = "unknown",
     val_pairs: int = 2000,
+    selection_split: str = "val",
     resume: bool = False,
     progress: bool = True,
 ) -> tuple[Translator, dict[str, Any]]:
@@ -72,7 +73,8 @@ def fit_translator(
     are then optimised by ``recipe`` with the method's own ``lr``, ``weight_decay`` and
     ``ema_decay``, logging the loss and val Sim (on the first ``val_pairs`` val pairs), and
     finished in closed form (e.g. γ of an MLP-mapped ``ced``). ``resume`` continues from
-    ``out_dir/lightning/last.ckpt``.
+    ``out_dir/lightning/last.ckpt``. The summary records ``val``'s split as
+    ``selected_on`` (``selection_split``): figures on it are not held out.
 
     Without a ``recipe`` the method's own number of epochs
     (:attr:`~modtrans.translators.base.Translator.default_epochs`) is run.
@@ -91,8 +93,8 @@ def fit_translator(
     val_zn = translator.target_norm(val.target)[:val_pairs]
     start = time.perf_counter()
     info: dict[str, Any] = {"method": method, "direction": train.direction,
-                            "train_pairs": len(cn), "chosen": translator.prepare(cn, zn, val_cn,
-                                                                                 val_zn)}
+                            "train_pairs": len(cn), "selected_on": selection_split,
+                            "chosen": translator.prepare(cn, zn, val_cn, val_zn)}
     if translator.trainable:
         options = translator.options
         recipe = dataclasses.replace(recipe, lr=options.lr, weight_decay=options.weight_decay,
