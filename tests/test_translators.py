@@ -378,7 +378,8 @@ def _antithetic_mean_by_hand(model, c: torch.Tensor, k: int, seed: int) -> torch
         noise = torch.cat([noise[:half], -noise[:half]])[:k].reshape(k * len(c), D)
         residual = model.sample_residual(cn.repeat(k, 1), noise=noise)
         z_hat = model.combine(cn.repeat(k, 1), residual).view(k, len(c), D)
-        return model.target_norm.inverse(z_hat.mean(0))
+        mapped = model.mapped(cn)  # the mean of the draws, shrunk toward the map
+        return model.target_norm.inverse(mapped + model.mean_shrink * (z_hat.mean(0) - mapped))
 
 
 @pytest.mark.parametrize("k", [4, 5])
@@ -388,6 +389,27 @@ def test_ced_mean_averages_antithetic_draws(fitted: dict, data: tuple[PairedSpli
     c = data[1].cond[:30]
     mean = model.translate(c, mode="mean", n_samples=k, seed=3)
     torch.testing.assert_close(mean, _antithetic_mean_by_hand(model, c, k, 3))
+
+
+def test_mean_shrink_is_chosen_on_val_by_the_mean_modes_sim(
+    fitted: dict, data: tuple[PairedSplit, ...]
+) -> None:
+    """The shrink kept is the grid value whose mean mode scores best on val, and 0 gives
+    the map alone."""
+    model, info, _ = fitted["ced"]
+    grid = info["chosen"]["mean_shrink_val_sim"]
+    assert set(grid) == {str(s) for s in CEDOptions().mean_shrinks}
+    assert info["chosen"]["mean_shrink"] == model.mean_shrink
+    assert grid[str(model.mean_shrink)] == max(grid.values())
+    c = data[1].cond[:20]
+    shrunk = dataclasses.replace(model.options, mean_shrink=0.0)
+    model.options, kept = shrunk, model.options
+    try:
+        with torch.no_grad():
+            mapped = model.target_norm.inverse(model.mapped(model.cond_norm(c)))
+        torch.testing.assert_close(model.translate(c, mode="mean", n_samples=2), mapped)
+    finally:
+        model.options = kept
 
 
 def test_antithetic_mean_varies_less_than_independent_draws(

@@ -35,7 +35,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from modtrans.config import Config
-from modtrans.translators.base import Mode, Translator, TranslatorConfig, register_translator
+from modtrans.translators.base import (
+    Mode,
+    Translator,
+    TranslatorConfig,
+    register_translator,
+    row_generators,
+    row_seeds,
+)
 from modtrans.translators.baselines import check_lambdas, mlp_net, select_ridge
 from modtrans.translators.denoisers import ConditionalMLP, DenoiserConfig
 from modtrans.translators.diffusion import OBJECTIVES, diffusion_loss, randn
@@ -107,6 +114,11 @@ class CEDOptions(DiffusionOptions):
         map_width, map_depth: the size of g.
         lr, weight_decay: AdamW's.
         ema_decay: decay of the EMA weights that are saved (None: no EMA).
+        mean_shrink: s in ``mean`` mode's c·M + s·(mean of the K draws − c·M): 1 keeps the
+            draws' mean, 0 is the map alone. The average of K residual draws still carries
+            their sampling error; shrinking it toward the map trades that against bias.
+        mean_shrinks: the grid ``mean_shrink`` is chosen from on val after training, by the
+            mean mode's Sim ([]: keep ``mean_shrink`` as given).
     """
 
     ridge_lambdas: list[float] = dataclasses.field(
@@ -117,10 +129,17 @@ class CEDOptions(DiffusionOptions):
     lr: float = 1e-3
     weight_decay: float = 0.0
     ema_decay: float | None = 0.995
+    mean_shrink: float = 1.0
+    mean_shrinks: list[float] = dataclasses.field(
+        default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_lambdas("ridge_lambdas", self.ridge_lambdas)
+        for s in [self.mean_shrink, *self.mean_shrinks]:
+            if not 0 <= s <= 1:
+                raise ValueError(f"mean_shrink values must be in [0, 1], got {s} "
+                                 "(--param mean_shrink=0.5)")
         if self.mean_map not in ("ridge", "mlp"):
             raise ValueError(f"mean_map must be 'ridge' or 'mlp', got {self.mean_map!r} "
                              "(--param mean_map=mlp)")
@@ -176,14 +195,39 @@ class CEDTranslator(Translator):
         """Per-sample condition dropping for classifier-free guidance: False → null condition."""
         return torch.rand(n, device=device) >= self.options.cond_drop
 
+    @property
+    def mean_shrink(self) -> float:
+        """How far ``mean`` mode keeps its draws' mean from the map (see :class:`CEDOptions`)."""
+        return self.options.mean_shrink
+
     def finish(self, cn: Tensor, zn: Tensor, val_cn: Tensor, val_zn: Tensor) -> dict[str, Any]:
         """With an MLP mean map, γ (when not given) is re-measured on the trained map's val
         residual: the MLP fits the train split more closely than ridge does, so its train
-        residual is smaller than the one it meets on new data."""
-        if self.correction is None or self.options.gamma is not None:
-            return {}
-        self.gamma.fill_(float((val_zn - self.mapped(val_cn)).norm(dim=-1).mean()))
-        return {"gamma": float(self.gamma)}
+        residual is smaller than the one it meets on new data. Then ``mean_shrink`` is
+        chosen on val from ``mean_shrinks``."""
+        chosen: dict[str, Any] = {}
+        if self.correction is not None and self.options.gamma is None:
+            self.gamma.fill_(float((val_zn - self.mapped(val_cn)).norm(dim=-1).mean()))
+            chosen["gamma"] = float(self.gamma)
+        if self.options.mean_shrinks:
+            chosen.update(self._choose_mean_shrink(val_cn, val_zn))
+        return chosen
+
+    @torch.no_grad()
+    def _choose_mean_shrink(self, val_cn: Tensor, val_zn: Tensor, k: int = 8
+                            ) -> dict[str, Any]:
+        """The ``mean_shrinks`` value whose mean mode (K = ``k`` draws) has the best val Sim."""
+        self.set_options(mean_shrink=1.0)
+        n = len(val_cn)
+        mean = self._translate(val_cn, mode="mean", n_samples=k,
+                               generators=row_generators(row_seeds(0, n), n))
+        mapped = self.mapped(val_cn)
+        sims = {s: self.val_similarity(mapped + s * (mean - mapped), val_zn)
+                for s in self.options.mean_shrinks}
+        best = max(sims, key=sims.get)
+        self.set_options(mean_shrink=best)
+        return {"mean_shrink": best, "mean_shrink_val_sim": {str(s): round(v, 5)
+                                                             for s, v in sims.items()}}
 
     def training_loss(self, cn: Tensor, zn: Tensor) -> Tensor:
         mean = self.mapped(cn)
@@ -238,8 +282,14 @@ class CEDTranslator(Translator):
         draws = self.sample_residual(cn.repeat(k, 1), generator=generators * k,
                                      noise=noise.reshape(k * len(cn), -1), sampling=sampling)
         z_hat = self.combine(cn.repeat(k, 1), draws).view(k, len(cn), -1)  # (K, N, D)
-        if mode != "best-of-k":
-            return z_hat.mean(0)
+        if mode == "sample":
+            return z_hat[0]
+        if mode == "mean":
+            mean, s = z_hat.mean(0), self.mean_shrink
+            if s == 1.0:
+                return mean
+            mapped = self.mapped(cn)
+            return mapped + s * (mean - mapped)
         # unCLIP's trick: keep the draw most similar to the mapped condition.
         score = F.cosine_similarity(z_hat, self.mapped(cn).unsqueeze(0), dim=-1)  # (K, N)
         best = score.argmax(0)
@@ -283,6 +333,11 @@ class CEDPaperTranslator(CEDTranslator):
     default_epochs = 1
     options_class = CEDPaperOptions
     options: CEDPaperOptions
+    mean_shrink = 1.0  # the seed averages its draws as they are
+
+    def finish(self, cn: Tensor, zn: Tensor, val_cn: Tensor, val_zn: Tensor) -> dict[str, Any]:
+        """Nothing: the seed chooses nothing after training."""
+        return {}
 
     def _init_mapping(self) -> None:
         self.projection = nn.Linear(self.config.cond_dim, self.config.target_dim, bias=False)
