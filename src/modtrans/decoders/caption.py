@@ -71,6 +71,15 @@ class CaptionDecoderConfig(Config):
         embed_dim: width of the conditioning embedding (set from the store).
         prefix_length: prefix tokens the mapping network produces.
         mapping: ``mlp`` or ``transformer`` (ClipCap's two mapping networks).
+        mapper_hidden: the MLP mapping's hidden width (None: halfway between the embedding
+            and the prefix; ClipCap's published weights use half the prefix).
+        mapper_layers, mapper_heads, mapper_ffn: the transformer mapping's depth, heads and
+            feed-forward width (None: 4 × the language model's width).
+        clip_length: tokens the transformer mapping makes of the embedding (None:
+            ``prefix_length``).
+        prefix_norm: the L2 norm the embedding is scaled to before the mapping (1: unit
+            vectors; a published ClipCap reads raw CLIP embeddings, about 10 for ViT-B/32).
+        stop_token: a token that also ends a caption (ClipCap and CapDec stop at ".").
         width, layers, heads: the GPT-2 trained from scratch (ignored with ``gpt2``).
         max_length: caption tokens kept in training and generated at most.
         gpt2: a directory holding a real GPT-2 and its tokenizer (optional).
@@ -84,6 +93,13 @@ class CaptionDecoderConfig(Config):
     embed_dim: int = 0
     prefix_length: int = 4
     mapping: str = "mlp"
+    mapper_hidden: int | None = None
+    mapper_layers: int = 2
+    mapper_heads: int = 4
+    mapper_ffn: int | None = None
+    clip_length: int | None = None
+    prefix_norm: float = 1.0
+    stop_token: str | None = None
     width: int = 128
     layers: int = 2
     heads: int = 4
@@ -109,6 +125,8 @@ class CaptionDecoderConfig(Config):
             self.noise_variance = DEFAULT_NOISE[self.text_input]
         if self.noise_variance < 0 or self.prefix_length < 1 or self.max_length < 2:
             raise ValueError("noise_variance ≥ 0, prefix_length ≥ 1 and max_length ≥ 2 needed")
+        if not self.prefix_norm > 0 or self.mapper_layers < 1 or self.mapper_heads < 1:
+            raise ValueError("prefix_norm > 0, mapper_layers ≥ 1 and mapper_heads ≥ 1 needed")
 
     def recipe(self) -> Recipe:
         """AdamW (torch's default weight decay 0.01, as it was tuned) on the captions' loss."""
@@ -122,29 +140,32 @@ class CaptionDecoderConfig(Config):
 
 
 class TransformerMapper(nn.Module):
-    """ClipCap's transformer mapping: the embedding as ``prefix_length`` tokens plus as many
-    learned constants, through a transformer encoder; the constants' outputs are the prefix."""
+    """ClipCap's transformer mapping: the embedding as ``clip_length`` tokens plus
+    ``prefix_length`` learned constants, through a pre-norm transformer encoder; the
+    constants' outputs are the prefix."""
 
     def __init__(self, embed_dim: int, width: int, prefix_length: int, layers: int = 2,
-                 heads: int = 4) -> None:
+                 heads: int = 4, ffn: int | None = None, clip_length: int | None = None
+                 ) -> None:
         super().__init__()
-        self.prefix_length, self.width = prefix_length, width
-        self.project = nn.Linear(embed_dim, prefix_length * width)
+        self.clip_length, self.width = clip_length or prefix_length, width
+        self.project = nn.Linear(embed_dim, self.clip_length * width)
         self.constants = nn.Parameter(torch.randn(prefix_length, width) * 0.02)
-        layer = nn.TransformerEncoderLayer(width, heads, 4 * width, batch_first=True,
+        layer = nn.TransformerEncoderLayer(width, heads, ffn or 4 * width, batch_first=True,
                                            norm_first=True)
         self.transformer = nn.TransformerEncoder(layer, layers)
 
     def forward(self, e: torch.Tensor) -> torch.Tensor:
-        x = self.project(e).view(len(e), self.prefix_length, self.width)
+        x = self.project(e).view(len(e), self.clip_length, self.width)
         x = torch.cat([x, self.constants.expand(len(e), -1, -1)], dim=1)
-        return self.transformer(x)[:, self.prefix_length:]
+        return self.transformer(x)[:, self.clip_length:]
 
 
-def _mlp_mapper(embed_dim: int, width: int, prefix_length: int) -> nn.Module:
+def _mlp_mapper(embed_dim: int, width: int, prefix_length: int, hidden: int | None = None
+                ) -> nn.Module:
     out = prefix_length * width
-    return nn.Sequential(nn.Linear(embed_dim, (embed_dim + out) // 2), nn.Tanh(),
-                         nn.Linear((embed_dim + out) // 2, out))
+    hidden = hidden or (embed_dim + out) // 2
+    return nn.Sequential(nn.Linear(embed_dim, hidden), nn.Tanh(), nn.Linear(hidden, out))
 
 
 class CaptionDecoder(Artefact, nn.Module):
@@ -162,16 +183,28 @@ class CaptionDecoder(Artefact, nn.Module):
         self.config, self.lm, self.tokenizer = config, lm, tokenizer
         width = lm.config.n_embd
         self.mapping = (
-            _mlp_mapper(config.embed_dim, width, config.prefix_length) if config.mapping == "mlp"
-            else TransformerMapper(config.embed_dim, width, config.prefix_length)
+            _mlp_mapper(config.embed_dim, width, config.prefix_length, config.mapper_hidden)
+            if config.mapping == "mlp"
+            else TransformerMapper(config.embed_dim, width, config.prefix_length,
+                                   config.mapper_layers, config.mapper_heads, config.mapper_ffn,
+                                   config.clip_length)
         )
+        self.stop_ids = [tokenizer.eos_token_id]
+        if config.stop_token is not None:
+            ids = tokenizer(config.stop_token, add_special_tokens=False)["input_ids"]
+            if len(ids) != 1:
+                raise ValueError(f"stop_token {config.stop_token!r} is {len(ids)} tokens of "
+                                 "the tokenizer; it must be exactly one")
+            self.stop_ids.append(ids[0])
 
     def prefix(self, e: torch.Tensor, noise: bool = False) -> torch.Tensor:
-        """(N, D) embeddings → (N, prefix_length, width); CapDec noise while training."""
+        """(N, D) embeddings → (N, prefix_length, width): L2-normalised, CapDec noise while
+        training, scaled to ``prefix_norm``."""
         e = F.normalize(e.float(), dim=-1)
         if noise and self.config.noise_variance > 0:
             e = e + torch.randn_like(e) * self.config.noise_variance ** 0.5
-        return self.mapping(e).view(len(e), self.config.prefix_length, -1)
+        return self.mapping(e * self.config.prefix_norm).view(len(e), self.config.prefix_length,
+                                                              -1)
 
     def tokenize(self, captions: list[str]) -> dict[str, torch.Tensor]:
         """Token ids ending with the end-of-text token, padded, at most ``max_length``."""
@@ -225,7 +258,7 @@ class CaptionDecoder(Artefact, nn.Module):
                 inputs_embeds=prefix,
                 attention_mask=torch.ones(prefix.shape[:2], dtype=torch.long),
                 max_new_tokens=self.config.max_length, num_beams=num_beams, do_sample=False,
-                eos_token_id=self.tokenizer.eos_token_id,
+                eos_token_id=self.stop_ids,
                 pad_token_id=self.tokenizer.pad_token_id,
             )  # fmt: skip
             captions += [t.strip() for t in
