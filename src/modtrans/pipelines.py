@@ -22,7 +22,7 @@ from PIL import Image
 from modtrans.data.pairs import load_pairs
 from modtrans.data.store import EmbeddingStore, open_store
 from modtrans.decoders.caption import CaptionDecoder
-from modtrans.decoders.image_vae import ConditionalVAE
+from modtrans.decoders.loading import ImageDecoder, load_image_decoder
 from modtrans.decoders.rerank import best_of
 from modtrans.encoders import Encoder, build_encoder
 from modtrans.retrieval import GalleryIndex, build_index
@@ -147,12 +147,12 @@ class TextToImage:
     embedding each was drawn from).
 
     Attributes:
-        decoder: the image decoder.
+        decoder: the image decoder (the world's VAE or a diffusers unCLIP pipeline).
         translator: the text2image translator, or None.
         text_encoder, image_encoder: built from the decoder's specs when not given.
     """
 
-    decoder: ConditionalVAE
+    decoder: ImageDecoder
     translator: Translator | None = None
     text_encoder: Encoder | None = None
     image_encoder: Encoder | None = None
@@ -173,9 +173,11 @@ class TextToImage:
 
     @classmethod
     def load(cls, decoder: str | Path, translator: str | Path | None = None) -> TextToImage:
-        """The pipeline of a saved image decoder and (optionally) a saved translator."""
-        return cls(ConditionalVAE.load(decoder),
-                   None if translator is None else Translator.load(translator))
+        """The pipeline of an image decoder (a directory or a ``diffusers:`` spec, see
+        :func:`~modtrans.decoders.loading.load_image_decoder`) and (optionally) a saved
+        translator."""
+        model = None if translator is None else Translator.load(translator)
+        return cls(load_image_decoder(decoder, model), model)
 
     @property
     def shared_space(self) -> bool:

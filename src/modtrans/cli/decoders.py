@@ -1,4 +1,5 @@
-"""Decoder verbs: ``fit-decoder`` (image VAE or caption decoder), ``generate`` (text → image),
+"""Decoder verbs: ``fit-decoder`` (image VAE or caption decoder), ``import-decoder`` (a
+diffusers unCLIP pipeline, published ClipCap / CapDec weights), ``generate`` (text → image),
 ``caption`` (image → text) and ``fit-recogniser`` (the judge of generated world images)."""
 
 from __future__ import annotations
@@ -130,8 +131,11 @@ def generate(
         None, help="A text2image translator; omit it for the direct route (a decoder trained "
         "on text embeddings)."
     ),
-    decoder: Path = typer.Option(..., help="Image decoder directory (fit-decoder image), or "
-                                 "with --system lverse a BiART directory (fit-biart)."),
+    decoder: str = typer.Option(
+        ..., help="Image decoder: a directory (fit-decoder image, or import-decoder "
+        "unclip-variation|stable-unclip), diffusers:unclip-variation:DIR or "
+        "diffusers:stable-unclip:DIR (a local diffusers pipeline, fed by the translator), or "
+        "with --system lverse a BiART directory (fit-biart)."),
     text: list[str] = typer.Option(..., help="Prompt (repeat for several rows)."),
     system: str = typer.Option(
         "translate", help="translate (a translator, or none, then an image decoder) or lverse "
@@ -142,10 +146,11 @@ def generate(
     seed: int = typer.Option(0, help="Seed of the translator's draws and the decoder's latents."),
     steps: int = typer.Option(None, help="Sampler steps of the decoder's latent prior "
                               "(default: the decoder's own setting; 20 unless trained "
-                              "otherwise)."),
+                              "otherwise), or a diffusers decoder's denoising steps."),
     guidance: float = typer.Option(None, help="Classifier-free guidance of the decoder's "
                                    "latent prior (default: the decoder's own; 5 unless "
-                                   "trained otherwise) or, with --system lverse, of BiART "
+                                   "trained otherwise), of a diffusers decoder (default: the "
+                                   "pipeline's) or, with --system lverse, of BiART "
                                    "(default 1: none)."),
     temperature: float = typer.Option(1.0, help="--system lverse: sampling temperature."),
     top_k: int = typer.Option(0, help="--system lverse: keep the k likeliest tokens (0: all)."),
@@ -167,7 +172,7 @@ def generate(
     if candidates < 1:
         raise ValueError(f"--candidates must be ≥ 1, got {candidates}")
     if system == "lverse":
-        images = _lverse_images(decoder, translator, text, n, candidates, seed,
+        images = _lverse_images(Path(decoder), translator, text, n, candidates, seed,
                                 {"temperature": temperature, "top_k": top_k, "top_p": top_p,
                                  "guidance": 1.0 if guidance is None else guidance})
         with atomic_path(out) as tmp:
@@ -201,6 +206,63 @@ def _lverse_images(decoder: Path, translator: Path | None, text: list[str], n: i
     return BiART.load(decoder).generate_image(
         [t for t in text for _ in range(n)], generator=torch.Generator().manual_seed(seed),
         **sampling)
+
+
+@app.command("import-decoder")
+def import_decoder(
+    kind: str = typer.Argument(..., help="clipcap or capdec (a published .pt weight file), "
+                               "unclip-variation or stable-unclip (a diffusers pipeline "
+                               "directory)."),
+    source: Path = typer.Argument(..., help="The weight file (clipcap, capdec) or the local "
+                                  "diffusers pipeline directory."),
+    out: Path = typer.Option(..., "--out", "-o", help="Decoder directory to write."),
+    data: Path = typer.Option(
+        None, help="The store (root, or one split) its translators are trained on: its "
+        "encoders are recorded, its width checked, and the norm of real raw image embeddings "
+        "measured on its images (needed for unclip-*, and for clipcap without --prefix-norm)."),
+    gpt2: Path = typer.Option(None, help="clipcap, capdec: a local GPT-2 directory (config and "
+                              "tokenizer; `huggingface-cli download gpt2 --local-dir DIR`)."),
+    image_encoder: str = typer.Option(None, help="clipcap, capdec without --data: the image "
+                                      "encoder spec (default hf:openai/clip-vit-base-patch32)."),
+    text_encoder: str = typer.Option(None, help="clipcap, capdec without --data: the text "
+                                     "encoder spec (default hf:openai/clip-vit-base-patch32)."),
+    prefix_norm: float = typer.Option(None, help="clipcap, capdec: the norm embeddings are "
+                                      "scaled to (default: measured on --data for clipcap, 1 "
+                                      "for capdec)."),
+    max_length: int = typer.Option(67, help="clipcap, capdec: caption tokens at most."),
+    noise_level: int = typer.Option(0, help="stable-unclip: noise augmentation of the "
+                                    "embedding (0–999)."),
+    max_images: int = typer.Option(256, help="Images of --data measured for the norm."),
+) -> None:
+    """Make a decoder of weights trained elsewhere: Karlo / stable unCLIP image decoders from a
+    diffusers directory, or ClipCap / CapDec caption decoders from their published .pt files;
+    `generate` and `caption` then use --decoder OUT like any decoder."""
+    from modtrans.data.store import is_store, open_store
+
+    store = None if data is None else open_store(data, None if is_store(data) else "train")
+    with contextlib.redirect_stdout(sys.stderr):
+        if kind in ("clipcap", "capdec"):
+            from modtrans.decoders.clipcap import import_clipcap
+
+            if gpt2 is None:
+                raise ValueError(f"import-decoder {kind} needs --gpt2 DIR, a local GPT-2 "
+                                 "(`huggingface-cli download gpt2 --local-dir DIR`)")
+            summary = import_clipcap(source, gpt2, out, mode=kind, store=store,
+                                     image_encoder=image_encoder, text_encoder=text_encoder,
+                                     prefix_norm=prefix_norm, max_images=max_images,
+                                     max_length=max_length)
+        elif kind in ("unclip-variation", "stable-unclip"):
+            from modtrans.decoders.diffusers_unclip import import_diffusers_decoder
+
+            if store is None:
+                raise ValueError(f"import-decoder {kind} needs --data STORE: the norm of real "
+                                 "image embeddings is measured on its images")
+            summary = import_diffusers_decoder(kind, source, store, out, max_images=max_images,
+                                               noise_level=noise_level)
+        else:
+            raise ValueError(f"decoder kind must be clipcap, capdec, unclip-variation or "
+                             f"stable-unclip, got {kind!r}")
+    typer.echo(json.dumps(summary, indent=2))
 
 
 @app.command()

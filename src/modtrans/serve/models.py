@@ -26,7 +26,7 @@ from typing import Any
 from modtrans.config import read_mapping
 from modtrans.data.store import EmbeddingStore, open_store
 from modtrans.decoders.caption import CaptionDecoder
-from modtrans.decoders.image_vae import ConditionalVAE
+from modtrans.decoders.loading import IMAGE_DECODER_KINDS, ImageDecoder, load_image_decoder
 from modtrans.encoders import Encoder, build_encoder
 from modtrans.io import read_json
 from modtrans.pipelines import store_gallery
@@ -55,7 +55,7 @@ class Models:
 
     source: str
     translators: dict[str, Translator]
-    image_decoders: dict[str, ConditionalVAE]
+    image_decoders: dict[str, ImageDecoder]
     caption_decoders: dict[str, CaptionDecoder]
     indexes: dict[str, GalleryIndex]
     encoders: dict[str, Encoder] = dataclasses.field(default_factory=dict)
@@ -219,15 +219,17 @@ def _index(base: Path, name: str, value: Any, path: Path) -> GalleryIndex:
 
 
 def _decoders(paths: dict[str, Path], *, strict: bool
-              ) -> tuple[dict[str, ConditionalVAE], dict[str, CaptionDecoder]]:
+              ) -> tuple[dict[str, ImageDecoder], dict[str, CaptionDecoder]]:
     """The image and caption decoders among ``paths``, told apart by the kind their
-    ``config.json`` records; any other artefact is an error when ``strict``, else skipped."""
+    ``config.json`` records (image decoders: the world's VAE, or a diffusers pipeline made
+    by ``modtrans import-decoder``); any other artefact is an error when ``strict``, else
+    skipped."""
     images, captions = {}, {}
     for name, where in paths.items():
         kind = read_json(where / "config.json").get("kind") if (
             where / "config.json").is_file() else None
-        if kind == ConditionalVAE.kind:
-            images[name] = ConditionalVAE.load(where)
+        if kind in IMAGE_DECODER_KINDS:
+            images[name] = load_image_decoder(where)
         elif kind == CaptionDecoder.kind:
             captions[name] = CaptionDecoder.load(where)
         elif strict:
