@@ -46,7 +46,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "ced-mlp-map": ("ced", {"mean_map": "mlp"}, {"epochs": 2}),
 }
 KEPT = ("sim", "R@1", "R@5", "R@10", "MedR", "fd", "diversity", "sim_sample")
-SPLITS = ("val", "novel")
+SPLITS = ("test", "novel")
 
 
 def minilm_store(work: Path) -> Path:
