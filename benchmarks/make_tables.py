@@ -92,10 +92,14 @@ def worldbench_section(tag: str = "") -> list[str]:
     timings = r["figures"]["timings_s"]
     top = sorted(timings.items(), key=lambda kv: -kv[1])[:4]
     params, train = r["config"]["method_params"], r["config"]["method_train"]
+    trained = r["figures"]["train"]
+    epochs = {m: {"epochs": info["train_config"]["epochs"]} for key, info in trained.items()
+              if "train_config" in info and "steps" in info
+              for m in [key.split("/", 1)[1]]}  # what ran, defaults included
     settings = "; ".join(
-        f"{m}: " + ", ".join(f"{k} {v}"
-                             for k, v in {**params.get(m, {}), **train.get(m, {})}.items())
-        for m in r["config"]["methods"] if m in params or m in train)
+        f"{m}: " + ", ".join(f"{k} {v}" for k, v in {**params.get(m, {}), **epochs.get(m, {}),
+                                                     **train.get(m, {})}.items())
+        for m in r["config"]["methods"] if m in params or m in train or m in epochs)
     out += [f"The demo pipeline's stages (as timed in `timings.json`; a resumed run keeps the "
             f"earlier stages' times) took **{sum(timings.values()):.0f} s** in all "
             f"(largest: {', '.join(f'{k} {v:.0f} s' for k, v in top)}). Per-method settings: "
