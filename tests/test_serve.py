@@ -262,6 +262,10 @@ def test_generate_through_a_translator_and_directly(client: TestClient, folder: 
                                 folder / "translators" / "text2image" / "ridge")
     expected, _ = pipeline(["a red circle"], n=2, seed=3)
     assert np.abs(np.stack(images).astype(int) - expected.numpy().astype(int)).max() <= 1
+    both, _ = pipeline(["a red circle", "a blue star"], n=2, seed=[3, 8])  # one seed a prompt
+    torch.testing.assert_close(both[:2], expected, atol=1, rtol=0)
+    with pytest.raises(ValueError, match="one per prompt: 1 seeds for 2 prompts"):
+        pipeline(["a red circle", "a blue star"], seed=[3])
     assert set(body["timings_ms"]) == {"encode", "translate", "decode"}
     reranked = client.post("/generate", json={"prompt": "a red circle", "n": 1,
                                               "candidates": 2}).json()

@@ -185,25 +185,31 @@ class TextToImage:
         return self.decoder.config.image_encoder == self.decoder.config.text_encoder
 
     def __call__(self, prompts: Sequence[str], *, n: int = 1, candidates: int = 1,
-                 mode: Mode = "sample", seed: int = 0,
+                 mode: Mode = "sample", seed: int | Sequence[int] = 0,
                  steps: int | None = None, guidance: float | None = None,
                  sampling: SamplerOptions | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``n`` images per prompt, uint8 (len(prompts)·n, 64, 64, 3), prompt-major, and the
         kept candidates' scores (None without reranking).
 
-        ``seed`` seeds the translator's draws (the j-th image of every prompt from seed + j,
-        whatever the other prompts) and then the decoder's latents; ``steps``
-        and ``guidance`` override the decoder's latent prior, ``sampling`` the translator's.
+        ``seed`` seeds the translator's draws (the j-th image of a prompt from seed + j,
+        whatever the other prompts; one seed per prompt gives the prompts independent draws,
+        as an evaluation needs) and then the decoder's latents (from the first seed);
+        ``steps`` and ``guidance`` override the decoder's latent prior, ``sampling`` the
+        translator's.
         """
         self.check(n, candidates)
+        seeds = [seed] * len(prompts) if isinstance(seed, int) else [int(s) for s in seed]
+        if len(seeds) != len(prompts):
+            raise ValueError(f"give one seed, or one per prompt: {len(seeds)} seeds for "
+                             f"{len(prompts)} prompts")
         warn_unknown_words(self.text_encoder, list(prompts))
         c = self.text_encoder.encode_texts(list(prompts)).repeat_interleave(n * candidates, 0)
         e = c if self.translator is None else self.translator.translate(
-            c, mode=mode, seed=draw_seeds(seed, n * candidates) * len(prompts),
+            c, mode=mode, seed=[s for first in seeds for s in draw_seeds(first, n * candidates)],
             sampling=sampling)
         return self.draw(c, e, candidates=candidates,
-                         generator=torch.Generator().manual_seed(seed), steps=steps,
+                         generator=torch.Generator().manual_seed(seeds[0]), steps=steps,
                          guidance=guidance)
 
     def check(self, n: int, candidates: int) -> None:

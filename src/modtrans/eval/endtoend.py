@@ -317,7 +317,7 @@ class RouteGenerator:
                     else TextToImage(self.vae_image, self.translators[method],
                                      text_encoder=self.clip))
         return pipeline([prompt for prompt, _ in items], candidates=k, mode=mode,
-                        seed=self.seed)[0]
+                        seed=row_seeds(self.seed, len(items)))[0]
 
 
 def conditioning_probes(folder: Path, min_images: int = 20) -> dict[str, Any]:
