@@ -20,11 +20,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import torch
-from PIL import UnidentifiedImageError
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm.auto import tqdm
 
-from modtrans.data.records import CaptionSource, Record
+from modtrans.data.records import DECODE_ERRORS, CaptionSource, Record
 from modtrans.data.store import StoreWriter
 from modtrans.encoders.base import Encoder
 from modtrans.errors import Interrupted, StopOnSignal
@@ -75,7 +74,7 @@ class _DecodedRecords(IterableDataset):
                     pixels = self.transform(record.open_image())
                 except FileNotFoundError:
                     error = "missing"
-                except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+                except DECODE_ERRORS as e:
                     error = f"unreadable ({e})"
             if isinstance(record.image, bytes):
                 record = dataclasses.replace(record, image=b"")

@@ -12,6 +12,10 @@ from typing import Any, Protocol
 
 from PIL import Image
 
+#: What decoding a broken image file raises (PIL's UnidentifiedImageError is an OSError;
+#: truncated or malformed files also raise ValueError or SyntaxError).
+DECODE_ERRORS = (OSError, ValueError, SyntaxError)
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 

@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 from modtrans.artefacts import Artefact, Layout, load_pretrained
 from modtrans.config import Config
 from modtrans.data.coco import CaptionedImages, read_coco_captions
-from modtrans.data.records import CaptionSource
+from modtrans.data.records import DECODE_ERRORS, CaptionSource
 from modtrans.encoders.tokenizer import build_tokenizer
 from modtrans.images import CLIP_MEAN, CLIP_STD, load_images, pixel_values
 from modtrans.training.contrastive import clamp_logit_scale, contrastive_step
@@ -336,7 +336,7 @@ def decode_source(source: CaptionSource, image_size: int, *, where: str,
         The images with their non-empty captions, and how many images were left out
         (unreadable, or without a caption).
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, ImageOps
     from tqdm.auto import tqdm
 
     images, captions, left_out = [], [], 0
@@ -345,7 +345,7 @@ def decode_source(source: CaptionSource, image_size: int, *, where: str,
         texts = [t for t in record.captions if t.strip()]
         try:
             image = None if record.error or not texts else record.open_image()
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
+        except DECODE_ERRORS:
             image = None
         if image is None:
             left_out += 1
