@@ -359,12 +359,16 @@ def decode_source(source: CaptionSource, image_size: int, *, where: str,
     return CaptionedPixels(torch.stack(images), captions), left_out
 
 
+def _check_fraction(fraction: float) -> None:
+    if not 0 < fraction < 1:
+        raise ValueError(f"the held-out fraction must be in (0, 1), got {fraction}")
+
+
 def hold_out(data: CaptionedPixels, fraction: float, seed: int
              ) -> tuple[CaptionedPixels, CaptionedPixels]:
     """(train, held out): a seeded random ``fraction`` of the images (at least one) held
     out of training, for the retrieval reported after it."""
-    if not 0 < fraction < 1:
-        raise ValueError(f"the held-out fraction must be in (0, 1), got {fraction}")
+    _check_fraction(fraction)
     n_out = max(1, round(fraction * len(data)))
     if n_out >= len(data):
         raise ValueError(f"{len(data)} image(s) are too few to hold {fraction:.0%} out of "
@@ -433,6 +437,7 @@ def fit_clip_on_source(path: str | Path, out_dir: str | Path, config: WorldClipC
             f"{path} is not a world folder: the warm start trains the image tower as the "
             "world's object detector on ground truth that only `modtrans world` writes; pass "
             "--warm-start-epochs 0 (and drop warm_start_epochs from --config)")
+    _check_fraction(held_out)  # before reading every image
     sources = open_sources(path, images=images)
     progress = run.get("progress", True)
     if len(sources) > 1:
