@@ -15,6 +15,7 @@ from modtrans.translators.samplers import (
     ddim_sample,
     dpm_solver_sample,
     get_sampler,
+    leading_timesteps,
     linspace_timesteps,
     list_samplers,
 )
@@ -66,6 +67,26 @@ def test_registry() -> None:
     assert get_sampler("ddim") is ddim_sample and get_sampler("dpm") is dpm_solver_sample
     with pytest.raises(ValueError, match=r"unknown sampler 'euler'.*\['ddim', 'dpm'\]"):
         get_sampler("euler")
+
+
+def test_leading_timesteps_are_the_seeds() -> None:
+    assert leading_timesteps(1000, 50) == list(range(980, -1, -20))
+    assert leading_timesteps(1000, 10)[:2] == [900, 800] and leading_timesteps(7, 7)[0] == 6
+    with pytest.raises(ValueError, match="spacing 'even'"):
+        ddim_sample(_trained_looking_mlp(), torch.randn(2, 6, dtype=torch.float64),
+                    NoiseSchedule.from_name("cosine", 100), torch.randn(2, 5, dtype=torch.float64),
+                    steps=4, spacing="even")
+
+
+def test_seed_net_drops_the_condition_as_no_shift() -> None:
+    """A dropped row's output does not depend on its condition; a kept row's does."""
+    model = _trained_looking_mlp("seed")
+    x, t = torch.randn(4, 6, dtype=torch.float64), torch.full((4,), 300)
+    c1, c2 = torch.randn(4, 5, dtype=torch.float64), torch.randn(4, 5, dtype=torch.float64)
+    mask = torch.tensor([True, False, True, False])
+    a, b = model(x, t, c1, mask), model(x, t, c2, mask)
+    torch.testing.assert_close(a[~mask], b[~mask])
+    assert (a[mask] - b[mask]).abs().min() > 1e-6
 
 
 def test_linspace_timesteps() -> None:
@@ -279,19 +300,21 @@ class _PlainForward(nn.Module):
         return self.model(x, t, cond, cond_mask)
 
 
-def _trained_looking_mlp():
-    """A small ConditionalMLP with every weight random (its output layer too)."""
-    from modtrans.translators.denoisers import ConditionalMLP, DenoiserConfig
+def _trained_looking_mlp(net: str = "film"):
+    """A small vector denoiser (``film`` or ``seed``) with every weight random (its output
+    layer too)."""
+    from modtrans.translators.denoisers import DENOISERS, DenoiserConfig
 
     torch.manual_seed(0)
-    model = ConditionalMLP(DenoiserConfig(dim=6, cond_dim=5, width=16, depth=3, dropout=0.1,
+    model = DENOISERS[net](DenoiserConfig(dim=6, cond_dim=5, width=16, depth=3, dropout=0.1,
                                           time_dim=8, emb_dim=12)).double().eval()
     nn.init.normal_(model.out.weight, std=0.3)
     return model
 
 
-def test_with_condition_equals_the_forward() -> None:
-    model = _trained_looking_mlp()
+@pytest.mark.parametrize("net", ["film", "seed"])
+def test_with_condition_equals_the_forward(net: str) -> None:
+    model = _trained_looking_mlp(net)
     x, cond = torch.randn(7, 6, dtype=torch.float64), torch.randn(7, 5, dtype=torch.float64)
     mask = torch.tensor([True, False, True, True, False, True, True])
     for t in (0, 137, 999):
@@ -302,13 +325,14 @@ def test_with_condition_equals_the_forward() -> None:
         model.with_condition(cond, mask[:3])
 
 
+@pytest.mark.parametrize("net", ["film", "seed"])
 @pytest.mark.parametrize(("sampler", "guidance"), [("ddim", 1.0), ("ddim", 3.0),
                                                    ("dpm", 1.0), ("dpm", 3.0)])
-def test_samplers_fix_the_condition_once_with_the_same_result(sampler: str,
-                                                              guidance: float) -> None:
+def test_samplers_fix_the_condition_once_with_the_same_result(sampler: str, guidance: float,
+                                                              net: str) -> None:
     """with_condition is a speed-up only: the samples and (for ddim, which ced-paper trains
     through) the gradients equal those of the plain forward at every step."""
-    model = _trained_looking_mlp()
+    model = _trained_looking_mlp(net)
     schedule = NoiseSchedule.from_name("cosine", 1000)
     cond = torch.randn(9, 5, dtype=torch.float64, requires_grad=True)
     x_T = torch.randn(9, 6, dtype=torch.float64)

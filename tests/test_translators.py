@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from artefact_helpers import saved_options, write_options
 from safetensors import safe_open
 
+from modtrans.artefacts import read_summary
 from modtrans.data.pairs import PairedSplit
 from modtrans.training.fit import Recipe
 from modtrans.training.translator import build_translator, fit_translator
@@ -291,8 +292,12 @@ def test_a_rows_translation_does_not_depend_on_its_batch(
 ) -> None:
     """The same query and seed give the same translation alone, among other queries, in
     another order or batch size: with one seed for all rows, or one seed per row. The
-    samplers' own per-step noise (η = 1) is drawn per row too."""
+    samplers' own per-step noise (η = 1) is drawn per row too. (The seed's batch Normalize
+    depends on the batch by design: ``ced-paper`` is checked with the per-row one.)"""
     model = fitted[method][0]
+    if method == "ced-paper":
+        model = Translator.load(fitted[method][2])
+        model.set_options(normalize="row")
     c = data[1].cond[:12]
     options = {"mode": mode, "n_samples": 3, "sampling": sampling}
     batch = model.translate(c, seed=4, **options)
@@ -597,10 +602,101 @@ def test_ced_paper_rec_loss_backpropagates_through_the_sampler(
     torch.manual_seed(0)
     model.training_loss(cn, zn).backward()
     denoiser = dict(model.denoiser.named_parameters())
-    for name in ("out.weight", "layers.0.linear.weight", "cond_mlp.0.weight", "null_cond"):
+    for name in ("out.weight", "layers.0.linear.weight", "layers.0.cond_in.weight",
+                 "time_mlp.0.weight"):
         grad = denoiser[name].grad
         assert grad is not None and grad.abs().sum() > 0, name
     assert model.projection.weight.grad.abs().sum() > 0
+
+
+def test_ced_paper_batch_normalize_by_hand(fitted: dict) -> None:
+    """The seed's ẑ = c·M + γ·F/‖F‖ in raw space, ‖F‖ the norm of all N rows of a draw
+    together (F un-normalised first), returned in normalised space."""
+    model = fitted["ced-paper"][0]
+    assert (model.options.normalize, model.options.space) == ("batch", "raw")
+    g = seeded(3)
+    n, draws = 5, 2
+    cn, residual = torch.randn(n, D, generator=g), torch.randn(draws * n, D, generator=g)
+    raw = model.target_norm.inverse(residual).view(draws, n, D)
+    term = torch.stack([block / torch.sqrt((block ** 2).sum()) for block in raw])
+    mapped = model.cond_norm.inverse(cn) @ model.projection.weight.T
+    expected = model.target_norm((mapped + model.gamma * term).reshape(draws * n, D))
+    torch.testing.assert_close(model.combine(cn.repeat(draws, 1), residual, draws), expected)
+
+
+def test_ced_paper_batch_normalize_depends_on_the_batch(
+    fitted: dict, data: tuple[PairedSplit, ...]
+) -> None:
+    model = fitted["ced-paper"][0]
+    c = data[1].cond[:12]
+    alone = model.translate(c[:1], mode="sample", seed=4)
+    assert not torch.allclose(alone, model.translate(c, mode="sample", seed=4)[:1], atol=1e-4)
+
+
+def test_ced_paper_two_chain_guidance_by_hand(fitted: dict) -> None:
+    """The seed's guidance: two DDIM chains (the unconditional one from its own noise, drawn
+    after the conditional one's) mixed as (1 + w)·x_c − w·x_u with w = 5."""
+    model = fitted["ced-paper"][0]
+    o = model.options
+    assert (o.guidance_mode, o.guidance, o.spacing) == ("chains", 6.0, "leading")
+    cn = torch.randn(4, D, generator=seeded(5))
+    noise = torch.randn(4, D, generator=seeded(6))
+    got = model.sample_residual(cn, noise=noise, generator=row_generators(7, 4))
+    noise_null = torch.stack([torch.randn(D, generator=g) for g in row_generators(7, 4)])
+    schedule = model.schedule
+    timesteps = list(range(1000 // o.steps * (o.steps - 1), -1, -(1000 // o.steps)))
+
+    def chain(x: torch.Tensor, keep: bool) -> torch.Tensor:
+        mask = torch.full((4,), keep)
+        for i, t in enumerate(timesteps):  # DDIM η = 0 on the ε-prediction, by hand
+            eps = model.denoiser(x, torch.full((4,), t), cn, mask)
+            ab, ab_prev = schedule.alphas_cumprod[t], (
+                schedule.alphas_cumprod[timesteps[i + 1]] if i + 1 < len(timesteps) else 1.0)
+            x0 = (x - (1 - ab).sqrt() * eps) / ab.sqrt()
+            x = ab_prev ** 0.5 * x0 + (1 - ab_prev) ** 0.5 * eps
+        return x
+
+    with torch.no_grad():
+        expected = 6 * chain(noise, True) - 5 * chain(noise_null, False)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_ced_paper_drops_the_condition_for_the_whole_batch(
+    fitted: dict, data: tuple[PairedSplit, ...]
+) -> None:
+    """A dropped step (the seed's p = cond_drop per step) trains the unconditional diffusion
+    loss only: no reconstruction, so M gets no gradient."""
+    model = Translator.load(fitted["ced-paper"][2])
+    model.set_options(cond_drop=0.999)
+    train, _ = data
+    cn, zn = model.cond_norm(train.cond[:64]), model.target_norm(train.target[:64])
+    model.train()
+    torch.manual_seed(0)
+    model.training_loss(cn, zn).backward()
+    assert model.projection.weight.grad is None
+    assert model.denoiser.out.weight.grad.abs().sum() > 0
+    assert model.denoiser.layers[0].cond_in.weight.grad.abs().sum() == 0  # no shift
+
+
+def test_ced_paper_checkpoints_from_before_the_seed_options_keep_their_behaviour(
+    data: tuple[PairedSplit, ...], tmp_path: Path
+) -> None:
+    legacy = {"net": "film", "spacing": "linspace", "guidance_mode": "step",
+              "normalize": "row", "space": "z", "cond_drop_mode": "sample", "grad_clip": None}
+    model, _ = fit_translator("ced-paper", *data, tmp_path, recipe=train_config(epochs=1),
+                              params={**TINY["ced-paper"], **legacy}, progress=False)
+    options = saved_options(tmp_path)
+    options["params"] = {k: v for k, v in options["params"].items() if k not in legacy}
+    write_options(tmp_path, options)
+    old = Translator.load(tmp_path)
+    assert {k: getattr(old.options, k) for k in legacy} == legacy
+    c = data[1].cond[:8]
+    torch.testing.assert_close(old.translate(c, seed=1), model.translate(c, seed=1))
+
+
+def test_ced_paper_trains_with_the_seeds_gradient_clipping(fitted: dict) -> None:
+    assert fitted["ced-paper"][1]["chosen"] == {"gamma": 1.0}
+    assert read_summary(fitted["ced-paper"][2])["train_config"]["gradient_clip"] == 1.0
 
 
 def test_ced_rejects_bad_cond_drop(data: tuple[PairedSplit, ...]) -> None:

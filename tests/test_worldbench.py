@@ -31,7 +31,7 @@ DETERMINISTIC = ["identity", "mean-shift", "ridge", "knn", "mlp"]
 METRIC_KEYS = {
     "method", "direction", "n_queries", "n_gallery", "sim", "cos_c_z", "cos_zhat_c",
     "cos_zhat_z", "cos_zhat_z_unrelated", "R@1", "R@5", "R@10", "MedR", "fd", "fd_unit",
-    "diversity", "sim_sample", "cos_hist",
+    "fd_unit_mean", "diversity", "sim_sample", "cos_hist",
 }  # fmt: skip
 
 
@@ -143,7 +143,7 @@ def test_unit_fd_ignores_the_scale_raw_fd_sees(data: tuple[PairedSplit, ...]) ->
     result = evaluate(scaled, val)  # the right directions, 8 times too long
     assert result["sim"] > 0.999
     assert result["fd"] > 40
-    assert result["fd_unit"] < 1e-3
+    assert result["fd_unit"] < 1e-3 and result["fd_unit_mean"] == result["fd_unit"]
 
 
 def test_constant_output_scores_nothing(data: tuple[PairedSplit, ...]) -> None:

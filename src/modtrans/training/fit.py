@@ -69,6 +69,7 @@ class Recipe(Config):
             warm-up over ``warmup_fraction`` of the run, then cosine) or ``one-cycle``.
         warmup_fraction: share of the run spent warming up (``warmup-cosine``).
         ema_decay: EMA of the weights with warm-up (None: none).
+        gradient_clip: the gradient norm is clipped to this (None: no clipping).
         seed: seeds Lightning where the model is built (weights, shuffling, noise).
         precision: Lightning precision, one of :data:`PRECISIONS` (``bf16-mixed`` on GPU):
             the weights stay float32, which saving expects.
@@ -94,6 +95,7 @@ class Recipe(Config):
     schedule: str = "constant"
     warmup_fraction: float = 0.0
     ema_decay: float | None = None
+    gradient_clip: float | None = None
     seed: int = 0
     precision: str = "32"
     accelerator: str = "auto"
@@ -291,7 +293,7 @@ class FitModule(L.LightningModule):
 def fit(model: nn.Module, step: Step, train: DataLoader, val: DataLoader | None,
         recipe: Recipe, out_dir: str | Path | None, *, stage: str = "",
         val_step: Step | None = None, after_step: Callable[[], None] | None = None,
-        log_prefix: str = "") -> dict[str, Any]:
+        log_prefix: str = "", callbacks: Sequence[L.Callback] = ()) -> dict[str, Any]:
     """Optimise ``model`` by ``step`` on ``train`` with ``recipe``, validating every epoch on
     ``val``; the caller seeds (``L.seed_everything(recipe.seed)``) where it builds the model.
 
@@ -306,6 +308,7 @@ def fit(model: nn.Module, step: Step, train: DataLoader, val: DataLoader | None,
         val_step: the validation metrics (default: ``step``).
         after_step: called after every optimiser step (e.g. clamping a temperature).
         log_prefix: prefix of the logged metric names.
+        callbacks: more Lightning callbacks (e.g. a benchmark's learning curve).
 
     Returns:
         ``seconds``, ``steps``, ``epochs`` and the last logged metrics, rounded.
@@ -313,7 +316,7 @@ def fit(model: nn.Module, step: Step, train: DataLoader, val: DataLoader | None,
     total = recipe.max_steps if recipe.max_steps > 0 else recipe.epochs * len(train)
     module = FitModule(model, step, recipe, total, val_step=val_step, after_step=after_step,
                        log_prefix=log_prefix)
-    callbacks: list[L.Callback] = []
+    callbacks = list(callbacks)
     if recipe.ema_decay:
         callbacks.append(WeightAveraging(avg_fn=WarmupEMA(recipe.ema_decay)))
     last = log_file = None
@@ -339,7 +342,7 @@ def fit(model: nn.Module, step: Step, train: DataLoader, val: DataLoader | None,
         precision=recipe.precision, logger=_logger(recipe, out_dir, stage),
         callbacks=callbacks, enable_checkpointing=False,
         enable_progress_bar=recipe.progress, enable_model_summary=False,
-        log_every_n_steps=recipe.log_every_n_steps,
+        log_every_n_steps=recipe.log_every_n_steps, gradient_clip_val=recipe.gradient_clip,
     )  # fmt: skip
     earlier = _read_csv(log_file) if resume_from and recipe.logger == "csv" else []
     start = time.perf_counter()

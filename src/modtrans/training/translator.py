@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,15 +67,17 @@ def fit_translator(
     selection_split: str = "val",
     resume: bool = False,
     progress: bool = True,
+    callbacks: Sequence[L.Callback] = (),
 ) -> tuple[Translator, dict[str, Any]]:
     """Fit a translator and save it to ``out_dir``.
 
     Closed-form parts (normalisers, ridge, kNN tables) are fitted first; trainable methods
-    are then optimised by ``recipe`` with the method's own ``lr``, ``weight_decay`` and
-    ``ema_decay``, logging the loss and val Sim (on the first ``val_pairs`` val pairs), and
-    finished in closed form (e.g. γ of an MLP-mapped ``ced``). ``resume`` continues from
-    ``out_dir/lightning/last.ckpt``. The summary records ``val``'s split as
-    ``selected_on`` (``selection_split``): figures on it are not held out.
+    are then optimised by ``recipe`` with the method's own ``lr``, ``weight_decay``,
+    ``ema_decay`` and ``grad_clip``, logging the loss and val Sim (on the first ``val_pairs``
+    val pairs), and finished in closed form (e.g. γ of an MLP-mapped ``ced``). ``resume``
+    continues from ``out_dir/lightning/last.ckpt``. The summary records ``val``'s split as
+    ``selected_on`` (``selection_split``): figures on it are not held out. ``callbacks``
+    join the gradient training's (e.g. a benchmark's learning curve).
 
     Without a ``recipe`` the method's own number of epochs
     (:attr:`~modtrans.translators.base.Translator.default_epochs`) is run.
@@ -98,8 +101,10 @@ def fit_translator(
     if translator.trainable:
         options = translator.options
         recipe = dataclasses.replace(recipe, lr=options.lr, weight_decay=options.weight_decay,
-                                     ema_decay=getattr(options, "ema_decay", None))
-        info.update(_train(translator, (cn, zn), (val_cn, val_zn), out_dir, recipe))
+                                     ema_decay=getattr(options, "ema_decay", None),
+                                     gradient_clip=getattr(options, "grad_clip", None))
+        info.update(_train(translator, (cn, zn), (val_cn, val_zn), out_dir, recipe,
+                           callbacks))
         with torch.no_grad():
             info["chosen"].update(translator.eval().finish(cn, zn, val_cn, val_zn))
     info["seconds"] = round(time.perf_counter() - start, 2)
@@ -108,8 +113,8 @@ def fit_translator(
 
 
 def _train(translator: Translator, train: tuple[torch.Tensor, torch.Tensor],
-           val: tuple[torch.Tensor, torch.Tensor], out_dir: Path, recipe: Recipe
-           ) -> dict[str, Any]:
+           val: tuple[torch.Tensor, torch.Tensor], out_dir: Path, recipe: Recipe,
+           callbacks: Sequence[L.Callback]) -> dict[str, Any]:
     """Gradient training in normalised space: the translator's loss, Sim on val."""
     def val_sim(batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
         cn, zn = batch
@@ -120,7 +125,7 @@ def _train(translator: Translator, train: tuple[torch.Tensor, torch.Tensor],
     result = fit(translator, lambda batch: {"loss": translator.training_loss(*batch)},
                  recipe.loader(TensorDataset(*train)),
                  DataLoader(TensorDataset(*val), batch_size=4096), recipe, out_dir,
-                 val_step=val_sim)
+                 val_step=val_sim, callbacks=callbacks)
     seconds = result["seconds"]
     return {
         "steps": result["steps"],

@@ -260,14 +260,22 @@ class Translator(Artefact, nn.Module):
     def migrate(cls, options: dict[str, Any], version: int, path: Path) -> dict[str, Any]:
         """Format 0 kept the writing modtrans version in the config. Options added to a method
         after a checkpoint was written take their defaults when its options are built (so a
-        new option's default must reproduce the behaviour from before it existed)."""
+        new option's default must reproduce the behaviour from before it existed, or the
+        method's :meth:`migrate_params` fill in what it was)."""
         options = {k: v for k, v in options.items() if k != "version"}
         method = translator_class(str(options.get("method")))
+        options["params"] = method.migrate_params(dict(options.get("params", {})))
         fields = {f.name for f in dataclasses.fields(method.options_class)}
-        missing = sorted(fields - set(options.get("params", {})))
+        missing = sorted(fields - set(options["params"]))
         if missing:
             logger.debug("%s: options %s not in the checkpoint, defaults used", path, missing)
         return options
+
+    @classmethod
+    def migrate_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """A checkpoint's saved options → today's, where a method changed a default (by
+        default: unchanged)."""
+        return params
 
 
 _REGISTRY: dict[str, type[Translator]] = {}

@@ -27,7 +27,8 @@ noise term (``docs/findings.md``, *Translators*).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -44,9 +45,9 @@ from modtrans.translators.base import (
     row_seeds,
 )
 from modtrans.translators.baselines import check_lambdas, mlp_net, select_ridge
-from modtrans.translators.denoisers import ConditionalMLP, DenoiserConfig
-from modtrans.translators.diffusion import OBJECTIVES, diffusion_loss, randn
-from modtrans.translators.samplers import SamplerOptions, ddim_sample, get_sampler
+from modtrans.translators.denoisers import DENOISERS, DenoiserConfig
+from modtrans.translators.diffusion import OBJECTIVES, Denoiser, diffusion_loss, randn
+from modtrans.translators.samplers import SPACINGS, Sampler, SamplerOptions, get_sampler
 from modtrans.translators.schedules import NoiseSchedule
 
 
@@ -56,15 +57,19 @@ class DiffusionOptions(Config):
     schedule and loss, the sampler and γ.
 
     Attributes:
+        net: the denoiser, a name in :data:`DENOISERS` (``film``: :class:`ConditionalMLP`;
+            ``seed``: the seed's network, :class:`SeedMLP`).
         width, depth, dropout, time_dim, emb_dim: the :class:`DenoiserConfig` of the denoiser.
         schedule, timesteps: the noise schedule's name and T.
         objective: what the denoiser predicts (``eps``, ``x0`` or ``v``).
         loss: the diffusion loss, ``l2`` or ``l1``.
         cond_drop: fraction of conditions replaced by the null one in training (for guidance).
         sampler, steps, guidance, eta: the saved :class:`SamplerOptions`.
+        spacing: DDIM's timesteps, ``linspace`` or the seed's ``leading`` (:data:`SPACINGS`).
         gamma: γ, the size of the residual term (None: the mean residual norm on train).
     """
 
+    net: str = "film"
     width: int = 512
     depth: int = 4
     dropout: float = 0.0
@@ -79,9 +84,15 @@ class DiffusionOptions(Config):
     steps: int = 10
     guidance: float = 1.0
     eta: float = 0.0
+    spacing: str = "linspace"
     gamma: float | None = None
 
     def __post_init__(self) -> None:
+        for name, value, allowed in (("net", self.net, DENOISERS),
+                                     ("spacing", self.spacing, SPACINGS)):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {sorted(allowed)}, got {value!r} "
+                                 f"(--param {name}={next(iter(allowed))})")
         if not 0 <= self.cond_drop < 1:
             raise ValueError(f"cond_drop must be in [0, 1), got {self.cond_drop} "
                              "(e.g. --param cond_drop=0.1)")
@@ -159,7 +170,7 @@ class CEDTranslator(Translator):
     def __init__(self, config: TranslatorConfig) -> None:
         super().__init__(config)
         o = self.options
-        self.denoiser = ConditionalMLP(o.denoiser_config(config.target_dim, config.cond_dim))
+        self.denoiser = DENOISERS[o.net](o.denoiser_config(config.target_dim, config.cond_dim))
         self.schedule = NoiseSchedule.from_name(o.schedule, o.timesteps)
         self._init_mapping()
 
@@ -255,14 +266,20 @@ class CEDTranslator(Translator):
         if noise is None:
             noise = randn(tuple((len(cn), self.config.target_dim)), generator=generator,
                           device=cn.device, dtype=cn.dtype)
-        sampler = get_sampler(s.sampler)
-        return sampler(
+        return self._sampler(s)(
             self.denoiser, noise, self.schedule.to(cn.device), cn, steps=s.steps, eta=s.eta,
             guidance=s.guidance, objective=self.options.objective, generator=generator,
         )
 
-    def combine(self, cn: Tensor, residual: Tensor) -> Tensor:
-        """ẑ = c·M + γ·F/‖F‖ (per-sample normalisation)."""
+    def _sampler(self, s: SamplerOptions) -> Sampler:
+        """The sampler ``s`` names, with DDIM on the saved ``spacing``."""
+        sampler = get_sampler(s.sampler)
+        if s.sampler == "ddim":
+            return functools.partial(sampler, spacing=self.options.spacing)
+        return sampler
+
+    def combine(self, cn: Tensor, residual: Tensor, draws: int = 1) -> Tensor:
+        """ẑ = c·M + γ·F/‖F‖ (per-sample normalisation) for ``residual`` (draws·N, D)."""
         return self.mapped(cn) + self.gamma * F.normalize(residual, dim=-1)
 
     def _translate(self, cn: Tensor, *, mode: Mode, n_samples: int,
@@ -281,7 +298,7 @@ class CEDTranslator(Translator):
         # row i's generator.
         draws = self.sample_residual(cn.repeat(k, 1), generator=generators * k,
                                      noise=noise.reshape(k * len(cn), -1), sampling=sampling)
-        z_hat = self.combine(cn.repeat(k, 1), draws).view(k, len(cn), -1)  # (K, N, D)
+        z_hat = self.combine(cn.repeat(k, 1), draws, k).view(k, len(cn), -1)  # (K, N, D)
         if mode == "sample":
             return z_hat[0]
         if mode == "mean":
@@ -298,42 +315,109 @@ class CEDTranslator(Translator):
 
 @dataclasses.dataclass
 class CEDPaperOptions(DiffusionOptions):
-    """Options of ``ced-paper``: :class:`DiffusionOptions` with the seed's defaults, and its
-    loss weights.
+    """Options of ``ced-paper``: the seed's method as its code runs it, each modtrans change
+    to it one option away (:class:`DiffusionOptions` with the seed's defaults, plus these).
+
+    The seed's guidance mixes two chains as (1 + w)·x_c − w·x_u with w = 5; written as
+    x_u + g·(x_c − x_u), that is g = ``guidance`` = 6.
 
     Attributes:
-        lambda_rec, lambda_diff: weights of the L1 reconstruction and the diffusion loss.
+        guidance_mode: ``chains`` (the seed: two independent DDIM chains, conditional and
+            unconditional, mixed at the end) or ``step`` (the noise prediction guided at every
+            step of one chain).
+        normalize: ``batch`` (the seed: the term is divided by the norm of the whole batch of
+            rows drawn together, so a row's output depends on its batch) or ``row`` (F/‖F‖).
+        space: ``raw`` (the seed: M acts on the raw condition, the diffusion sample is
+            un-normalised before it is added and the L1 is taken against the raw target) or
+            ``z`` (everything in z-normalised space).
+        cond_drop_mode: ``batch`` (the seed: with probability ``cond_drop`` a whole step is
+            unconditional and has no reconstruction loss) or ``sample`` (per-sample dropping).
+        lambda_rec, lambda_diff: weights of the L1 reconstruction and the diffusion loss (the
+            seed's code passes 2 for the reconstruction; its slides say the reverse).
+        grad_clip: the gradient norm clipped to (None: no clipping).
         lr, weight_decay: AdamW's.
-        ema_decay: decay of the EMA weights that are saved (None: no EMA).
+        ema_decay: decay of the EMA weights that are saved (None: no EMA; the seed evaluates
+            its raw weights).
     """
 
+    net: str = "seed"
     width: int = 2048
-    depth: int = 10
-    dropout: float = 0.1
+    depth: int = 9
+    dropout: float = 0.0
+    time_dim: int = 64
     emb_dim: int = 512
     schedule: str = "constant"
     objective: str = "eps"
+    loss: str = "l1"
     cond_drop: float = 0.05
     sampler: str = "ddim"
     steps: int = 50
-    guidance: float = 5.0
+    guidance: float = 6.0
+    spacing: str = "leading"
     gamma: float | None = 1.0
-    lambda_rec: float = 1.0
-    lambda_diff: float = 2.0
+    guidance_mode: str = "chains"
+    normalize: str = "batch"
+    space: str = "raw"
+    cond_drop_mode: str = "batch"
+    lambda_rec: float = 2.0
+    lambda_diff: float = 1.0
+    grad_clip: float | None = 1.0
     lr: float = 1e-4
     weight_decay: float = 1e-2
     ema_decay: float | None = None
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name, allowed in CED_PAPER_CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {list(allowed)}, got "
+                                 f"{getattr(self, name)!r} (--param {name}={allowed[0]})")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip}")
+
+
+#: ``ced-paper``'s switches: the seed's choice first, then the modtrans one.
+CED_PAPER_CHOICES: dict[str, tuple[str, str]] = {
+    "guidance_mode": ("chains", "step"), "normalize": ("batch", "row"), "space": ("raw", "z"),
+    "cond_drop_mode": ("batch", "sample")}
+
+#: What ``ced-paper`` checkpoints written before the seed's options existed ran with.
+_PRE_SEED_OPTIONS = {"net": "film", "spacing": "linspace", "guidance_mode": "step",
+                     "normalize": "row", "space": "z", "cond_drop_mode": "sample",
+                     "grad_clip": None}
+
+
+class _Unconditional:
+    """A denoiser with every condition dropped: the seed's unconditional chain."""
+
+    def __init__(self, model: Denoiser) -> None:
+        self.model = model
+
+    def __call__(self, x: Tensor, t: Tensor, cond: Tensor, cond_mask: Tensor | None = None
+                 ) -> Tensor:
+        return self.model(x, t, cond, torch.zeros(len(cond), dtype=torch.bool,
+                                                  device=cond.device))
+
+    def with_condition(self, cond: Tensor, cond_mask: Tensor | None = None
+                       ) -> Callable[[Tensor, int], Tensor]:
+        null = torch.zeros(len(cond), dtype=torch.bool, device=cond.device)
+        return self.model.with_condition(cond, null)
+
 
 @register_translator
 class CEDPaperTranslator(CEDTranslator):
-    """The seed's training: learned M, diffusion of z, L1 through a 50-step guided DDIM."""
+    """The seed's CED: learned M, diffusion of z, L1 through a guided DDIM sample."""
 
     method = "ced-paper"
     default_epochs = 1
     options_class = CEDPaperOptions
     options: CEDPaperOptions
     mean_shrink = 1.0  # the seed averages its draws as they are
+
+    @classmethod
+    def migrate_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """A checkpoint from before the seed's options ran without them."""
+        return params if "normalize" in params else {**_PRE_SEED_OPTIONS, **params}
 
     def finish(self, cn: Tensor, zn: Tensor, val_cn: Tensor, val_zn: Tensor) -> dict[str, Any]:
         """Nothing: the seed chooses nothing after training."""
@@ -344,21 +428,78 @@ class CEDPaperTranslator(CEDTranslator):
         self.register_buffer("gamma", torch.ones(()))
         self.correction = None
 
+    def _map(self, cn: Tensor) -> Tensor:
+        """c·M in the space M works in (raw or normalised)."""
+        if self.options.space == "z":
+            return self.projection(cn)
+        return self.projection(self.cond_norm.inverse(cn))
+
     def mapped(self, cn: Tensor) -> Tensor:
-        return self.projection(cn)
+        """The mean term c·M, in normalised target space."""
+        mapped = self._map(cn)
+        return mapped if self.options.space == "z" else self.target_norm(mapped)
 
     def prepare(self, cn: Tensor, zn: Tensor, val_cn: Tensor, val_zn: Tensor) -> dict[str, Any]:
         self.gamma.fill_(float(self.options.gamma))
         return {"gamma": float(self.gamma)}
 
+    def _combine_own_space(self, cn: Tensor, residual: Tensor, draws: int) -> Tensor:
+        """ẑ = c·M + γ·Normalize(F) in M's space; in ``raw`` space F is un-normalised first.
+
+        ``batch`` Normalize divides each of the ``draws`` blocks of N rows by its Frobenius
+        norm, ‖F‖ over the (N, D) rows drawn together, as the seed divides by
+        ``torch.norm(batch)``; ``row`` divides each row by its own norm."""
+        if self.options.space == "raw":
+            residual = self.target_norm.inverse(residual)
+        if self.options.normalize == "row":
+            term = F.normalize(residual, dim=-1)
+        else:
+            blocks = residual.view(draws, -1, residual.shape[-1])  # (K, N, D)
+            term = (blocks / blocks.flatten(1).norm(dim=1)[:, None, None]).view_as(residual)
+        return self._map(cn) + self.gamma * term
+
+    def combine(self, cn: Tensor, residual: Tensor, draws: int = 1) -> Tensor:
+        """ẑ = c·M + γ·Normalize(F) for ``residual`` (draws·N, D), in normalised space."""
+        out = self._combine_own_space(cn, residual, draws)
+        return out if self.options.space == "z" else self.target_norm(out)
+
+    def sample_residual(self, cn: Tensor, *,
+                        generator: torch.Generator | Sequence[torch.Generator] | None = None,
+                        noise: Tensor | None = None,
+                        sampling: SamplerOptions | None = None) -> Tensor:
+        """F(c), guided as ``guidance_mode`` says: in ``chains`` mode the unconditional chain
+        starts from its own noise (drawn from ``generator`` after the conditional chain's) and
+        the two samples are mixed as x_u + g·(x_c − x_u)."""
+        s = self.options.sampling.merged(sampling)
+        if self.options.guidance_mode == "step" or s.guidance == 1.0:
+            return super().sample_residual(cn, generator=generator, noise=noise, sampling=s)
+        single = dataclasses.replace(s, guidance=1.0)
+        x_cond = super().sample_residual(cn, generator=generator, noise=noise, sampling=single)
+        noise_null = randn(tuple(x_cond.shape), generator=generator, device=cn.device,
+                           dtype=cn.dtype)
+        x_null = self._sampler(single)(
+            _Unconditional(self.denoiser), noise_null, self.schedule.to(cn.device), cn,
+            steps=s.steps, eta=s.eta, objective=self.options.objective, generator=generator)
+        return x_null + s.guidance * (x_cond - x_null)
+
     def training_loss(self, cn: Tensor, zn: Tensor) -> Tensor:
         o = self.options
-        mask = self._drop_mask(len(cn), cn.device)
+        n = len(cn)
         schedule = self.schedule.to(cn.device)
+        if o.cond_drop_mode == "batch":
+            if float(torch.rand(())) < o.cond_drop:  # the whole step unconditional, no L1
+                null = torch.zeros(n, dtype=torch.bool, device=cn.device)
+                return o.lambda_diff * diffusion_loss(self.denoiser, zn, cn, schedule,
+                                                      objective=o.objective, loss=o.loss,
+                                                      cond_mask=null)
+            mask = None
+        else:
+            mask = self._drop_mask(n, cn.device)
         diff = diffusion_loss(self.denoiser, zn, cn, schedule, objective=o.objective,
                               loss=o.loss, cond_mask=mask)
-        noise = torch.randn_like(zn)
-        sample = ddim_sample(self.denoiser, noise, schedule, cn, steps=o.steps, eta=o.eta,
-                             guidance=o.guidance, objective=o.objective)
-        rec = F.l1_loss(self.combine(cn, sample), zn)
-        return o.lambda_rec * rec + o.lambda_diff * diff
+        # The reconstruction backpropagates through the whole guided DDIM sample.
+        sample = self.sample_residual(cn, noise=torch.randn_like(zn),
+                                      sampling=SamplerOptions(sampler="ddim"))
+        pred = self._combine_own_space(cn, sample, 1)
+        target = zn if o.space == "z" else self.target_norm.inverse(zn)
+        return o.lambda_rec * F.l1_loss(pred, target) + o.lambda_diff * diff

@@ -7,6 +7,11 @@ by their own MLPs and injected into every layer by FiLM scale-and-shift, and hid
 after the first are residual. A learned null condition supports classifier-free guidance
 (Ho & Salimans 2022).
 
+:class:`SeedMLP` is the same network as the seed's code runs it: no residuals, the scale of
+each layer from the timestep only and its shift from the condition only (through a
+five-linear condition MLP per layer), LayerNorm after the modulation, Kaiming init and a
+plain output layer; a dropped condition adds no shift.
+
 :class:`ConditionalGridUNet` denoises vectors that are flattened ``C × g × g`` grids (an
 image decoder's spatial latent) with a small two-level U-Net, conditioned the same way.
 """
@@ -23,8 +28,8 @@ from torch import Tensor, nn
 
 from modtrans.config import Config
 
-__all__ = ["ConditionalGridUNet", "ConditionalMLP", "DenoiserConfig", "flops_per_sample",
-           "sampling_flops_per_sample", "timestep_embedding"]
+__all__ = ["DENOISERS", "ConditionalGridUNet", "ConditionalMLP", "DenoiserConfig", "SeedMLP",
+           "flops_per_sample", "sampling_flops_per_sample", "timestep_embedding"]
 
 
 def _positive_int(value: object) -> bool:
@@ -109,6 +114,12 @@ class _FiLMLayer(nn.Module):
         return self.dropout(F.silu(h))
 
 
+def _check_mask(cond_mask: Tensor, cond: Tensor) -> None:
+    if cond_mask.dtype != torch.bool or cond_mask.shape != cond.shape[:1]:
+        raise ValueError(f"cond_mask must be a bool tensor of shape {tuple(cond.shape[:1])}, "
+                         f"got {cond_mask.dtype} {tuple(cond_mask.shape)}")
+
+
 def _mlp(in_dim: int, out_dim: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(in_dim, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
 
@@ -137,11 +148,7 @@ class _Conditioned(nn.Module):
         """``SiLU(MLP_c(c))`` ``(B, emb_dim)``, the null condition where ``cond_mask`` is
         ``False``: the second half of the embedding."""
         if cond_mask is not None:
-            if cond_mask.dtype != torch.bool or cond_mask.shape != cond.shape[:1]:
-                raise ValueError(
-                    f"cond_mask must be a bool tensor of shape {tuple(cond.shape[:1])}, got "
-                    f"{cond_mask.dtype} {tuple(cond_mask.shape)}"
-                )
+            _check_mask(cond_mask, cond)
             null = self.null_cond.to(cond.dtype).expand_as(cond)  # (B, Dc)
             cond = torch.where(cond_mask[:, None], cond, null)
         return F.silu(self.cond_mlp(cond))
@@ -216,6 +223,103 @@ class ConditionalMLP(_Conditioned):
         for layer, film in zip(self.layers[1:], films[1:], strict=True):
             h = h + layer(torch.cat([h, x], dim=-1), film)  # x re-enters every layer
         return self.out(h)
+
+
+class _SeedLayer(nn.Module):
+    """One hidden layer of the seed's MLP: ``Dropout(SiLU(LN(W·inp·(1 + scale) + shift)))``,
+    ``scale = W_t·SiLU(e_t)`` from the timestep embedding and ``shift`` from the condition
+    through ``SiLU → Linear(Dc, E) → SiLU → (h + 3-linear MLP(h)) → SiLU → Linear(E, width)``.
+    """
+
+    def __init__(self, in_dim: int, width: int, time_width: int, cond_dim: int, emb_dim: int,
+                 dropout: float) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_dim, width)
+        self.time = nn.Linear(time_width, width)
+        self.cond_in = nn.Linear(cond_dim, emb_dim)
+        self.cond_mid = nn.Sequential(nn.Linear(emb_dim, emb_dim), nn.SiLU(),
+                                      nn.Linear(emb_dim, emb_dim), nn.SiLU(),
+                                      nn.Linear(emb_dim, emb_dim))
+        self.cond_out = nn.Linear(emb_dim, width)
+        self.norm = nn.LayerNorm(width)
+        self.dropout = nn.Dropout(dropout)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):  # the seed's init for SiLU layers
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+
+    def shift(self, cond: Tensor) -> Tensor:
+        """The condition's shift ``(B, width)``."""
+        h = F.silu(self.cond_in(F.silu(cond)))
+        return self.cond_out(F.silu(h + self.cond_mid(h)))
+
+    def forward(self, inp: Tensor, temb: Tensor, shift: Tensor) -> Tensor:
+        h = self.linear(inp) * (1 + self.time(F.silu(temb))) + shift
+        return self.dropout(F.silu(self.norm(h)))
+
+
+class SeedMLP(nn.Module):
+    """The seed's conditional MLP denoiser ``model(x_t, t, cond, cond_mask) -> (B, D)``.
+
+    The timestep embedding is ``MLP_t(sinusoid(t))`` of width D; ``depth`` hidden layers
+    (:class:`_SeedLayer`), every one after the first taking ``[h, x]``, then a plain linear
+    output layer on ``[h, x]`` (the seed's ten layers are nine hidden and the output). A row
+    whose ``cond_mask`` is ``False`` gets no shift, as the seed's ``c=None``.
+
+    Args:
+        config: the network's shape (``emb_dim`` is the condition MLP's width).
+    """
+
+    def __init__(self, config: DenoiserConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        self.time_mlp = nn.Sequential(nn.Linear(c.time_dim, c.dim), nn.SiLU(),
+                                      nn.Linear(c.dim, c.dim))
+        self.layers = nn.ModuleList(
+            _SeedLayer(c.dim if i == 0 else c.width + c.dim, c.width, c.dim, c.cond_dim,
+                       c.emb_dim, c.dropout)
+            for i in range(c.depth)
+        )
+        self.out = nn.Linear(c.width + c.dim, c.dim)
+        nn.init.kaiming_normal_(self.out.weight, nonlinearity="relu")
+
+    def _temb(self, t: Tensor, dtype: torch.dtype) -> Tensor:
+        return self.time_mlp(timestep_embedding(t, self.config.time_dim).to(dtype))
+
+    def _shifts(self, cond: Tensor, cond_mask: Tensor | None) -> list[Tensor]:
+        shifts = [layer.shift(cond) for layer in self.layers]  # (B, width) each
+        if cond_mask is None:
+            return shifts
+        _check_mask(cond_mask, cond)
+        keep = cond_mask[:, None].to(cond.dtype)
+        return [s * keep for s in shifts]
+
+    def forward(
+        self, x: Tensor, t: Tensor, cond: Tensor, cond_mask: Tensor | None = None
+    ) -> Tensor:
+        """As :meth:`ConditionalMLP.forward`."""
+        return self._layers(x, self._temb(t, x.dtype), self._shifts(cond, cond_mask))
+
+    def with_condition(self, cond: Tensor, cond_mask: Tensor | None = None
+                       ) -> Callable[[Tensor, int], Tensor]:
+        """``f(x, t)`` with ``cond`` fixed: the condition MLPs run once per sampling call and
+        the timestep embedding once per step for every row."""
+        shifts = self._shifts(cond, cond_mask)
+
+        def step(x: Tensor, t: int) -> Tensor:
+            temb = self._temb(torch.tensor([t], device=x.device), x.dtype)  # (1, D)
+            return self._layers(x, temb, shifts)
+
+        return step
+
+    def _layers(self, x: Tensor, temb: Tensor, shifts: list[Tensor]) -> Tensor:
+        h = self.layers[0](x, temb, shifts[0])
+        for layer, shift in zip(self.layers[1:], shifts[1:], strict=True):
+            h = layer(torch.cat([h, x], dim=-1), temb, shift)
+        return self.out(torch.cat([h, x], dim=-1))
+
+
+#: The vector denoisers a translator's ``net`` option names.
+DENOISERS: dict[str, type[nn.Module]] = {"film": ConditionalMLP, "seed": SeedMLP}
 
 
 class _ResBlock(nn.Module):

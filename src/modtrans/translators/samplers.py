@@ -20,7 +20,9 @@ noisiest trained step (x_T ~ N(0, I) matches q(x_{T-1}) best), like "leading" it
 t = 0 before the last jump to ᾱ = 1, so that jump — a denoise to the posterior mean, which
 shrinks the sample spread by √(ᾱσ²/(ᾱσ² + 1-ᾱ)) for data of spread σ — starts from the least
 noise. DPM-Solver++ uses diffusers' "trailing" spacing, with which its multistep update is
-stable (ending at t = 0 makes its last step too long in log-SNR).
+stable (ending at t = 0 makes its last step too long in log-SNR). ``ddim_sample(...,
+spacing="leading")`` takes the seed's steps instead, ``{0, T/steps, 2T/steps, …}`` from the
+largest down (guided-diffusion's respacing: DDIM over those steps' ᾱ).
 
 :class:`SamplerOptions` carries the settings a translator's sampler runs with (name, steps,
 guidance, η) from the command line down to these functions.
@@ -49,11 +51,13 @@ from modtrans.translators.diffusion import (
 from modtrans.translators.schedules import NoiseSchedule
 
 __all__ = [
+    "SPACINGS",
     "Sampler",
     "SamplerOptions",
     "ddim_sample",
     "dpm_solver_sample",
     "get_sampler",
+    "leading_timesteps",
     "linspace_timesteps",
     "list_samplers",
 ]
@@ -95,6 +99,17 @@ def linspace_timesteps(num_timesteps: int, steps: int) -> list[int]:
     """
     _check_steps(num_timesteps, steps)
     return np.round(np.linspace(num_timesteps - 1, 0, steps)).astype(int).tolist()
+
+
+def leading_timesteps(num_timesteps: int, steps: int) -> list[int]:
+    """The seed's ``steps`` timesteps ``k·(T // steps)`` for k = steps−1 … 0 (with T = 1000
+    and 50 steps: 980, 960, …, 0)."""
+    _check_steps(num_timesteps, steps)
+    stride = num_timesteps // steps
+    return list(range(stride * (steps - 1), -1, -stride))
+
+
+SPACINGS = {"linspace": linspace_timesteps, "leading": leading_timesteps}
 
 
 def _check_inputs(x: Tensor, cond: Tensor, guidance: float, objective: str) -> None:
@@ -150,6 +165,7 @@ def ddim_sample(
     guidance: float = 1.0,
     objective: Objective = "eps",
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
+    spacing: str = "linspace",
 ) -> Tensor:
     """DDIM (Song et al. 2021, eq. 12) from x_T to x_0 in ``steps`` evenly spaced steps.
 
@@ -163,6 +179,7 @@ def ddim_sample(
         guidance: classifier-free guidance scale g.
         objective: what the model predicts (``"eps"``, ``"x0"`` or ``"v"``).
         generator: random generator for the η > 0 noise, or one per row.
+        spacing: ``linspace`` (T−1 … 0) or ``leading`` (the seed's, see the module docstring).
 
     Returns:
         Samples x_0, ``(B, D)``, dtype of ``x``.
@@ -170,7 +187,9 @@ def ddim_sample(
     _check_inputs(x, cond, guidance, objective)
     if eta < 0:
         raise ValueError(f"eta must be >= 0 (0 = deterministic DDIM), got {eta}")
-    timesteps = linspace_timesteps(schedule.num_timesteps, steps)
+    if spacing not in SPACINGS:
+        raise ValueError(f"unknown spacing {spacing!r}; choose one of {sorted(SPACINGS)}")
+    timesteps = SPACINGS[spacing](schedule.num_timesteps, steps)
     alphas_cumprod = schedule.alphas_cumprod.tolist()
     output = _guided(model, cond, guidance)
     for i, t in enumerate(timesteps):
