@@ -141,6 +141,143 @@ def mean_map_section() -> list[str]:
     return [*out, _source(r), ""]
 
 
+BUDGET_METHODS = ("ridge", "mlp", "ced", "ced-paper")
+#: Pairs the seed's own code had seen after 300 s (349 steps of 256), issue-side measurement.
+SEED_CODE_PAIRS, SEED_CODE_VAL_SIM = 349 * 256, 0.711
+
+
+def _at(curve: list[dict], key: str, value: float) -> dict | None:
+    """The last curve point with ``key`` ≤ ``value`` (None before the first)."""
+    points = [p for p in curve if p[key] <= value]
+    return points[-1] if points else None
+
+
+def budget_plots(r: dict) -> list[str]:
+    """Draw the learning curves and the frontier of ``ced_budget.json`` into docs/img/."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    f = r["figures"]
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7), constrained_layout=True)
+    for row, direction in zip(axes, ("text2image", "image2text"), strict=True):
+        for ax, key, label in zip(row, ("seconds", "pairs"), ("training seconds", "pairs seen"),
+                                  strict=True):
+            for method in ("ced-paper", "ced", "mlp"):
+                curve = f[direction][method]["curve"]
+                ax.plot([p[key] for p in curve], [p["val_sim"] for p in curve], marker=".",
+                        label=method)
+            ax.axhline(f[direction]["ridge"]["final"]["test"]["sim"], color="grey", ls=":",
+                       label="ridge (test)")
+            ax.set(xscale="log", xlabel=label, ylabel="val Sim", title=direction)
+            ax.legend(fontsize=8)
+    fig.savefig(ROOT / "docs" / "img" / "ced_budget_curves.png", dpi=90)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(7, 5), constrained_layout=True)
+    rows = f["frontier"]
+    for method in BUDGET_METHODS:
+        for g in sorted({row.get("guidance") for row in rows if row["method"] == method},
+                        key=lambda x: x or 0):
+            pts = [row for row in rows if row["method"] == method and row.get("guidance") == g]
+            name = method if g is None else f"{method}, guidance {g:g}"
+            ax.plot([p["fd_unit_mean"] for p in pts], [p["sim"] for p in pts], marker="o",
+                    label=name)
+            for p in pts:
+                if "K" in p:
+                    ax.annotate(f"K={p['K']}", (p["fd_unit_mean"], p["sim"]), fontsize=6)
+    ax.set(xscale="log", xlabel="FD (unit) of the mean-mode outputs", ylabel="Sim (mean mode)",
+           title="text → image, test: Sim against FD across K and guidance")
+    ax.legend(fontsize=7)
+    fig.savefig(ROOT / "docs" / "img" / "ced_budget_frontier.png", dpi=90)
+    plt.close(fig)
+    return ["![Learning curves](img/ced_budget_curves.png)", "",
+            "![Frontier](img/ced_budget_frontier.png)", ""]
+
+
+def ced_budget_section() -> list[str]:
+    r = _load("ced_budget")
+    if not r:
+        return []
+    f, c = r["figures"], r["config"]
+    size = c["ced_paper"]
+    out = ["### The seed's method at a fair budget", "",
+           f"`ced-paper` as the seed's code runs it (batch Normalize, raw space, two guided "
+           f"chains, L1 diffusion loss, 1·diffusion + 2·reconstruction, whole-batch condition "
+           f"drop, the seed's MLP, clipping 1.0), shrunk from 10 × 2048 and 50 DDIM steps to "
+           f"{size['depth'] + 1} × {size['width']} and {size['steps']} steps, trained for "
+           f"{c['budget_minutes'][0]:g} min (text → image) and {c['budget_minutes'][1]:g} min "
+           f"(image → text) at {c['threads']} torch thread on a machine shared with other "
+           "jobs; `ced` and `mlp` at their defaults, stopped once val Sim stopped rising. "
+           f"Test and novel: {c['eval_images']} images each, the WorldBench code.", ""]
+    rows = []
+    for direction in ("text2image", "image2text"):
+        for method in BUDGET_METHODS:
+            m = f[direction][method]
+            final = m["final"]
+            trained = ("closed form" if method == "ridge" else
+                       f"{final['seconds']:.0f} s, {final['pairs']:,} pairs")
+            rows.append([direction, method, trained,
+                         *(f"{final[s][k]:.3f}" for s in ("test", "novel") for k in ("sim", "R@1")),
+                         f"{final['test']['fd_unit']:.3f}"])
+    out += _table(["direction", "method", "trained", "test Sim", "test R@1", "novel Sim",
+                   "novel R@1", "FD (unit)"], rows)
+    rows = []
+    for direction in ("text2image", "image2text"):
+        for method in ("ced-paper", "ced", "mlp"):
+            m = f[direction][method]
+            cells = []
+            for b in c["budgets_s"]:
+                snap = m["budgets"].get(str(b))
+                if snap is None and m["final"]["seconds"] < b and method != "ced-paper":
+                    snap = m["final"]  # stopped early: converged before this budget
+                if snap is None and m["final"]["seconds"] >= b * 0.98:
+                    snap = m["final"]
+                cells.append("—" if snap is None else
+                             f"{snap['test']['sim']:.3f} / {snap['test']['R@1']:.3f}")
+            rows.append([direction, method, *cells])
+    out += ["Equal wall-clock (test Sim / R@1 of the weights at each budget; a method stopped "
+            "earlier holds its final figure; — : not trained that long):", "",
+            *_table(["direction", "method", *(f"{b // 60} min" for b in c["budgets_s"])], rows)]
+    marks = (5_000, 20_000, SEED_CODE_PAIRS, 200_000)
+    rows = []
+    for direction in ("text2image", "image2text"):
+        for method in ("ced-paper", "ced", "mlp"):
+            curve = f[direction][method]["curve"]
+            pts = [_at(curve, "pairs", p) for p in marks]
+            rows.append([direction, method, *("—" if p is None or p["pairs"] < 0.8 * mark
+                                              else f"{p['val_sim']:.3f}"
+                                              for p, mark in zip(pts, marks, strict=True))])
+    out += ["Equal pairs seen (val Sim of the current weights, mean of 4 draws, "
+            f"{c['val_pairs']} val pairs; the last curve point at or before each count):", "",
+            *_table(["direction", "method", *(f"{p:,} pairs" for p in marks)], rows)]
+    t2i = f["text2image"]
+    paper = t2i["ced-paper"]["curve"]
+    at300, at_pairs = _at(paper, "seconds", 300), _at(paper, "pairs", SEED_CODE_PAIRS)
+    best_paper = max(p["val_sim"] for p in paper)
+    reach = next((p for p in t2i["ced"]["curve"] if p["val_sim"] >= best_paper), None)
+    out += [f"Against the seed's own code (val Sim {SEED_CODE_VAL_SIM} after 300 s, "
+            f"{SEED_CODE_PAIRS:,} pairs, 2 free threads): `ced-paper` here reaches "
+            f"{at300['val_sim']:.3f} at {at300['seconds']:.0f} s ({at300['pairs']:,} pairs) and "
+            f"{at_pairs['val_sim']:.3f} at {at_pairs['pairs']:,} pairs; its best val Sim is "
+            f"{best_paper:.3f}. " + (
+                f"`ced` passes that at {reach['seconds']:.0f} s, "
+                f"{reach['seconds'] / paper[-1]['seconds']:.3f} of `ced-paper`'s "
+                f"{paper[-1]['seconds']:.0f} s." if reach else
+                "`ced` never reaches it."), ""]
+    frontier = [row for row in f["frontier"] if "K" in row]
+    out += ["Frontier (text → image, test, "
+            f"{c['frontier_images']} images): Sim and R@1 of the mean of K draws, FD (unit) of "
+            "those means and of one draw, one-draw Sim and diversity.", "",
+            *_table(["method", "guidance", "K", "Sim", "R@1", "FD (unit) mean", "one-draw Sim",
+                     "FD (unit) one draw", "diversity"],
+                    [[row["method"], f"{row['guidance']:g}", str(row["K"]),
+                      *(f"{row[k]:.3f}" for k in ("sim", "R@1", "fd_unit_mean", "sim_sample",
+                                                  "fd_unit", "diversity"))]
+                     for row in frontier])]
+    return [*out, *budget_plots(r), _source(r), ""]
+
+
 def speed_section() -> list[str]:
     out = []
     for name in ("train_speed", "train_speed_cuda"):
@@ -525,7 +662,8 @@ def main() -> None:
                            *image_decoder_section(),
                            *(part for tag in VARIANTS if tag
                              for part in (*clip_section(tag), *worldbench_section(tag))),
-                           *mean_map_section(), *speed_section(), *sampling_section(),
+                           *mean_map_section(), *ced_budget_section(), *speed_section(),
+                           *sampling_section(),
                            *embed_section(), *own_data_section(), *serve_section(),
                            *faults_section()]]]
     with atomic_open(RESULTS_PAGE) as f:
