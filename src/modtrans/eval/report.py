@@ -87,6 +87,42 @@ def _bars(results: list[dict[str, Any]]) -> str:
     return _png(fig)
 
 
+def _frontier(results: list[dict[str, Any]]) -> str:
+    """Sim (mean mode) against FD (unit) for every method: what a translator's Sim costs in
+    distribution, as the mean of its draws (open) and as one draw (filled)."""
+    fig, axes = plt.subplots(1, len(results), figsize=(4 * len(results), 3.5), squeeze=False)
+    for ax, res in zip(axes[0], results, strict=True):
+        for row in res["rows"]:
+            if row.get("fd_unit") is None:
+                continue
+            dot = ax.scatter(row["fd_unit"], row["sim_sample"], label=row["method"])
+            if row.get("fd_unit_mean") is not None and row["method"] != "identity":
+                ax.scatter(row["fd_unit_mean"], row["sim"], facecolors="none",
+                           edgecolors=dot.get_facecolor())
+        ax.set(xscale="log", xlabel="FD (unit)", ylabel="Sim",
+               title=f"{res['direction']} / {res['split']}")
+    axes[0][0].legend(fontsize=7)
+    return _png(fig)
+
+
+def _budget_note(folder: Path) -> str:
+    """How long the demo trained ``ced-paper`` and where its figure at a fair budget is."""
+    summaries = sorted(folder.glob("translators/*/ced-paper/summary.json"))
+    if not summaries:
+        return ""
+    runs = []
+    for path in summaries:
+        info = json.loads(path.read_text())
+        if "train_seconds" in info:
+            runs.append(f"{path.parts[-3]}: {info['train_seconds']:.0f} s, "
+                        f"{info['steps'] * info['train_config']['batch_size']:,} pairs")
+    return ("<p><code>ced-paper</code> (the seed's method) trains on a short budget here ("
+            + "; ".join(runs) + "), far from where it levels off: its learning curve and "
+            "its figures at a fair budget are in the documentation's <em>Results</em>, "
+            "<em>The seed's method at a fair budget</em> "
+            "(<code>benchmarks/bench_ced_budget.py</code>).</p>")
+
+
 def _histograms(res: dict[str, Any]) -> str:
     fig, ax = plt.subplots(figsize=(6, 3.2))
     for row in res["rows"]:
@@ -290,7 +326,8 @@ def write_report(folder: str | Path) -> Path:
         parts += ["<a id='worldbench'></a><h2>WorldBench</h2>", _metric_legend()]
         for res in results:
             parts += [f"<h3>{res['direction']} — {res['split']}</h3>", _table(res["rows"])]
-        parts += ["<h3>Sim and R@1 by method</h3>", _bars(results),
+        parts += [_budget_note(folder), "<h3>Sim and R@1 by method</h3>", _bars(results),
+                  "<h3>Sim against FD (unit)</h3>", _frontier(results),
                   "<h3>Distribution of cos(ẑ, z)</h3>",
                   "".join(_histograms(r) for r in results)]
     parts += _generation(folder)
