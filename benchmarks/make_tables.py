@@ -605,17 +605,24 @@ def headline_section() -> list[str]:
     out = ["| direction | " + " | ".join(HEADLINE) + " |",
            "|---|" + "---|" * len(HEADLINE)]
     split = _reported([t["split"] for t in r["figures"]["tables"]])
+    budget = _load("ced_budget")
     for table in sorted(r["figures"]["tables"], key=lambda t: t["direction"] != "text2image"):
         if table["split"] != split:
             continue
-        for row in table["rows"]:
+        rows = list(table["rows"])
+        if budget and split == "test":  # the seed's method at a fair budget, beside the demo's
+            final = budget["figures"][table["direction"]]["ced-paper"]["final"]
+            rows.append({"method": f"ced-paper, {final['seconds'] / 60:.0f} min", **final["test"]})
+        for row in rows:
             cells = {"method": row["method"], "Sim": row["sim"], "R@1": row["R@1"],
-                     "R@5": row["R@5"], "MedR": row["MedR"], "FD (unit)": row.get("fd_unit"),
+                     "R@5": row["R@5"], "MedR": row.get("MedR"), "FD (unit)": row.get("fd_unit"),
                      "diversity": row["diversity"]}
             out.append(f"| {table['direction']} | " + " | ".join(
                 "–" if v is None else v if isinstance(v, str) else f"{v:.3f}"
                 if k != "MedR" else f"{v:.1f}" for k, v in cells.items()) + " |")
-    return ["", *out, "", _source(r)]
+    sources = [_source(r)] + ([_source(budget).replace("*`", "*`ced-paper, N min`: `", 1)]
+                              if budget else [])
+    return ["", *out, "", " ".join(sources)]
 
 
 GENERATION_T2I = ("ced-rerank", "direct-rerank", "lverse-rerank", "lverse", "oracle",
