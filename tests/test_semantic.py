@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import shutil
 from typing import Any
 
@@ -30,6 +31,24 @@ def test_caption_metrics_reward_matching_captions() -> None:
         assert perfect[key] > wrong[key]
     with pytest.raises(ValueError, match="one reference list per prediction"):
         caption_metrics(["x"], [])
+
+
+@needs_java
+def test_a_dead_meteor_process_is_an_error_not_a_hang() -> None:
+    """pycocoevalcap keeps METEOR's lock when its Java process dies, and its ``__del__`` then
+    waits for the lock forever; the wrapper raises and leaves the object collectable."""
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    from modtrans.eval.captioning import _meteor
+
+    meteor = Meteor()
+    meteor.meteor_p.kill()
+    meteor.meteor_p.wait()
+    with pytest.raises(RuntimeError, match="METEOR's Java process failed"):
+        _meteor(meteor, {0: ["a red circle"]}, {0: ["a red disc"]})
+    assert not meteor.lock.locked()
+    del meteor
+    gc.collect()  # its __del__ takes the lock: this returns only because the lock is free
 
 
 def _row(*objects: tuple[str, str, float]) -> dict[str, Any]:

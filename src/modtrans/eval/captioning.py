@@ -41,7 +41,25 @@ def caption_metrics(predictions: Sequence[str], references: Sequence[Sequence[st
     with contextlib.redirect_stdout(io.StringIO()):  # Bleu prints its length statistics
         bleu, _ = Bleu(4).compute_score(gts, res)
         scores.update({f"BLEU-{n + 1}": float(b) for n, b in enumerate(bleu)})
-        scores["METEOR"] = float(Meteor().compute_score(gts, res)[0])
+        scores["METEOR"] = _meteor(Meteor(), gts, res)
         scores["ROUGE-L"] = float(Rouge().compute_score(gts, res)[0])
         scores["CIDEr"] = float(Cider().compute_score(gts, res)[0])
     return scores
+
+
+def _meteor(meteor, gts: dict, res: dict) -> float:
+    """METEOR's corpus score; if its Java process dies mid-way (pycocoevalcap then raises with
+    its lock held, and its ``__del__`` waits for that lock forever), the lock is released so
+    the process can be cleaned up, and the error says what Java wrote."""
+    try:
+        return float(meteor.compute_score(gts, res)[0])
+    except (ValueError, OSError) as e:
+        stderr = b""
+        if meteor.meteor_p.poll() is not None:
+            stderr = meteor.meteor_p.stderr.read()[-500:]
+        raise RuntimeError(f"METEOR's Java process failed ({e}); it wrote: "
+                           f"{stderr.decode(errors='replace').strip() or 'nothing'}; check that "
+                           "Java 8+ is installed and that 2 GB of memory are free") from e
+    finally:
+        if meteor.lock.locked():
+            meteor.lock.release()
