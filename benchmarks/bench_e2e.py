@@ -47,7 +47,9 @@ def main(argv: list[str] | None = None) -> None:
     results = run_end_to_end(args.work, config, progress=False)
     name = f"e2e_{args.tag}" if args.tag else "e2e"
     shutil.copyfile(args.work / "e2e" / "text2image.png", RESULTS / f"{name}_text2image.png")
-    shutil.copyfile(args.work / "e2e" / "image2text.json", RESULTS / f"{name}_image2text.json")
+    if config.captions:
+        shutil.copyfile(args.work / "e2e" / "image2text.json",
+                        RESULTS / f"{name}_image2text.json")
     setup = {"work": str(args.work)} | ({"demo": demo.to_dict()} if demo else {})
     path = write_result(name, config.to_dict() | setup, results)
     logger.info("wrote %s", path)

@@ -357,7 +357,8 @@ def embed_section() -> list[str]:
 
 
 E2E_RUNS = {"": "End to end (e2e)",
-            "budget": "End to end sized for 60 minutes, L-Verse included (e2e_budget)"}
+            "budget": "End to end sized for 60 minutes, L-Verse included (e2e_budget)",
+            "tokens": "The token decoder beside the VAE + latent prior (e2e_tokens)"}
 
 
 def e2e_section(tag: str = "") -> list[str]:
@@ -409,6 +410,9 @@ def e2e_section(tag: str = "") -> list[str]:
                 + ("; `lverse`: BiART draws the image tokens from the prompt, "
                    "`lverse-reconstruction` is the AugVAE tokenizer's redrawing of the "
                    "prompt's image" if lverse else "")
+                + ("; `tokens-<route>`: the same route with the token decoder in the VAE's "
+                   "place, `tokens-reconstruction` its tokenizer's redrawing of the prompt's "
+                   "image" if "tokens-oracle" in routes else "")
                 + (f"; `-rerank`: the route draws {r['config']['candidates']} images per "
                    "prompt and the one the world CLIP scores highest against the prompt is "
                    "judged"
@@ -439,9 +443,49 @@ def e2e_section(tag: str = "") -> list[str]:
     out += [f"Samples: `benchmarks/results/{name}_text2image.png` (rows: "
             + "; ".join(f"“{p}”" for p in f.get("examples", {}).get("prompts", []))
             + "; columns: " + ", ".join(f.get("examples", {}).get("columns", []))
-            + "); captions: "
-            f"`benchmarks/results/{name}_image2text.json`.", "", _source(r), ""]
+            + (f"); captions: `benchmarks/results/{name}_image2text.json`."
+               if f["image_to_text"] else ")."), "", _source(r), ""]
     return out
+
+
+def token_decoder_section() -> list[str]:
+    r = _load("token_decoder_cpu")
+    if not r:
+        return []
+    f = r["figures"]
+    out = ["### Token decoder (token_decoder_cpu)", ""]
+    if "speed" in f:
+        sp = f["speed"]
+        batches = sorted(int(k.split("_")[1]) for k in sp if k.startswith("batch_"))
+        out += [f"Seconds per image of the token decoder ({sp['tokens']} codes, width "
+                f"{sp['width']}, {sp['layers']} layers, guidance {sp['guidance']:g}, then the "
+                "tokenizer's decoder) with the KV cache and without it, beside the VAE + "
+                f"latent prior ({sp['prior_steps']} sampler steps), in one run at "
+                f"{r['config']['threads']} thread(s)"
+                + (" (the decoders trained by the end-to-end run)" if sp["trained"] else
+                   " (random weights)") + ":", "",
+                *_table(["images a call", "tokens, cache", "tokens, no cache", "cache speed-up",
+                         "VAE + prior", "tokens / VAE"],
+                        [[str(b), f"{c['tokens_cache']:.3f}", f"{c['tokens_no_cache']:.3f}",
+                          f"{c['cache_speedup']:.1f}×", f"{c['vae_prior']:.3f}",
+                          f"{c['tokens_over_vae']:.2f}"]
+                         for b in batches for c in [sp[f"batch_{b}"]]])]
+    if "ceiling" in f:
+        c = f["ceiling"]
+        probes = c["probe_main_shape_val"]
+        columns = ("real", "reconstruction", "oracle", "tokens-reconstruction", "tokens-oracle")
+        rows = [[split, group.split("_")[0], f"{probes[group]:.3f}",
+                 *(f"{by[group][k]:.3f}" if k in by[group] else "—" for k in columns)]
+                for split, by in c.items() if split != "probe_main_shape_val"
+                for group in probes]
+        out += ["The ceiling study: the val accuracy of a linear probe of the main shape in the "
+                "image embeddings of images with n objects (what the decoders are handed), "
+                "beside the judge's shape recall on the `oracle` route of each decoder (the "
+                "prompt's own image embedding decoded), what each can draw at all "
+                "(`reconstruction`: the VAE's posterior; `tokens-reconstruction`: the "
+                "tokenizer) and the real images (from `e2e_tokens`):", "",
+                *_table(["split", "objects", "probe", *columns], rows)]
+    return [*out, _source(r), ""]
 
 
 def _minutes(summary: dict) -> float:
@@ -685,7 +729,8 @@ def main() -> None:
             "from.", "",
             *[line.replace("### ", "## ", 1) if line.startswith("### ") else line
               for line in [*world_section(), *clip_section(), *worldbench_section(),
-                           *e2e_section(), *e2e_section("budget"), *lverse_section(),
+                           *e2e_section(), *e2e_section("budget"), *e2e_section("tokens"),
+                           *token_decoder_section(), *lverse_section(),
                            *image_decoder_section(),
                            *(part for tag in VARIANTS if tag
                              for part in (*clip_section(tag), *worldbench_section(tag))),

@@ -169,10 +169,10 @@ def test_tiny_demo_evaluates_generation_end_to_end(demo: Demo) -> None:
     results = json.loads((demo.out / "e2e" / "results.json").read_text())
     assert set(results["text_to_image"]) == set(results["image_to_text"]) == {"test", "novel"}
     for routes in results["text_to_image"].values():
-        assert set(routes) == {"ced", "ced-mean", "ridge", "direct", "oracle", "reconstruction",
-                               "lverse", "lverse-reconstruction", "real", "ced-rerank",
-                               "ced-mean-rerank", "ridge-rerank", "direct-rerank",
-                               "lverse-rerank"}
+        vae = {"ced", "ced-mean", "ridge", "direct", "oracle", "reconstruction", "ced-rerank",
+               "ced-mean-rerank", "ridge-rerank", "direct-rerank"}
+        assert set(routes) == vae | {f"tokens-{r}" for r in vae} | {
+            "lverse", "lverse-reconstruction", "lverse-rerank", "real"}
         for name, route in routes.items():
             assert name == "real" or route["fd"] >= 0
             for scores in route["by_objects"].values():
@@ -192,8 +192,9 @@ def test_tiny_demo_evaluates_generation_end_to_end(demo: Demo) -> None:
 
     grid = Image.open(demo.out / "e2e" / "text2image.png")
     n_prompts = len(results["examples"]["prompts"])
-    assert grid.size == (78 * 66 + 2, n_prompts * 66 + 2)  # 6 samples × 13 routes per row
-    assert {"augvae_ml", "augvae", "biart"} <= set(results["training"])
+    assert grid.size == (138 * 66 + 2, n_prompts * 66 + 2)  # 6 samples × 23 routes per row
+    assert {"augvae_ml", "augvae", "biart", "tokenizer", "token_image",
+            "token_text"} <= set(results["training"])
     captions = json.loads((demo.out / "e2e" / "image2text.json").read_text())["captions"]
     assert len(captions["lverse"]) == len(captions["clipcap"])
 

@@ -71,6 +71,10 @@ TINY_GENERATION: dict[str, Any] = {
     "augvae": {"channels": [8, 8, 8], "codebook_size": 16, "code_dim": 8, "epochs": 1},
     "augvae_sl": {"epochs": 1},
     "biart": {"max_text_length": 16, "width": 16, "layers": 1, "heads": 2, "epochs": 1},
+    "tokenizer": {"levels": [8, 4], "channels": [8, 8, 8, 8], "codebook_size": 16,
+                  "code_dim": 8, "epochs": 1},
+    "token_image": {"prefix": 2, "width": 16, "layers": 1, "heads": 2, "epochs": 1},
+    "token_text": {"prefix": 2, "width": 16, "layers": 1, "heads": 2, "epochs": 1},
 }
 
 PRESETS: dict[str, DemoConfig] = {

@@ -1,6 +1,7 @@
-"""Decoder verbs: ``fit-decoder`` (image VAE or caption decoder), ``import-decoder`` (a
-diffusers unCLIP pipeline, published ClipCap / CapDec weights), ``generate`` (text → image),
-``caption`` (image → text) and ``fit-recogniser`` (the judge of generated world images)."""
+"""Decoder verbs: ``fit-decoder`` (image VAE, token decoder or caption decoder),
+``import-decoder`` (a diffusers unCLIP pipeline, published ClipCap / CapDec weights),
+``generate`` (text → image), ``caption`` (image → text) and ``fit-recogniser`` (the judge of
+generated world images)."""
 
 from __future__ import annotations
 
@@ -17,9 +18,17 @@ from modtrans.cli.application import app
 
 @app.command("fit-decoder")
 def fit_decoder(
-    kind: str = typer.Argument(..., help="image (conditional VAE) or caption (ClipCap/CapDec)."),
+    kind: str = typer.Argument(..., help="image (conditional VAE or, with --kind tokens, a "
+                               "token decoder) or caption (ClipCap/CapDec)."),
     data: Path = typer.Option(..., help="Store root with train and val splits."),
     out: Path = typer.Option(..., "--out", "-o", help="Decoder directory to write."),
+    image_kind: str = typer.Option(
+        "vae", "--kind", help="image: vae (the conditional VAE and its latent diffusion "
+        "prior) or tokens (a transformer drawing the codes of --tokenizer)."),
+    tokenizer: Path = typer.Option(None, help="image, --kind tokens: the AugVAE image "
+                                   "tokenizer (fit-tokenizer) whose codes it draws."),
+    max_images: int = typer.Option(None, help="image: train on the first N train images "
+                                   "(and their captions) only."),
     condition: str = typer.Option(
         None, help="image: train on image embeddings (default; for use after a text2image "
         "translator) or text (the direct route)."
@@ -57,9 +66,14 @@ def fit_decoder(
     """Train a decoder from embeddings back to images or captions on a store's train split."""
     from modtrans.data.store import open_store
 
-    if prior_only and (kind != "image" or condition or epochs):
-        raise ValueError("--prior-only applies to image decoders (fit-decoder image) and "
+    if prior_only and (kind != "image" or condition or epochs or image_kind != "vae"):
+        raise ValueError("--prior-only applies to VAE image decoders (fit-decoder image) and "
                          "keeps their condition and the VAE's epochs")
+    if image_kind not in ("vae", "tokens"):
+        raise ValueError(f"--kind must be vae or tokens, got {image_kind!r}")
+    if kind == "image" and (image_kind == "tokens") != (tokenizer is not None):
+        raise ValueError("--kind tokens needs --tokenizer AUGVAE (train one with `modtrans "
+                         "fit-tokenizer`), and --tokenizer applies to --kind tokens only")
     train, val = open_store(data, "train"), open_store(data, "val")
     with contextlib.redirect_stdout(sys.stderr):
         if prior_only:
@@ -73,12 +87,19 @@ def fit_decoder(
                                  f": keep only its `prior:` options")
             summary = refit_latent_prior(train, val, out, options.get("prior"),
                                          accelerator=accelerator, resume=resume)
+        elif kind == "image" and image_kind == "tokens":
+            from modtrans.decoders.token_decoder import TokenDecoderConfig, fit_token_decoder
+
+            cfg = TokenDecoderConfig.with_overrides(config, condition=condition, epochs=epochs)
+            summary = fit_token_decoder(train, val, out, cfg, tokenizer_dir=tokenizer,
+                                        max_images=max_images,
+                                        accelerator=accelerator, resume=resume)
         elif kind == "image":
             from modtrans.decoders.image_vae import ImageDecoderConfig, fit_image_decoder
 
             cfg = ImageDecoderConfig.with_overrides(config, condition=condition, epochs=epochs)
             summary = fit_image_decoder(train, val, out, cfg, accelerator=accelerator,
-                                        resume=resume)
+                                        max_images=max_images, resume=resume)
         elif kind == "caption":
             from modtrans.config import read_mapping
             from modtrans.decoders.caption import CaptionDecoderConfig, fit_caption_decoder
@@ -132,8 +153,8 @@ def generate(
         "on text embeddings)."
     ),
     decoder: str = typer.Option(
-        ..., help="Image decoder: a directory (fit-decoder image, or import-decoder "
-        "unclip-variation|stable-unclip), diffusers:unclip-variation:DIR or "
+        ..., help="Image decoder: a directory (fit-decoder image, a VAE or a token decoder, "
+        "or import-decoder unclip-variation|stable-unclip), diffusers:unclip-variation:DIR or "
         "diffusers:stable-unclip:DIR (a local diffusers pipeline, fed by the translator), or "
         "with --system lverse a BiART directory (fit-biart)."),
     text: list[str] = typer.Option(..., help="Prompt (repeat for several rows)."),
@@ -149,9 +170,9 @@ def generate(
                               "otherwise), or a diffusers decoder's denoising steps."),
     guidance: float = typer.Option(None, help="Classifier-free guidance of the decoder's "
                                    "latent prior (default: the decoder's own; 5 unless "
-                                   "trained otherwise), of a diffusers decoder (default: the "
-                                   "pipeline's) or, with --system lverse, of BiART "
-                                   "(default 1: none)."),
+                                   "trained otherwise), of a token decoder (default: its own; "
+                                   "3), of a diffusers decoder (default: the pipeline's) or, "
+                                   "with --system lverse, of BiART (default 1: none)."),
     temperature: float = typer.Option(1.0, help="--system lverse: sampling temperature."),
     top_k: int = typer.Option(0, help="--system lverse: keep the k likeliest tokens (0: all)."),
     top_p: float = typer.Option(1.0, help="--system lverse: nucleus sampling mass."),

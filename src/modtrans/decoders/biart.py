@@ -31,6 +31,11 @@ from torch.utils.data import DataLoader, Dataset
 from modtrans.artefacts import Artefact
 from modtrans.config import Config
 from modtrans.decoders.augvae import AugVAE, AugVAEConfig
+from modtrans.decoders.autoregressive import (
+    check_transformer_options,
+    sample_tokens,
+    transformer_recipe,
+)
 from modtrans.io import save_weights
 from modtrans.training.fit import Recipe, fit, save_trained
 
@@ -70,21 +75,13 @@ class BiARTConfig(Config):
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if isinstance(self.augvae, dict):
-            self.augvae = AugVAEConfig.from_dict(self.augvae)
-        if not isinstance(self.augvae, AugVAEConfig):
-            raise ValueError(f"augvae must be a mapping of AugVAEConfig options, got "
-                             f"{self.augvae!r}")
+        self.augvae = check_transformer_options(self)
         if self.max_text_length < 3 or self.width % self.heads:
             raise ValueError("max_text_length must be ≥ 3 and width a multiple of heads")
-        if not 0 <= self.cond_dropout < 1 or not 0 <= self.dropout < 1:
-            raise ValueError("cond_dropout and dropout must be in [0, 1)")
 
     def recipe(self) -> Recipe:
-        """AdamW with warm-up and cosine decay, no decay on biases, norms and embeddings."""
-        return Recipe(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-                      weight_decay=0.01, decay_filter=True, schedule="warmup-cosine",
-                      warmup_fraction=0.05, seed=self.seed)
+        """AdamW with warm-up and cosine decay (:func:`transformer_recipe`)."""
+        return transformer_recipe(self)
 
     @property
     def image_tokens(self) -> int:
@@ -179,8 +176,8 @@ class BiART(Artefact, nn.Module):
         return out.loss
 
     @staticmethod
-    def _positions(ids: torch.Tensor, start: int = 0) -> torch.Tensor:
-        return torch.arange(start, start + ids.shape[1], device=ids.device).expand_as(ids)
+    def _positions(ids: torch.Tensor) -> torch.Tensor:
+        return torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
 
     def training_loss(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
                       ) -> dict[str, torch.Tensor]:
@@ -220,36 +217,15 @@ class BiART(Artefact, nn.Module):
         allowed = torch.zeros(self.null + 1, dtype=torch.bool, device=condition.device)
         allowed[self.config.text_vocab:self.null] = to_image
         allowed[:self.config.text_vocab] = not to_image
-        ids, mask = condition, condition_mask
-        if guidance != 1.0:
-            ids = torch.cat([ids, torch.full_like(ids, self.null)])
-            mask = torch.cat([mask, torch.ones_like(mask)])
-        segments = torch.zeros_like(ids)
-        out, past = [], None
-        step_ids, step_segments, start = ids, segments, 0
-        for _ in range(steps):
-            result = self.gpt(inputs_embeds=self._embed(step_ids, step_segments),
-                              attention_mask=mask,
-                              position_ids=self._positions(step_ids, start),
-                              cache=past, use_cache=use_cache)
-            logits = result.logits[:, -1].float()
-            if guidance != 1.0:
-                cond, null = logits.chunk(2)
-                logits = null + guidance * (cond - null)
-            token = _draw(logits.masked_fill(~allowed, float("-inf")), temperature, top_k,
-                          top_p, generator)
-            out.append(token)
-            token = token.repeat(2 if guidance != 1.0 else 1)[:, None]
-            mask = torch.cat([mask, torch.ones_like(token)], dim=1)
-            ids = torch.cat([ids, token], dim=1)
-            segments = torch.cat([segments, torch.ones_like(token)], dim=1)
-            if use_cache:
-                past, start = result.cache, ids.shape[1] - 1
-                step_ids, step_segments = token, torch.ones_like(token)
-            else:
-                step_ids, step_segments = ids, segments
+        segments = torch.zeros_like(condition)
+        null = (self._embed(torch.full_like(condition, self.null), segments),
+                torch.ones_like(condition_mask))
+        tokens = sample_tokens(
+            self.gpt, self._embed(condition, segments), condition_mask,
+            lambda ids: self._embed(ids, torch.ones_like(ids)), steps, null=null,
+            guidance=guidance, allowed=allowed, temperature=temperature, top_k=top_k,
+            top_p=top_p, use_cache=use_cache, generator=generator)
         self.train(was_training)
-        tokens = torch.stack(out, dim=1)
         return tokens - self.config.text_vocab if to_image else tokens
 
     def generate_image(self, texts: list[str], *, generator: torch.Generator | None = None,
@@ -291,26 +267,6 @@ class BiART(Artefact, nn.Module):
         if not (tokenizer_dir / "tokenizer.json").is_file():
             raise FileNotFoundError(f"{tokenizer_dir} holds no tokenizer; {cls.train_hint}")
         return cls(config, AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True))
-
-
-def _draw(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
-          generator: torch.Generator | None) -> torch.Tensor:
-    """One token per row of (N, V) logits: argmax at temperature 0, else a draw from the
-    softmax at ``temperature`` kept to the ``top_k`` most likely and the smallest set
-    holding ``top_p`` of the probability (nucleus)."""
-    if temperature <= 0:
-        return logits.argmax(dim=-1)
-    logits = logits / temperature
-    if top_k > 0:
-        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        ordered, order = logits.sort(dim=-1, descending=True)
-        before = ordered.softmax(dim=-1).cumsum(dim=-1) - ordered.softmax(dim=-1)
-        ordered = ordered.masked_fill(before > top_p, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, ordered)
-    probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs.cpu(), 1, generator=generator).flatten().to(logits.device)
 
 
 class _Pairs(Dataset):

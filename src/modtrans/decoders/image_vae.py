@@ -266,6 +266,14 @@ def decoder_pairs(store: EmbeddingStore, condition: str, max_images: int | None 
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """(images uint8 (N, 64, 64, 3), embeddings (N, D)) of a store: one row per image for
     ``image`` conditions, one per caption (its image repeated) for ``text``."""
+    images, e, owner = decoder_rows(store, condition, max_images)
+    return images[owner], e
+
+
+def decoder_rows(store: EmbeddingStore, condition: str, max_images: int | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The first ``max_images`` images of a store (uint8 (n, 64, 64, 3); None: all), the
+    conditioning embeddings (N, D) of :func:`decoder_pairs` and the image of each (N,)."""
     n = store.n_images if max_images is None else min(max_images, store.n_images)
     paths = [Path(p) for p in store.image_metadata().column("image_path").to_pylist()[:n]]
     missing = [str(p) for p in paths if not p.is_file()]
@@ -276,20 +284,22 @@ def decoder_pairs(store: EmbeddingStore, condition: str, max_images: int | None 
         )
     images = load_images(paths, 64)
     if condition == "image":
-        return images, torch.from_numpy(store.image_embeddings[:n].astype(np.float32))
+        return (images, torch.from_numpy(store.image_embeddings[:n].astype(np.float32)),
+                torch.arange(n))
     owner = np.asarray(store.caption_image_index)
     rows = np.flatnonzero(owner < n)
     texts = torch.from_numpy(store.text_embeddings[rows].astype(np.float32))
-    return images[torch.from_numpy(owner[rows])], texts
+    return images, texts, torch.from_numpy(owner[rows])
 
 
 def fit_image_decoder(train: EmbeddingStore, val: EmbeddingStore, out_dir: str | Path,
                       config: ImageDecoderConfig | None = None, *, accelerator: str = "auto",
-                      max_val_images: int = 1000, progress: bool = True,
-                      resume: bool = False) -> dict[str, Any]:
-    """Train the conditional VAE on a store's images and embeddings, then its latent prior on
-    the trained encoder's posteriors; validate both on ``val``. ``resume`` continues each
-    stage from its checkpoint in ``out_dir/lightning``.
+                      max_images: int | None = None, max_val_images: int = 1000,
+                      progress: bool = True, resume: bool = False) -> dict[str, Any]:
+    """Train the conditional VAE on a store's images and embeddings (the first
+    ``max_images`` images and their captions; None: all), then its latent prior on the trained
+    encoder's posteriors; validate both on ``val``. ``resume`` continues each stage from its
+    checkpoint in ``out_dir/lightning``.
 
     Returns:
         A summary (pairs, seconds and steps of each stage, final train and val losses), also
@@ -302,7 +312,7 @@ def fit_image_decoder(train: EmbeddingStore, val: EmbeddingStore, out_dir: str |
     run = {"accelerator": accelerator, "progress": progress, "resume": resume}
     recipe = dataclasses.replace(config.recipe(), **run)
     L.seed_everything(config.seed, verbose=False)
-    images, e = decoder_pairs(train, config.condition)
+    images, e = decoder_pairs(train, config.condition, max_images)
     val_images, val_e = decoder_pairs(val, config.condition, max_val_images)
     model = ConditionalVAE(config)
     model.embed_norm.fit(e)

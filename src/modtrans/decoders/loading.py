@@ -12,13 +12,15 @@ from typing import Union
 
 from modtrans.decoders.diffusers_unclip import SPEC_PREFIX, DiffusersImageDecoder
 from modtrans.decoders.image_vae import ConditionalVAE
+from modtrans.decoders.token_decoder import TokenDecoder
 from modtrans.io import read_json
 from modtrans.translators.base import Translator
 
-#: What draws images from embeddings: the world's VAE or a diffusers unCLIP pipeline.
-ImageDecoder = Union[ConditionalVAE, DiffusersImageDecoder]  # noqa: UP007  (a runtime alias)
+#: What draws images from embeddings: the world's VAE, a token decoder or a diffusers unCLIP
+#: pipeline.
+ImageDecoder = Union[ConditionalVAE, TokenDecoder, DiffusersImageDecoder]  # noqa: UP007
 
-IMAGE_DECODER_KINDS = (ConditionalVAE.kind, DiffusersImageDecoder.kind)
+IMAGE_DECODER_KINDS = (ConditionalVAE.kind, TokenDecoder.kind, DiffusersImageDecoder.kind)
 
 
 def load_image_decoder(spec: str | Path, translator: Translator | None = None) -> ImageDecoder:
@@ -48,4 +50,6 @@ def load_image_decoder(spec: str | Path, translator: Translator | None = None) -
     kind = read_json(config).get("kind") if config.is_file() else None
     if kind == DiffusersImageDecoder.kind:
         return DiffusersImageDecoder.load(path)
+    if kind == TokenDecoder.kind:
+        return TokenDecoder.load(path)
     return ConditionalVAE.load(path)

@@ -22,6 +22,11 @@ Works in a demo folder (world, world CLIP, store, translators) and adds ``e2e/``
   embeddings (``text_input: set-mean``), what a translator's ``mean`` mode estimates;
   ``ced-capdec-paper`` decodes the same translations with the paper's CapDec (each
   caption's own embedding, noise variance 0.016) to show what that choice buys;
+- the token decoder (``tokens``: on by default), a transformer over an AugVAE tokenizer's codes
+  conditioned on the embedding (:mod:`modtrans.decoders.token_decoder`), trained like the VAE
+  on image embeddings and on text embeddings: every route above again with it in the VAE's
+  place, as ``tokens-<route>`` (``tokens-reconstruction``: the tokenizer's own redrawing of the
+  prompt's image, what the token decoder can draw at all);
 - L-Verse (``lverse``: on by default), the route that generates the other modality directly:
   an AugVAE image tokenizer (multi-level, then single-level fine-tuned from it) and BiART over
   [text | image tokens] and [image tokens | text], trained on the world's train images and
@@ -58,6 +63,7 @@ from modtrans.decoders.biart import BiART, BiARTConfig, fit_biart
 from modtrans.decoders.caption import CaptionDecoder, CaptionDecoderConfig, fit_caption_decoder
 from modtrans.decoders.image_vae import ConditionalVAE, ImageDecoderConfig, fit_image_decoder
 from modtrans.decoders.rerank import best_of
+from modtrans.decoders.token_decoder import TokenDecoder, TokenDecoderConfig, fit_token_decoder
 from modtrans.encoders import build_encoder
 from modtrans.eval.captioning import caption_metrics
 from modtrans.eval.encoder_report import linear_probe
@@ -78,6 +84,8 @@ logger = logging.getLogger(__name__)
 
 T2I_ROUTES = ("ced", "ced-mean", "ridge", "direct", "oracle", "reconstruction")
 LVERSE_T2I = ("lverse", "lverse-reconstruction")
+# the translate-then-decode routes again with the token decoder in the VAE's place
+TOKENS = "tokens-"
 # the routes also run as the best of ``candidates`` draws by CLIP score against the prompt
 RERANKED = ("ced", "ced-mean", "ridge", "direct")
 RERANK = "-rerank"
@@ -100,6 +108,15 @@ class EndToEndConfig(Config):
         splits: splits evaluated.
         recogniser, vae_image, vae_text, clipcap, capdec, capdec_paper: config overrides of
             each model (e.g. ``{"epochs": 2}``).
+        captions: evaluate image → text too (trains ClipCap and the CapDecs).
+        tokens: train and evaluate the token decoder too (``tokens-<route>`` rows).
+        tokenizer, token_image, token_text: config overrides of the token decoder's AugVAE
+            tokenizer and of the token decoders on image and on text embeddings.
+        train_images: the decoders of image embeddings and the token decoder's tokenizer
+            train on the first N train images (None: all).
+        text_train_images: the decoders of text embeddings train on the captions of the
+            first N train images (None: all).
+        routes: the text → image routes evaluated (None: all that are trained).
         lverse: train and evaluate L-Verse too.
         augvae, augvae_sl, biart: config overrides of L-Verse's tokenizer (multi-level), its
             single-level fine-tune (the one BiART uses) and BiART.
@@ -122,6 +139,15 @@ class EndToEndConfig(Config):
     clipcap: dict[str, Any] = dataclasses.field(default_factory=lambda: {"epochs": 3})
     capdec: dict[str, Any] = dataclasses.field(default_factory=lambda: {"epochs": 3})
     capdec_paper: dict[str, Any] = dataclasses.field(default_factory=lambda: {"epochs": 3})
+    captions: bool = True
+    tokens: bool = True
+    tokenizer: dict[str, Any] = dataclasses.field(default_factory=lambda: {
+        "levels": [8, 4], "channels": [16, 32, 64, 64], "epochs": 2})
+    token_image: dict[str, Any] = dataclasses.field(default_factory=lambda: {"epochs": 4})
+    token_text: dict[str, Any] = dataclasses.field(default_factory=lambda: {"epochs": 1})
+    train_images: int | None = None
+    text_train_images: int | None = None
+    routes: list[str] | None = None
     lverse: bool = True
     augvae: dict[str, Any] = dataclasses.field(default_factory=lambda: {"epochs": 2})
     augvae_sl: dict[str, Any] = dataclasses.field(default_factory=lambda: {"epochs": 1})
@@ -134,18 +160,33 @@ class EndToEndConfig(Config):
     def __post_init__(self) -> None:
         if self.candidates < 1:
             raise ValueError(f"candidates must be ≥ 1, got {self.candidates}")
+        for name in ("train_images", "text_train_images"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be ≥ 1 (or null: all), got {getattr(self, name)}")
+        unknown = sorted(set(self.routes or ()) - set(self._trained_routes()))
+        if unknown:
+            raise ValueError(f"routes {unknown} are not evaluated with these options; choose "
+                             f"from {list(self._trained_routes())}")
+
+    def _trained_routes(self) -> tuple[str, ...]:
+        tokens = self.tokens
+        reranked = (RERANKED + (tuple(TOKENS + r for r in RERANKED) if tokens else ())
+                    + (("lverse",) if self.lverse else ()))
+        extra = tuple(r + RERANK for r in reranked) if self.candidates > 1 else ()
+        return (T2I_ROUTES + (tuple(TOKENS + r for r in T2I_ROUTES) if tokens else ())
+                + (LVERSE_T2I if self.lverse else ()) + extra)
 
     @property
     def t2i_routes(self) -> tuple[str, ...]:
         """The text → image routes evaluated, in table order."""
-        reranked = RERANKED + (("lverse",) if self.lverse else ())
-        extra = tuple(r + RERANK for r in reranked) if self.candidates > 1 else ()
-        return T2I_ROUTES + (LVERSE_T2I if self.lverse else ()) + extra
+        return tuple(r for r in self._trained_routes()
+                     if self.routes is None or r in self.routes)
 
 
 def train_models(folder: Path, config: EndToEndConfig, progress: bool = True) -> dict[str, Any]:
-    """Train (or reuse, when already in ``folder/e2e``) the judge, the five decoders and
-    L-Verse; one that was interrupted continues from its last checkpoint."""
+    """Train (or reuse, when already in ``folder/e2e``) the judge, the image decoders, the
+    caption decoders (with ``captions``), the token decoders (``tokens``) and L-Verse
+    (``lverse``); one that was interrupted continues from its last checkpoint."""
     e2e, stores = folder / "e2e", folder / "store"
     train, val = open_store(stores, "train"), open_store(stores, "val")
     summaries: dict[str, Any] = {}
@@ -158,10 +199,12 @@ def train_models(folder: Path, config: EndToEndConfig, progress: bool = True) ->
                        resume=(e2e / "recogniser").is_dir())
     summaries["recogniser"] = read_json(report)
     jobs = {
-        "vae_image": (fit_image_decoder,
+        "vae_image": (functools.partial(fit_image_decoder, max_images=config.train_images),
                       ImageDecoderConfig(**{"condition": "image", **config.vae_image})),
-        "vae_text": (fit_image_decoder,
+        "vae_text": (functools.partial(fit_image_decoder, max_images=config.text_train_images),
                      ImageDecoderConfig(**{"condition": "text", **config.vae_text})),
+    }
+    captions = {
         "clipcap": (fit_caption_decoder,
                     CaptionDecoderConfig(**{"mode": "clipcap", **config.clipcap})),
         "capdec": (fit_caption_decoder, CaptionDecoderConfig(
@@ -169,6 +212,16 @@ def train_models(folder: Path, config: EndToEndConfig, progress: bool = True) ->
         "capdec_paper": (fit_caption_decoder,
                          CaptionDecoderConfig(**{"mode": "capdec", **config.capdec_paper})),
     }
+    if config.captions:
+        jobs.update(captions)
+    if config.tokens:
+        summaries["tokenizer"] = _train_tokenizer(folder, config, progress)
+        fit_tokens = functools.partial(fit_token_decoder, tokenizer_dir=e2e / "tokenizer")
+        jobs.update({
+            "token_image": (functools.partial(fit_tokens, max_images=config.train_images),
+                            TokenDecoderConfig(**{"condition": "image", **config.token_image})),
+            "token_text": (functools.partial(fit_tokens, max_images=config.text_train_images),
+                           TokenDecoderConfig(**{"condition": "text", **config.token_text}))})
     for name, (fit, model_config) in jobs.items():
         if (e2e / name / "summary.json").is_file():
             _check_reused(e2e / name, model_config)
@@ -179,6 +232,21 @@ def train_models(folder: Path, config: EndToEndConfig, progress: bool = True) ->
     if config.lverse:
         summaries.update(_train_lverse(folder, config, progress))
     return summaries
+
+
+def _train_tokenizer(folder: Path, config: EndToEndConfig, progress: bool) -> dict[str, Any]:
+    """The token decoder's AugVAE on the world's first ``train_images`` train images (reused
+    when there); its summary."""
+    out, world = folder / "e2e" / "tokenizer", folder / "world"
+    model_config = AugVAEConfig(**config.tokenizer)
+    if (out / "summary.json").is_file():
+        _check_reused(out, model_config)
+    else:
+        images, _ = world_split(world, "train")
+        val_images, _ = world_split(world, "val")
+        fit_augvae(images[:config.train_images], val_images[:500], out, model_config,
+                   progress=progress, resume=out.is_dir())
+    return read_json(out / "summary.json")
 
 
 def _train_lverse(folder: Path, config: EndToEndConfig, progress: bool) -> dict[str, Any]:
@@ -217,7 +285,8 @@ def _check_reused(folder: Path, wanted: Config) -> None:
     read = {CaptionDecoderConfig: CaptionDecoder.read_config,
             ImageDecoderConfig: ConditionalVAE.read_config,
             RecogniserConfig: AttributeRecogniser.read_config,
-            AugVAEConfig: AugVAE.read_config, BiARTConfig: BiART.read_config}[type(wanted)]
+            AugVAEConfig: AugVAE.read_config, BiARTConfig: BiART.read_config,
+            TokenDecoderConfig: TokenDecoder.read_config}[type(wanted)]
     saved = read(folder)
     differ = _differences(json.loads(json.dumps(saved.to_dict())),
                           json.loads(json.dumps(wanted.to_dict())))
@@ -265,7 +334,7 @@ class RouteGenerator:
     the world CLIP scoring the reranked ones), seeded.
 
     Assign another decoder to ``vae_image`` to compare decoders on the same prompts and
-    draws; ``e2e/vae_text`` is loaded when the direct route first asks.
+    draws; ``e2e/vae_text`` and the token decoders are loaded when a route first asks.
     """
 
     def __init__(self, folder: Path, clip: Any, seed: int, candidates: int,
@@ -280,6 +349,14 @@ class RouteGenerator:
     @functools.cached_property
     def vae_text(self) -> ConditionalVAE:
         return ConditionalVAE.load(self.folder / "e2e" / "vae_text")
+
+    @functools.cached_property
+    def token_image(self) -> TokenDecoder:
+        return TokenDecoder.load(self.folder / "e2e" / "token_image")
+
+    @functools.cached_property
+    def token_text(self) -> TokenDecoder:
+        return TokenDecoder.load(self.folder / "e2e" / "token_text")
 
     @functools.cached_property
     def biart(self) -> BiART:
@@ -299,6 +376,9 @@ class RouteGenerator:
 
     def __call__(self, route: str, items: list[tuple[str, Path]]) -> torch.Tensor:
         generator = torch.Generator().manual_seed(self.seed)
+        tokens = route.startswith(TOKENS)
+        route = route.removeprefix(TOKENS)
+        image_decoder = self.token_image if tokens else self.vae_image
         if route == "lverse-reconstruction":
             return self.biart.augvae.reconstruct(load_images([path for _, path in items], 64))
         if route.removesuffix(RERANK) == "lverse":
@@ -306,15 +386,18 @@ class RouteGenerator:
             return self._lverse(items, k, generator)
         if route in ("oracle", "reconstruction"):
             images = load_images([path for _, path in items], 64)
+            if route == "reconstruction" and tokens:
+                return self.token_image.reconstruct(images)
             e = self.clip.encode_images(images)
             if route == "reconstruction":
                 return self.vae_image.reconstruct(images, e, generator=generator)
-            return self.vae_image.generate(e, generator=generator)
+            return image_decoder.generate(e, generator=generator)
         k = self.candidates if route.endswith(RERANK) else 1
         route = route.removesuffix(RERANK)
         method, mode = ("ced", "mean") if route == "ced-mean" else (route, "sample")
-        pipeline = (TextToImage(self.vae_text, text_encoder=self.clip) if route == "direct"
-                    else TextToImage(self.vae_image, self.translators[method],
+        pipeline = (TextToImage(self.token_text if tokens else self.vae_text,
+                                text_encoder=self.clip) if route == "direct"
+                    else TextToImage(image_decoder, self.translators[method],
                                      text_encoder=self.clip))
         return pipeline([prompt for prompt, _ in items], candidates=k, mode=mode,
                         seed=row_seeds(self.seed, len(items)))[0]
@@ -439,14 +522,16 @@ def run_end_to_end(folder: str | Path, config: EndToEndConfig | None = None, *,
     for i, split in enumerate(config.splits):
         results["text_to_image"][split], examples, prompts = text_to_image(
             folder, split, config, judge, clip)
-        results["image_to_text"][split], captioned = image_to_text(folder, split, config)
+        if config.captions:
+            results["image_to_text"][split], captioned = image_to_text(folder, split, config)
         if i == 0:
             stacked = torch.cat([examples[r].view(len(prompts), EXAMPLE_SAMPLES, 64, 64, 3)
                                  for r in config.t2i_routes], dim=1)
             with atomic_path(folder / "e2e" / "text2image.png") as tmp:
                 image_grid(stacked.reshape(-1, 64, 64, 3), rows=len(prompts)).save(
                     tmp, format="PNG")
-            write_json(folder / "e2e" / "image2text.json", {"split": split, **captioned})
+            if config.captions:
+                write_json(folder / "e2e" / "image2text.json", {"split": split, **captioned})
             results["examples"] = {"split": split, "prompts": prompts,
                                    "columns": [f"{EXAMPLE_SAMPLES} × {r}"
                                                for r in config.t2i_routes]}
