@@ -14,6 +14,12 @@ result files (``e2e_<tag>.json``)::
     python benchmarks/bench_e2e.py --work benchmarks/work/e2e_budget \
         --demo-config benchmarks/configs/e2e_budget_demo.yaml \
         --config benchmarks/configs/e2e_budget.yaml --tag budget
+
+The token decoder beside the VAE + latent prior, on the WorldBench folder, sized for about
+45 minutes at one thread (``bench_token_decoder.py`` then reads it for the ceiling study)::
+
+    python benchmarks/bench_e2e.py --work benchmarks/work/worldbench \
+        --config benchmarks/configs/e2e_tokens.yaml --tag tokens
 """
 
 from __future__ import annotations

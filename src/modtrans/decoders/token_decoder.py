@@ -122,7 +122,7 @@ class TokenDecoder(Artefact, nn.Module):
             vocab_size=config.augvae.codebook_size, n_positions=config.prefix + config.tokens,
             n_embd=config.width, n_layer=config.layers, n_head=config.heads,
             resid_pdrop=config.dropout, embd_pdrop=config.dropout, attn_pdrop=config.dropout,
-            tie_word_embeddings=False))
+            bos_token_id=None, eos_token_id=None, tie_word_embeddings=False))
 
     def train(self, mode: bool = True) -> TokenDecoder:
         """Train mode for the transformer; the tokenizer stays frozen in eval mode."""
