@@ -59,8 +59,11 @@ def train(
         None, help="Lightning precision: 32, 32-true, bf16-mixed (GPU) or 16-mixed (default: "
         "32)."),
     accelerator: str = typer.Option(None, help="auto, cpu or gpu (default: auto)."),
-    devices: int = typer.Option(None, help="Number of devices (default: 1)."),
-    strategy: str = typer.Option(None, help="Lightning strategy, e.g. ddp (default: auto)."),
+    devices: int = typer.Option(None, help="Devices (processes) per node (default: 1)."),
+    num_nodes: int = typer.Option(None, help="Machines taking part under DDP (default: 1; "
+                                  "see the scaling guide for torchrun and SLURM)."),
+    strategy: str = typer.Option(None, help="Lightning strategy, e.g. ddp: the batch is then "
+                                 "split among the processes (default: auto)."),
     logger: str = typer.Option(None, help="csv, tensorboard or none (default: csv)."),
     seed: int = typer.Option(None, help="Random seed (default: 0)."),
     checkpoint_every: int = typer.Option(None, help="Steps between resume checkpoints "
@@ -69,6 +72,11 @@ def train(
     resume: bool = typer.Option(False, help="Continue from OUT/lightning/last.ckpt, with the "
                                 "weights an uninterrupted run would have reached."),
     skip_bad_rows: bool = typer.Option(False, help=SKIP_BAD_ROWS_HELP),
+    stream: bool = typer.Option(False, help="Read the train split from its memory-mapped "
+                                "shards in shuffled batches instead of into memory (splits "
+                                "larger than memory; not knn)."),
+    workers: int = typer.Option(0, help="DataLoader processes reading batches with --stream "
+                                "(0: in the training process)."),
 ) -> None:
     """Train a translator on the train split (validation Sim on val each epoch).
 
@@ -77,7 +85,8 @@ def train(
     from modtrans.config import read_mapping
     from modtrans.data.pairs import load_pairs
     from modtrans.data.store import open_store
-    from modtrans.training.fit import Recipe
+    from modtrans.data.stream import StorePairs
+    from modtrans.training.fit import Recipe, is_global_zero
     from modtrans.training.translator import fit_translator
     from modtrans.translators.base import translator_class
 
@@ -85,18 +94,21 @@ def train(
         epochs = translator_class(method).default_epochs
     tc = Recipe.with_overrides(
         config, epochs=epochs, batch_size=batch_size, max_time=max_time, precision=precision,
-        accelerator=accelerator, devices=devices, strategy=strategy, logger=logger, seed=seed,
-        checkpoint_every=checkpoint_every)
+        accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
+        logger=logger, seed=seed, checkpoint_every=checkpoint_every)
     train_store, val_store = (open_store(data, split, skip_bad_rows=skip_bad_rows)
                               for split in ("train", "val"))
+    pairs = (StorePairs(train_store, direction) if stream
+             else load_pairs(train_store, direction))
     # Lightning draws its progress bar on stdout; send it to stderr so stdout is the JSON only.
     with contextlib.redirect_stdout(sys.stderr):
         _, info = fit_translator(
-            method, load_pairs(train_store, direction), load_pairs(val_store, direction), out,
+            method, pairs, load_pairs(val_store, direction), out,
             params=parse_params(param), recipe=tc, image_encoder=train_store.image_encoder,
-            text_encoder=train_store.text_encoder, resume=resume,
+            text_encoder=train_store.text_encoder, resume=resume, workers=workers,
         )
-    typer.echo(json.dumps(info, indent=2, default=str))
+    if is_global_zero():  # under DDP the other ranks have nothing to say
+        typer.echo(json.dumps(info, indent=2, default=str))
 
 
 @app.command("methods")

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import WeightAveraging
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
 from modtrans.artefacts import Artefact, write_summary
 from modtrans.config import Config
@@ -73,7 +73,9 @@ class Recipe(Config):
         seed: seeds Lightning where the model is built (weights, shuffling, noise).
         precision: Lightning precision, one of :data:`PRECISIONS` (``bf16-mixed`` on GPU):
             the weights stay float32, which saving expects.
-        accelerator, devices, strategy: Lightning's (``strategy="ddp"`` for several GPUs).
+        accelerator, devices, num_nodes, strategy: Lightning's (``strategy="ddp"`` for
+            several processes: ``batch_size`` is then the global batch, each step's batch
+            split among the ranks, so that the steps are those of one process).
         logger: ``csv``, ``tensorboard`` or ``none``.
         log_every_n_steps: how often training metrics are logged.
         resume: continue each stage from its ``lightning/`` checkpoint (a later stage
@@ -100,6 +102,7 @@ class Recipe(Config):
     precision: str = "32"
     accelerator: str = "auto"
     devices: int = 1
+    num_nodes: int = 1
     strategy: str = "auto"
     logger: str = "csv"
     log_every_n_steps: int = 10
@@ -110,8 +113,9 @@ class Recipe(Config):
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
         self.precision = str(self.precision)
-        if self.epochs < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
-            raise ValueError("epochs, batch_size and checkpoint_every must be at least 1")
+        if min(self.epochs, self.batch_size, self.checkpoint_every, self.num_nodes) < 1:
+            raise ValueError("epochs, batch_size, checkpoint_every and num_nodes must be at "
+                             "least 1")
         for name, value, allowed in (("precision", self.precision, PRECISIONS),
                                      ("optimizer", self.optimizer, OPTIMIZERS),
                                      ("schedule", self.schedule, SCHEDULES),
@@ -128,14 +132,24 @@ class Recipe(Config):
     def loader(self, dataset: Dataset, *, shuffle: bool = True, drop_last: bool | None = None,
                collate_fn: Callable | None = None) -> ResumableLoader:
         """A training loader of ``batch_size`` that a resumed run continues where it stopped;
-        by default the last partial batch is dropped when there is more than one batch."""
+        by default the last partial batch is dropped when there is more than one batch.
+        Under DDP each rank gets its share of every batch (:class:`RankBatches`)."""
         size = len(dataset)  # type: ignore[arg-type]
         if drop_last is None:
             drop_last = size > self.batch_size
-        return ResumableLoader(dataset, batch_size=self.batch_size, drop_last=drop_last,
-                               collate_fn=collate_fn,
-                               sampler=EpochSampler(size, self.seed, shuffle, self.batch_size,
-                                                    getattr(dataset, "set_epoch", None)))
+        sampler = EpochSampler(size, self.seed, shuffle, self.batch_size,
+                               getattr(dataset, "set_epoch", None))
+        return ResumableLoader(dataset, collate_fn=collate_fn,
+                               batch_sampler=RankBatches(sampler, self.batch_size, drop_last))
+
+
+    def batch_loader(self, batches: Dataset, *, workers: int = 0) -> ResumableLoader:
+        """A training loader over a dataset of whole batches, indexed by
+        ``(epoch, batch, rank, world)`` (e.g. :class:`~modtrans.data.stream.PairBatches`),
+        read by ``workers`` processes; resumable like :meth:`loader`."""
+        return ResumableLoader(batches, batch_size=None, num_workers=workers,
+                               sampler=BatchOrder(len(batches), self.seed, False, 1),  # type: ignore[arg-type]
+                               persistent_workers=False)
 
 
 class EpochSampler(Sampler[int]):
@@ -169,23 +183,70 @@ class EpochSampler(Sampler[int]):
         return iter(order[start:])
 
 
-class ResumableLoader(DataLoader):
-    """A training loader whose state (epoch, batches trained) Lightning saves in the resume
-    checkpoint; :class:`ResumePoint` counts a batch as trained when its step is done."""
+class BatchOrder(EpochSampler):
+    """The keys ``(epoch, batch, rank, world)`` of an epoch's batches in order (from the
+    first not yet trained): the dataset draws the epoch's order itself."""
+
+    def __iter__(self) -> Iterator[tuple[int, int, int, int]]:  # type: ignore[override]
+        rank, world = rank_and_world()
+        epoch = self.epoch
+        return ((epoch, b, rank, world) for b in super().__iter__())
+
+
+def rank_and_world() -> tuple[int, int]:
+    """This process's global rank and the number of processes (0 and 1 outside DDP)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def is_global_zero() -> bool:
+    """Whether this process is global rank 0, the one that writes (Lightning's view: set from
+    the launcher's environment at import, and by the strategy once training starts)."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    return rank_zero_only.rank == 0
+
+
+class RankBatches(BatchSampler):
+    """The batches of an :class:`EpochSampler`, each split among the DDP ranks (rows
+    ``rank::world``), read when iteration starts: every rank steps through the same global
+    batches, so ``n`` processes take the steps one process would."""
 
     sampler: EpochSampler
 
+    def __iter__(self) -> Iterator[list[int]]:
+        rank, world = rank_and_world()
+        for batch in super().__iter__():
+            if len(batch) < world:
+                raise ValueError(f"a batch of {len(batch)} rows cannot be split among {world} "
+                                 "processes; use a larger batch_size or fewer devices")
+            yield batch[rank::world]
+
+
+class ResumableLoader(DataLoader):
+    """A training loader whose state (epoch, batches trained) Lightning saves in the resume
+    checkpoint; :class:`ResumePoint` counts a batch as trained when its step is done. Its
+    position is kept by its :class:`EpochSampler` (the batch sampler's, or its own sampler
+    when the dataset returns whole batches)."""
+
+    @property
+    def position(self) -> EpochSampler:
+        if isinstance(self.batch_sampler, RankBatches):
+            return self.batch_sampler.sampler
+        return self.sampler  # type: ignore[return-value]
+
     def batch_trained(self) -> None:
-        self.sampler.batches_done += 1
+        self.position.batches_done += 1
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.sampler.epoch, "batches": self.sampler.batches_done}
+        return {"epoch": self.position.epoch, "batches": self.position.batches_done}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         epoch, batches = state["epoch"], state["batches"]
         if batches >= len(self):  # saved as that epoch ended: resume at the next one's start
             epoch, batches = epoch + 1, 0
-        self.sampler.epoch, self.sampler.skip = epoch, batches
+        self.position.epoch, self.position.skip = epoch, batches
 
 
 def derived_seed(*parts: int) -> int:
@@ -232,9 +293,9 @@ class FitModule(L.LightningModule):
 
     def _log(self, stage: str, metrics: dict[str, torch.Tensor], batch: Any) -> None:
         n = len(next(iter(batch.values()))) if isinstance(batch, dict) else len(batch[0])
-        for key, value in metrics.items():
+        for key, value in metrics.items():  # averaged over the ranks' batches under DDP
             self.log(f"{stage}/{self.log_prefix}{key}", value, prog_bar=key == "loss",
-                     batch_size=n)
+                     batch_size=n, sync_dist=self.trainer.world_size > 1)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         torch.manual_seed(derived_seed(self.recipe.seed, self.global_step, self.global_rank))
@@ -316,7 +377,7 @@ def fit(model: nn.Module, step: Step, train: DataLoader, val: DataLoader | None,
     total = recipe.max_steps if recipe.max_steps > 0 else recipe.epochs * len(train)
     module = FitModule(model, step, recipe, total, val_step=val_step, after_step=after_step,
                        log_prefix=log_prefix)
-    callbacks = list(callbacks)
+    callbacks = [ShareRankZero(), *callbacks]
     if recipe.ema_decay:
         callbacks.append(WeightAveraging(avg_fn=WarmupEMA(recipe.ema_decay)))
     last = log_file = None
@@ -338,7 +399,8 @@ def fit(model: nn.Module, step: Step, train: DataLoader, val: DataLoader | None,
         Path(out_dir).mkdir(parents=True, exist_ok=True)
     trainer = L.Trainer(
         max_epochs=recipe.epochs, max_steps=recipe.max_steps, max_time=recipe.max_time,
-        accelerator=recipe.accelerator, devices=recipe.devices, strategy=recipe.strategy,
+        accelerator=recipe.accelerator, devices=recipe.devices, num_nodes=recipe.num_nodes,
+        strategy=recipe.strategy, use_distributed_sampler=False,  # RankBatches splits batches
         precision=recipe.precision, logger=_logger(recipe, out_dir, stage),
         callbacks=callbacks, enable_checkpointing=False,
         enable_progress_bar=recipe.progress, enable_model_summary=False,
@@ -357,11 +419,22 @@ def fit(model: nn.Module, step: Step, train: DataLoader, val: DataLoader | None,
         raise ValueError(f"--resume: {resume_from} is not a checkpoint modtrans can read "
                          f"({_first_line(e)}); delete it and train without --resume") from e
     seconds = time.perf_counter() - start
-    if earlier:
+    if earlier and is_global_zero():  # the CSV is rank 0's
         _restore_earlier_rows(log_file, earlier)
     metrics = {k: round(float(v), 4) for k, v in trainer.callback_metrics.items()}
     return {"seconds": round(seconds, 2), "steps": trainer.global_step,
             "epochs": trainer.current_epoch, **metrics}
+
+
+class ShareRankZero(L.Callback):
+    """Under DDP, gives every rank global rank 0's weights and buffers as training is set
+    up, before anything copies them (the EMA, DDP itself): closed-form parts (normalisers,
+    ridge, γ) are fitted on rank 0 alone and shared from there."""
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if trainer.world_size > 1:
+            state = trainer.strategy.broadcast(pl_module.state_dict(), src=0)
+            pl_module.load_state_dict(state)
 
 
 class ResumePoint(L.Callback):

@@ -27,6 +27,7 @@ from modtrans.artefacts import Artefact, Layout
 from modtrans.config import Config
 
 if TYPE_CHECKING:
+    from modtrans.translators.baselines import RidgeMoments
     from modtrans.translators.samplers import SamplerOptions
 
 logger = logging.getLogger(__name__)
@@ -154,6 +155,8 @@ class Translator(Artefact, nn.Module):
     method: ClassVar[str]
     stochastic: ClassVar[bool] = False
     trainable: ClassVar[bool] = False
+    #: Whether :meth:`prepare_streamed` needs the split's :class:`RidgeMoments`.
+    needs_moments: ClassVar[bool] = False
     #: Epochs ``train`` and the demo run when none are given (trainable methods).
     default_epochs: ClassVar[int] = 1
     options_class: ClassVar[type[Config]] = NoOptions
@@ -177,6 +180,16 @@ class Translator(Artefact, nn.Module):
 
         Called after the normalisers are fitted. Returns what was chosen (e.g. λ on val).
         """
+        return {}
+
+    def prepare_streamed(self, moments: RidgeMoments | None, sample: tuple[Tensor, Tensor],
+                         val_cn: Tensor, val_zn: Tensor) -> dict[str, Any]:
+        """:meth:`prepare` for a split read from disk (``train --stream``): from its ridge
+        moments (when :attr:`needs_moments`) and a sample of its pairs, normalised. A method
+        whose closed form needs every pair in memory refuses."""
+        if type(self).prepare is not Translator.prepare:
+            raise ValueError(f"{self.method} fits its closed form on the whole train split in "
+                             "memory; train it without --stream")
         return {}
 
     def finish(self, cn: Tensor, zn: Tensor, val_cn: Tensor, val_zn: Tensor) -> dict[str, Any]:

@@ -8,6 +8,7 @@ every inference mode returns the same output.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import torch
@@ -56,25 +57,54 @@ class MeanShiftTranslator(Translator):
 
 
 def ridge_solutions(cn: Tensor, zn: Tensor, lambdas: list[float]) -> list[Tensor]:
-    """W_λ = (CᵀC + λN·I)⁻¹ CᵀZ for every λ, from one eigendecomposition of CᵀC (float64)."""
+    """W_λ = (CᵀC + λN·I)⁻¹ CᵀZ for every λ (float64)."""
     c, z = cn.double(), zn.double()
-    evals, evecs = torch.linalg.eigh(c.T @ c)
-    proj = evecs.T @ (c.T @ z)  # (Dc, D)
-    n = c.shape[0]
+    return ridge_from_products(c.T @ c, c.T @ z, len(c), lambdas)
+
+
+def ridge_from_products(ctc: Tensor, ctz: Tensor, n: int, lambdas: list[float]
+                        ) -> list[Tensor]:
+    """The ridge solutions from CᵀC and CᵀZ over ``n`` pairs, by one eigendecomposition."""
+    evals, evecs = torch.linalg.eigh(ctc.double())
+    proj = evecs.T @ ctz.double()  # (Dc, D)
     return [(evecs @ (proj / (evals + lam * n).unsqueeze(1))).float() for lam in lambdas]
 
 
-def select_ridge(translator: Translator, cn: Tensor, zn: Tensor, val_cn: Tensor,
+def select_ridge(translator: Translator, solutions: list[Tensor], val_cn: Tensor,
                  val_zn: Tensor, lambdas: list[float]) -> tuple[Tensor, float, dict]:
-    """The ridge solution whose λ gives the best val Sim.
+    """The ridge solution (one per λ) whose λ gives the best val Sim.
 
     Returns:
         (W (Dc, D), the chosen λ, val Sim for every λ).
     """
-    solutions = ridge_solutions(cn, zn, lambdas)
     sims = [translator.val_similarity(val_cn @ w, val_zn) for w in solutions]
     best = max(range(len(lambdas)), key=sims.__getitem__)
     return solutions[best], lambdas[best], dict(zip(lambdas, sims, strict=True))
+
+
+@dataclasses.dataclass
+class RidgeMoments:
+    """Sums over a split's normalised pairs (float64) from which its ridge solutions and the
+    size of their residual follow without the pairs: n, CᵀC, CᵀZ, Σc, Σz and Σ‖z‖²
+    (accumulated from disk by :func:`modtrans.data.stream.ridge_moments`)."""
+
+    n: int
+    ctc: Tensor
+    ctz: Tensor
+    c_sum: Tensor
+    z_sum: Tensor
+    z_sq: float
+
+    def solutions(self, lambdas: list[float]) -> list[Tensor]:
+        return ridge_from_products(self.ctc, self.ctz, self.n, lambdas)
+
+    def residual_std(self, weight: Tensor) -> float:
+        """The standard deviation of every element of z − c·W over the pairs."""
+        w = weight.double()
+        total = self.z_sq - 2 * float((w * self.ctz).sum()) + float((w * (self.ctc @ w)).sum())
+        elements = self.n * w.shape[1]
+        mean_sum = float((self.z_sum - self.c_sum @ w).sum())
+        return float(math.sqrt(max(total - mean_sum**2 / elements, 0.0) / (elements - 1)))
 
 
 def check_lambdas(name: str, lambdas: list[float]) -> None:
@@ -104,6 +134,7 @@ class RidgeTranslator(Translator):
     """ẑ = c·W with W the ridge solution in normalised space; λ chosen by val Sim."""
 
     method = "ridge"
+    needs_moments = True
     options_class = RidgeOptions
     options: RidgeOptions
 
@@ -112,7 +143,16 @@ class RidgeTranslator(Translator):
         self.register_buffer("weight", torch.zeros(config.cond_dim, config.target_dim))
 
     def prepare(self, cn: Tensor, zn: Tensor, val_cn: Tensor, val_zn: Tensor) -> dict[str, Any]:
-        weight, lam, sims = select_ridge(self, cn, zn, val_cn, val_zn, self.options.lambdas)
+        return self._choose(ridge_solutions(cn, zn, self.options.lambdas), val_cn, val_zn)
+
+    def prepare_streamed(self, moments: RidgeMoments | None, sample: tuple[Tensor, Tensor],
+                         val_cn: Tensor, val_zn: Tensor) -> dict[str, Any]:
+        assert moments is not None
+        return self._choose(moments.solutions(self.options.lambdas), val_cn, val_zn)
+
+    def _choose(self, solutions: list[Tensor], val_cn: Tensor, val_zn: Tensor
+                ) -> dict[str, Any]:
+        weight, lam, sims = select_ridge(self, solutions, val_cn, val_zn, self.options.lambdas)
         self.weight.copy_(weight)
         return {"lambda": lam, "val_sim_by_lambda": sims}
 

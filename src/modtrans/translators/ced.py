@@ -44,7 +44,13 @@ from modtrans.translators.base import (
     row_generators,
     row_seeds,
 )
-from modtrans.translators.baselines import check_lambdas, mlp_net, select_ridge
+from modtrans.translators.baselines import (
+    RidgeMoments,
+    check_lambdas,
+    mlp_net,
+    ridge_solutions,
+    select_ridge,
+)
 from modtrans.translators.denoisers import DENOISERS, DenoiserConfig
 from modtrans.translators.diffusion import OBJECTIVES, Denoiser, diffusion_loss, randn
 from modtrans.translators.samplers import SPACINGS, Sampler, SamplerOptions, get_sampler
@@ -192,11 +198,30 @@ class CEDTranslator(Translator):
         out = cn @ self.mapping
         return out if self.correction is None else out + self.correction(cn)
 
+    needs_moments = True
+
     def prepare(self, cn: Tensor, zn: Tensor, val_cn: Tensor, val_zn: Tensor) -> dict[str, Any]:
-        weight, lam, _ = select_ridge(self, cn, zn, val_cn, val_zn, self.options.ridge_lambdas)
-        self.mapping.copy_(weight)
+        lam = self._choose_map(ridge_solutions(cn, zn, self.options.ridge_lambdas), val_cn,
+                               val_zn)
         residual = zn - cn @ self.mapping
-        self.residual_scale.fill_(float(residual.std()))
+        return self._set_scales(float(residual.std()), residual, lam)
+
+    def prepare_streamed(self, moments: RidgeMoments | None, sample: tuple[Tensor, Tensor],
+                         val_cn: Tensor, val_zn: Tensor) -> dict[str, Any]:
+        """M and the residual's std from the whole split's moments; γ (the mean residual
+        norm, not a sum of moments) from the sample."""
+        assert moments is not None
+        lam = self._choose_map(moments.solutions(self.options.ridge_lambdas), val_cn, val_zn)
+        cn, zn = sample
+        return self._set_scales(moments.residual_std(self.mapping), zn - cn @ self.mapping, lam)
+
+    def _choose_map(self, solutions: list[Tensor], val_cn: Tensor, val_zn: Tensor) -> float:
+        weight, lam, _ = select_ridge(self, solutions, val_cn, val_zn, self.options.ridge_lambdas)
+        self.mapping.copy_(weight)
+        return lam
+
+    def _set_scales(self, residual_std: float, residual: Tensor, lam: float) -> dict[str, Any]:
+        self.residual_scale.fill_(residual_std)
         gamma = self.options.gamma
         self.gamma.fill_(float(residual.norm(dim=-1).mean()) if gamma is None else gamma)
         return {"ridge_lambda": lam, "gamma": float(self.gamma),
@@ -439,6 +464,8 @@ class CEDPaperTranslator(CEDTranslator):
         mapped = self._map(cn)
         return mapped if self.options.space == "z" else self.target_norm(mapped)
 
+    needs_moments = False
+
     def prepare(self, cn: Tensor, zn: Tensor, val_cn: Tensor, val_zn: Tensor) -> dict[str, Any]:
         self.gamma.fill_(float(self.options.gamma))
         return {"gamma": float(self.gamma)}
@@ -481,6 +508,10 @@ class CEDPaperTranslator(CEDTranslator):
             _Unconditional(self.denoiser), noise_null, self.schedule.to(cn.device), cn,
             steps=s.steps, eta=s.eta, objective=self.options.objective, generator=generator)
         return x_null + s.guidance * (x_cond - x_null)
+
+    def prepare_streamed(self, moments: RidgeMoments | None, sample: tuple[Tensor, Tensor],
+                         val_cn: Tensor, val_zn: Tensor) -> dict[str, Any]:
+        return self.prepare(*sample, val_cn, val_zn)
 
     def training_loss(self, cn: Tensor, zn: Tensor) -> Tensor:
         o = self.options
