@@ -15,10 +15,13 @@ from PIL import Image
 
 from modtrans.cli import main
 from modtrans.data.coco import read_coco_captions
-from modtrans.data.store import EmbeddingStore
+from modtrans.data.store import EmbeddingStore, open_store
 from modtrans.retrieval import (
+    Gallery,
+    _normalised,
     build_index,
     choose_kind,
+    exact_search,
     index_store,
     load_index,
     recall_against_exact,
@@ -39,7 +42,7 @@ def _run(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
 def test_choose_kind_by_size() -> None:
     assert choose_kind(1000) == "flat"
     assert choose_kind(100_000) == "hnsw"
-    assert choose_kind(5_000_000) == "ivf"
+    assert choose_kind(5_000_000) == "ivfpq"
     assert choose_kind(10, "hnsw") == "hnsw"
     with pytest.raises(ValueError, match="flat"):
         choose_kind(10, "lsh")
@@ -77,6 +80,32 @@ def test_approximate_indexes_recall_most_of_exact(
     assert params["kind"] == kind
     recall = recall_against_exact(index, gallery, queries, k=10)
     assert floor <= recall <= 1.0
+
+
+def test_ivfpq_from_a_stores_shards_rescored_recalls_exact(tmp_path: Path) -> None:
+    from modtrans.data.synthetic import write_paired_store
+
+    store = open_store(write_paired_store(tmp_path / "s", 20_000, dim=32, shard_size=3000))
+    queries = Gallery(open_store(write_paired_store(tmp_path / "q", 300, dim=32,
+                                                    split="val")), "image").rows(range(300))
+    gallery = Gallery(store, "image")
+    whole = _normalised(store.image_embeddings.to_numpy())
+    np.testing.assert_array_equal(np.concatenate(list(gallery.batches(4096))), whole)
+    exact, _ = build_index(whole, "flat")
+    want_scores, want_rows = search(exact, queries, 10)
+    got_scores, got_rows = exact_search(gallery, queries, 10)
+    np.testing.assert_array_equal(got_rows, want_rows)
+    np.testing.assert_allclose(got_scores, want_scores, atol=1e-5)
+    info = index_store(store, tmp_path / "ix", kind="ivfpq", nlist=64, queries=queries)
+    assert info["kind"] == "ivfpq" and info["pq_m"] == 32 and info["rerank"] == 10
+    assert info["recall@10_vs_exact"] >= 0.9 and info["qps"] > 0 and info["exact_qps"] > 0
+    assert 0 < info["index_mb"] < whole.nbytes / 2**20 and info["peak_rss_mb"] > 0
+    loaded = load_index(tmp_path / "ix")  # searches re-score from the store, as measured
+    _, rows = loaded.search(queries, 10)
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(rows, want_rows, strict=True)]) \
+        == pytest.approx(info["recall@10_vs_exact"], abs=1e-4)
+    with pytest.raises(ValueError, match="at least 10000"):
+        build_index(whole[:500], "ivfpq")
 
 
 def test_empty_gallery_and_bad_k() -> None:

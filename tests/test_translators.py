@@ -828,7 +828,7 @@ def test_config_validation() -> None:
         TranslatorConfig(method="ridge", direction="image2image", cond_dim=4, target_dim=4)
     with pytest.raises(ValueError, match="cond_dim must be positive"):
         TranslatorConfig(method="ridge", direction="text2image", cond_dim=0, target_dim=4)
-    with pytest.raises(ValueError, match="epochs, batch_size and checkpoint_every"):
+    with pytest.raises(ValueError, match="epochs, batch_size, checkpoint_every and num_nodes"):
         Recipe(epochs=0)
     with pytest.raises(ValueError, match="checkpoint_every"):
         Recipe(checkpoint_every=0)

@@ -17,19 +17,26 @@ def index(
     split: str = typer.Option("val", help="Split of a store root."),
     modality: str = typer.Option("image", help="Which embeddings to index: image or text."),
     kind: str = typer.Option(
-        "auto", help="flat (exact), hnsw, ivf, or auto: exact up to 50,000 vectors, HNSW up "
-        "to 2 million, IVF beyond."
+        "auto", help="flat (exact), hnsw, ivf, ivfpq (compressed codes, for millions), or "
+        "auto: exact up to 50,000 vectors, HNSW up to 2 million, IVF-PQ beyond."
     ),
     n_queries: int = typer.Option(1000, help="Queries used to measure recall against exact."),
     k: int = typer.Option(10, "-k", "--k", help="k of the reported recall@k against exact "
                           "search."),
+    nlist: int = typer.Option(None, help="IVF lists (default: about 4·√n, at most 4096)."),
+    nprobe: int = typer.Option(16, help="IVF lists searched per query."),
+    pq_m: int = typer.Option(64, help="IVF-PQ bytes per vector (sub-vectors)."),
+    rerank: int = typer.Option(10, help="IVF-PQ re-scores its best rerank·k candidates "
+                               "exactly from the store (1: off)."),
 ) -> None:
-    """Build a faiss cosine index over a store's embeddings; report its recall vs exact."""
+    """Build a faiss cosine index from a store's shards, in batches; report build time,
+    size, peak memory, recall@k against exact search and queries/s (vs exact)."""
     from modtrans.data.store import open_store
     from modtrans.retrieval import index_store
 
     info = index_store(open_store(data, split), out, modality=modality, kind=kind,
-                       n_queries=n_queries, k=k)
+                       n_queries=n_queries, k=k, nlist=nlist, nprobe=nprobe, pq_m=pq_m,
+                       rerank=rerank, progress=True)
     typer.echo(json.dumps(info, indent=2))
 
 

@@ -1,10 +1,13 @@
 """Synthetic paired stores of any size, for scaling tests and benchmarks.
 
 Image and caption embeddings share a low-dimensional latent (as real CLIP embeddings lie
-near a low-dimensional subspace) plus independent noise: u ~ N(0, I_k), image = u·A + σ·ε,
-text = u·B + σ·ε', each row L2-normalised. A and B come from the seed; the rows of shard
-``s`` from ``(seed, split, s)`` alone, so the splits of one seed are draws of one
-distribution, and stores of different sizes share their first rows.
+near a low-dimensional subspace and gather around concepts) plus independent noise: u is
+one of ``concepts`` centres μ_j ~ N(0, I_k) plus s·N(0, I_k), image = u·A + σ·ε,
+text = u·B + σ·ε', each row L2-normalised. Without the concepts a row's nearest neighbours
+would be nearly as far as any other row, which no real gallery is like. A, B and the centres
+come from the seed; the rows of shard ``s`` from ``(seed, split, s)`` alone, so the splits
+of one seed are draws of one distribution, and stores of different sizes share their first
+rows.
 """
 
 from __future__ import annotations
@@ -23,13 +26,16 @@ logger = logging.getLogger(__name__)
 
 
 def paired_rows(n: int, dim: int, seed: int, split: str, shard: int, *, latent_dim: int = 64,
-                noise: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
+                concepts: int = 1000, spread: float = 0.5, noise: float = 0.3
+                ) -> tuple[np.ndarray, np.ndarray]:
     """``n`` (image, text) float32 rows of shard number ``shard`` of ``split``."""
     mixing = np.random.default_rng([seed, 0])
     a = mixing.standard_normal((latent_dim, dim), dtype=np.float32) / np.sqrt(latent_dim)
     b = mixing.standard_normal((latent_dim, dim), dtype=np.float32) / np.sqrt(latent_dim)
+    centres = mixing.standard_normal((concepts, latent_dim), dtype=np.float32)
     rng = np.random.default_rng([seed, 1, zlib.crc32(split.encode()), shard])
-    u = rng.standard_normal((n, latent_dim), dtype=np.float32)
+    u = centres[rng.integers(0, concepts, n)] + spread * rng.standard_normal(
+        (n, latent_dim), dtype=np.float32)
     sides = []
     for m in (a, b):
         x = u @ m + noise * rng.standard_normal((n, dim), dtype=np.float32)

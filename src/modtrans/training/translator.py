@@ -28,7 +28,7 @@ from modtrans.translators.base import (
 logger = logging.getLogger(__name__)
 
 #: Pairs of a split read from disk on which γ (a mean over pairs) is measured.
-SAMPLE_PAIRS = 262_144
+SAMPLE_PAIRS = 65_536
 
 
 def build_translator(
