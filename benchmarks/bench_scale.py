@@ -16,7 +16,8 @@ Every measurement is kept in ``--work``/measurements.json as it finishes, so a r
 Run at one thread (``OMP_NUM_THREADS=1``).
 
 Usage: ``python benchmarks/bench_scale.py [--work /tmp/bench_scale] [--sizes 1e4 1e5 1e6 5e6]
-[--steps 100]``; writes ``benchmarks/results/scale.json`` and ``scale.png``.
+[--steps 100]``; writes ``benchmarks/results/scale.json`` and ``scale.png`` (also shown in
+the docs as ``docs/img/scale.png``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -37,6 +39,7 @@ from modtrans.io import read_json, write_json
 
 logger = logging.getLogger("bench_scale")
 
+DOCS_IMAGE = Path(__file__).resolve().parents[1] / "docs" / "img" / "scale.png"
 SHARD = 10_000
 DIM = 512
 PARAMS = {"mlp": {"width": 512}, "ced": {"mean_shrinks": []}}
@@ -175,6 +178,7 @@ def main(argv: list[str] | None = None) -> None:
                   threads=1, queries=1000)
     print(write_result("scale", config, figures))
     plot(done, sizes, RESULTS / "scale.png")
+    shutil.copyfile(RESULTS / "scale.png", DOCS_IMAGE)
 
 
 def plot(done: dict[str, Any], sizes: list[int], path: Path) -> None:

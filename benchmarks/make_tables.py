@@ -500,6 +500,48 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
             *("| " + " | ".join(row) + " |" for row in rows), ""]
 
 
+def scale_section() -> list[str]:
+    r = _load("scale")
+    if not r:
+        return []
+    done, c = r["figures"]["measurements"], r["config"]
+
+    def cell(key: str, field: str, fmt: str = "{:.0f}") -> str:
+        value = done.get(key, {}).get(field)
+        return "—" if value is None else fmt.format(value)
+
+    def index_cell(n: int, kind: str, field: str, fmt: str = "{:.0f}") -> str:
+        value = done.get(f"index/index/{n}", {}).get(kind, {}).get(field)
+        return "—" if value is None else fmt.format(value)
+
+    rows = [[f"{n:,}",
+             cell(f"train/mlp/{n}", "pairs_per_second"), cell(f"train/mlp/{n}", "peak_rss_mb"),
+             cell(f"train/mlp/{n}", "prepare_seconds", "{:.1f}"),
+             cell(f"train/ced/{n}", "pairs_per_second"), cell(f"train/ced/{n}", "peak_rss_mb"),
+             cell(f"train/ced/{n}", "prepare_seconds", "{:.1f}"),
+             cell(f"eval/mlp/{n}", "seconds", "{:.1f}"), cell(f"eval/mlp/{n}", "peak_rss_mb"),
+             index_cell(n, "ivfpq", "build_seconds", "{:.0f}"),
+             index_cell(n, "ivfpq", "index_mb", "{:.1f}"),
+             index_cell(n, "ivfpq", "recall@10_vs_exact", "{:.3f}"),
+             index_cell(n, "ivfpq", "qps"), index_cell(n, "ivfpq", "exact_qps"),
+             index_cell(n, "hnsw", "recall@10_vs_exact", "{:.3f}"), index_cell(n, "hnsw", "qps")]
+            for n in r["figures"]["sizes"]]
+    return ["### Cost growth with the store (scale)", "",
+            f"Synthetic paired {c['dim']}-d {c['dtype']} embeddings, one thread, each figure "
+            f"from its own process. Training reads the store from its shards (`--stream`) for "
+            f"{c['steps']} steps of {c['batch_size']} pairs; *passes* are the closed-form "
+            "passes over the whole store before training (normaliser statistics; ced also "
+            "the ridge moments). Eval: `evaluate_translator` on the store's first 1,000 images "
+            f"(the `eval` default). IVF-PQ: at most {c['nlist']} lists, recall@10 and "
+            f"queries/s on {c['queries']} held-out queries against exact search in the same "
+            "process. RSS in MiB; — not measured (see the scaling guide).", "",
+            *_table(["N", "mlp pairs/s", "mlp RSS", "mlp passes s", "ced pairs/s", "ced RSS",
+                     "ced passes s", "eval s", "eval RSS", "IVF-PQ build s", "IVF-PQ MiB",
+                     "IVF-PQ recall@10", "IVF-PQ q/s", "exact q/s", "HNSW recall@10",
+                     "HNSW q/s"], rows),
+            "Plot: `benchmarks/results/scale.png`.", "", _source(r), ""]
+
+
 def lverse_section() -> list[str]:
     r = _load("lverse_cpu")
     if not r:
@@ -737,7 +779,7 @@ def main() -> None:
                            *mean_map_section(), *ced_budget_section(), *speed_section(),
                            *sampling_section(),
                            *embed_section(), *own_data_section(), *serve_section(),
-                           *faults_section()]]]
+                           *scale_section(), *faults_section()]]]
     with atomic_open(RESULTS_PAGE) as f:
         f.write("\n".join(body).rstrip() + "\n")
     text = README.read_text()
