@@ -64,7 +64,7 @@ def test_ddp_on_two_processes_matches_one(paired: Path, tmp_path: Path) -> None:
             torch.testing.assert_close(a[key], b[key], msg=f"{method}: {key}")
         assert sorted(p.name for p in (two / "lightning").iterdir()) == ["last.ckpt"]
     assert "Restored all states from the checkpoint" in run.stderr
-    _assert_same_weights(tmp_path / "ddp" / "mlp-streamed", tmp_path / "ddp" / "mlp-resumed")
+    _assert_same_weights(tmp_path / "ddp" / "mlp", tmp_path / "ddp" / "mlp-resumed")
 
 
 @pytest.mark.parametrize("direction", ["text2image", "image2text"])
