@@ -673,7 +673,7 @@ def test_ced_paper_drops_the_condition_for_the_whole_batch(
     model.train()
     torch.manual_seed(0)
     model.training_loss(cn, zn).backward()
-    assert model.projection.weight.grad is None
+    assert model.projection.weight.grad.abs().sum() == 0  # zero, but there (for DDP)
     assert model.denoiser.out.weight.grad.abs().sum() > 0
     assert model.denoiser.layers[0].cond_in.weight.grad.abs().sum() == 0  # no shift
 

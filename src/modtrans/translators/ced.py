@@ -520,9 +520,12 @@ class CEDPaperTranslator(CEDTranslator):
         if o.cond_drop_mode == "batch":
             if float(torch.rand(())) < o.cond_drop:  # the whole step unconditional, no L1
                 null = torch.zeros(n, dtype=torch.bool, device=cn.device)
-                return o.lambda_diff * diffusion_loss(self.denoiser, zn, cn, schedule,
-                                                      objective=o.objective, loss=o.loss,
-                                                      cond_mask=null)
+                # M takes no part in this step; its zero-weighted use gives it a zero gradient,
+                # which DDP needs from every parameter on every rank (ranks drop apart).
+                unused = 0.0 * self.projection.weight.sum()
+                return unused + o.lambda_diff * diffusion_loss(
+                    self.denoiser, zn, cn, schedule, objective=o.objective, loss=o.loss,
+                    cond_mask=null)
             mask = None
         else:
             mask = self._drop_mask(n, cn.device)
