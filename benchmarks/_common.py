@@ -15,6 +15,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def git_commit() -> str:
+    """HEAD's commit; ``MODTRANS_GIT_COMMIT`` names it where the tree was copied without .git."""
+    if os.environ.get("MODTRANS_GIT_COMMIT"):
+        return os.environ["MODTRANS_GIT_COMMIT"]
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,

@@ -22,6 +22,7 @@ import argparse
 import logging
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -39,29 +40,33 @@ WORDS = ("a", "photo", "of", "the", "red", "green", "blue", "cat", "dog", "car",
          "house", "on", "in", "with")
 
 
-def write_jpegs(folder: Path, n: int, seed: int = 0) -> CaptionedImages:
-    """``n`` JPEGs with random sizes and shapes drawn on noise, one caption each."""
+def _write_jpeg(path: Path, seed: int) -> None:
+    """One JPEG of a random size (200-1000 px a side): three discs drawn on upscaled noise."""
     rng = np.random.default_rng(seed)
+    w, h = (int(v) for v in rng.integers(200, 1001, size=2))
+    image = Image.fromarray(rng.integers(0, 256, (h // 8, w // 8, 3), dtype=np.uint8))
+    image = image.resize((w, h), Image.Resampling.BILINEAR)
+    draw = ImageDraw.Draw(image)
+    for _ in range(3):
+        x, y = int(rng.integers(0, w)), int(rng.integers(0, h))
+        r = int(rng.integers(10, min(w, h) // 3))
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        draw.ellipse((x - r, y - r, x + r, y + r), fill=colour)
+    image.save(path, quality=90)
+
+
+def write_jpegs(folder: Path, n: int, seed: int = 0, workers: int = 1) -> CaptionedImages:
+    """``n`` JPEGs (image ``i`` seeded by ``(seed, i)``, so any worker count writes the same
+    files), one caption each."""
     folder.mkdir(parents=True, exist_ok=True)
-    data = CaptionedImages([], [], [], [], [])
-    for i in range(n):
-        w, h = (int(v) for v in rng.integers(200, 1001, size=2))
-        image = Image.fromarray(rng.integers(0, 256, (h // 8, w // 8, 3), dtype=np.uint8))
-        image = image.resize((w, h), Image.Resampling.BILINEAR)
-        draw = ImageDraw.Draw(image)
-        for _ in range(3):
-            x, y = int(rng.integers(0, w)), int(rng.integers(0, h))
-            r = int(rng.integers(10, min(w, h) // 3))
-            colour = tuple(int(c) for c in rng.integers(0, 256, 3))
-            draw.ellipse((x - r, y - r, x + r, y + r), fill=colour)
-        path = folder / f"{i:06d}.jpg"
-        image.save(path, quality=90)
-        data.image_ids.append(i)
-        data.image_paths.append(path)
-        data.captions.append([" ".join(rng.choice(WORDS, size=8))])
-        data.caption_ids.append([i])
-        data.extra.append([{}])
-    return data
+    paths = [folder / f"{i:06d}.jpg" for i in range(n)]
+    seeds = [np.random.SeedSequence((seed, i)) for i in range(n)]
+    with ProcessPoolExecutor(max(1, workers)) as pool:
+        list(pool.map(_write_jpeg, paths, seeds, chunksize=64))
+    rng = np.random.default_rng(seed)
+    return CaptionedImages(list(range(n)), paths,
+                           [[" ".join(rng.choice(WORDS, size=8))] for _ in range(n)],
+                           [[i] for i in range(n)], [[{}] for _ in range(n)])
 
 
 def save_vit_b32_clip(folder: Path) -> str:
@@ -99,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="modtrans-embed-bench-") as tmp:
         tmp = Path(tmp)
         start = time.perf_counter()
-        data = write_jpegs(tmp / "jpegs", args.n)
+        data = write_jpegs(tmp / "jpegs", args.n, workers=args.workers)
         logger.info("wrote %d JPEGs in %.1fs", args.n, time.perf_counter() - start)
         encoder = build_encoder(save_vit_b32_clip(tmp / "clip"), device=args.device, dtype=dtype)
 
