@@ -449,11 +449,37 @@ def e2e_section(tag: str = "") -> list[str]:
 
 
 def token_decoder_section() -> list[str]:
-    r = _load("token_decoder_cpu")
+    return [*_token_decoder_part("token_decoder_cpu"), *_token_decoder_part("token_decoder_cuda")]
+
+
+def _tokenizer_study(t: dict) -> list[str]:
+    """The tokenizer study's table: what each tokenizer's reconstructions keep, per budget."""
+    def three(by: dict, key: str) -> str:
+        return " / ".join(f"{by[f'{n}_objects'][key]:.2f}" for n in (1, 2, 3))
+
+    rows = [["real images", "—", "—", "—", "—", three(t["real"]["test"], "shapes_recall"),
+             three(t["real"]["test"], "colours_recall"), three(t["real"]["novel"],
+                                                               "shapes_recall")]]
+    for name, v in t.items():
+        if isinstance(v, dict) and "tokens" in v:
+            rows.append([name.rsplit("_", 1)[0], str(v["tokens"]),
+                         f"{v['images']:,} × {v['epochs']}", f"{v['seconds']:.0f}",
+                         f"{v['val']['psnr']:.1f}", three(v["test"], "shapes_recall"),
+                         three(v["test"], "colours_recall"), three(v["novel"], "shapes_recall")])
+    return ["The tokenizer study (`--parts tokenizers`): in a world of "
+            f"{t['world_images']:,} images, the judge's recall of the ground truth in each "
+            "tokenizer's reconstructions of the test and novel images (1 / 2 / 3 objects), at "
+            "the end-to-end benchmark's budget (images × epochs) and at a long one:", "",
+            *_table(["tokenizer", "codes", "budget", "train s", "val PSNR",
+                     "shapes, test", "colours, test", "shapes, novel"], rows)]
+
+
+def _token_decoder_part(name: str) -> list[str]:
+    r = _load(name)
     if not r:
         return []
     f = r["figures"]
-    out = ["### Token decoder (token_decoder_cpu)", ""]
+    out = [f"### Token decoder ({name})", ""]
     if "speed" in f:
         sp = f["speed"]
         batches = sorted(int(k.split("_")[1]) for k in sp if k.startswith("batch_"))
@@ -485,6 +511,8 @@ def token_decoder_section() -> list[str]:
                 "(`reconstruction`: the VAE's posterior; `tokens-reconstruction`: the "
                 "tokenizer) and the real images (from `e2e_tokens`):", "",
                 *_table(["split", "objects", "probe", *columns], rows)]
+    if "tokenizers" in f:
+        out += _tokenizer_study(f["tokenizers"])
     return [*out, _source(r), ""]
 
 
