@@ -129,7 +129,8 @@ def _by_objects(judge: Any, images: torch.Tensor, rows: list[dict[str, Any]]) ->
     return out
 
 
-def tokenizers(work: Path, world_images: int, epochs: int, judge_epochs: int) -> dict[str, Any]:
+def tokenizers(work: Path, world_images: int, epochs: int, judge_epochs: int,
+               names: list[str]) -> dict[str, Any]:
     from modtrans.decoders.augvae import AugVAE, AugVAEConfig, fit_augvae
     from modtrans.world.generator import WorldConfig, generate_world
     from modtrans.world.recogniser import (
@@ -156,6 +157,8 @@ def tokenizers(work: Path, world_images: int, epochs: int, judge_epochs: int) ->
     budgets = {"e2e": E2E_BUDGET, "long": {"images": len(train), "epochs": epochs}}
     with torch.enable_grad():
         for name, overrides in TOKENIZERS:
+            if name not in names:
+                continue
             for budget, b in budgets.items():
                 folder = work / f"tokenizer_{name}_{budget}"
                 if not (folder / "summary.json").is_file():
@@ -189,6 +192,8 @@ def main() -> None:
                         help="the tokenizer study's long budget, over every train image")
     parser.add_argument("--judge-epochs", type=int, default=10,
                         help="the tokenizer study's judge epochs")
+    parser.add_argument("--tokenizers", nargs="*", default=[n for n, _ in TOKENIZERS],
+                        choices=[n for n, _ in TOKENIZERS], help="the tokenizers studied")
     parser.add_argument("--parts", nargs="*", default=["speed", "ceiling"],
                         help="what to measure (each replaces its own figures in the result "
                         "file, the others are kept)")
@@ -210,11 +215,11 @@ def main() -> None:
         if args.work is None:
             parser.error("the tokenizer study needs --work (a folder of its own)")
         figures["tokenizers"] = tokenizers(args.work, args.world_images, args.tokenizer_epochs,
-                                           args.judge_epochs)
+                                           args.judge_epochs, args.tokenizers)
     config = {"repeats": args.repeats, "threads": args.threads,
               "work": str(args.work) if args.work else None, "result": str(args.result),
               "world_images": args.world_images, "tokenizer_epochs": args.tokenizer_epochs,
-              "judge_epochs": args.judge_epochs}
+              "judge_epochs": args.judge_epochs, "tokenizers": args.tokenizers}
     logger.info("wrote %s", write_result(name, config, figures))
 
 
