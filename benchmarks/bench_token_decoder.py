@@ -204,7 +204,13 @@ def main() -> None:
     torch.manual_seed(0)
     name = "token_decoder_" + ("cuda" if torch.cuda.is_available() else "cpu")
     path = RESULTS / f"{name}.json"
-    figures: dict[str, Any] = read_json(path)["figures"] if path.is_file() else {}
+    previous = read_json(path) if path.is_file() else {}
+    figures: dict[str, Any] = previous.get("figures", {})
+    config: dict[str, Any] = previous.get("config", {})
+    if {"speed", "ceiling"} & set(args.parts):
+        config.update({"repeats": args.repeats, "threads": args.threads,
+                       "work": str(args.work) if args.work else None,
+                       "result": str(args.result)})
     if "speed" in args.parts:
         figures["speed"] = speed(args.work, args.repeats)
     if "ceiling" in args.parts:
@@ -216,10 +222,10 @@ def main() -> None:
             parser.error("the tokenizer study needs --work (a folder of its own)")
         figures["tokenizers"] = tokenizers(args.work, args.world_images, args.tokenizer_epochs,
                                            args.judge_epochs, args.tokenizers)
-    config = {"repeats": args.repeats, "threads": args.threads,
-              "work": str(args.work) if args.work else None, "result": str(args.result),
-              "world_images": args.world_images, "tokenizer_epochs": args.tokenizer_epochs,
-              "judge_epochs": args.judge_epochs, "tokenizers": args.tokenizers}
+        config["tokenizers"] = {"work": str(args.work), "threads": args.threads,
+                                "world_images": args.world_images,
+                                "tokenizer_epochs": args.tokenizer_epochs,
+                                "judge_epochs": args.judge_epochs, "tokenizers": args.tokenizers}
     logger.info("wrote %s", write_result(name, config, figures))
 
 
