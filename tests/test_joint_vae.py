@@ -126,15 +126,18 @@ class _Judge:
         self.seen, self.counts = seen, counts
 
     def predict(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = {"pairs": torch.zeros(len(self.seen), len(PAIRS), dtype=torch.bool),
-               "shapes": torch.zeros(len(self.seen), len(SHAPES), dtype=torch.bool),
-               "colours": torch.zeros(len(self.seen), len(COLOUR_NAMES), dtype=torch.bool)}
-        for i, pairs in enumerate(self.seen):
+        """The fixed attributes of the first images, a red circle in every other."""
+        n = len(images)
+        seen = [*self.seen, *[[("red", "circle")]] * n][:n]
+        out = {"pairs": torch.zeros(n, len(PAIRS), dtype=torch.bool),
+               "shapes": torch.zeros(n, len(SHAPES), dtype=torch.bool),
+               "colours": torch.zeros(n, len(COLOUR_NAMES), dtype=torch.bool)}
+        for i, pairs in enumerate(seen):
             for colour, shape in pairs:
                 out["pairs"][i, PAIRS.index((colour, shape))] = True
                 out["shapes"][i, SHAPES.index(shape)] = True
                 out["colours"][i, COLOUR_NAMES.index(colour)] = True
-        return {**out, "count": torch.tensor(self.counts)}
+        return {**out, "count": torch.tensor([*self.counts, *[1] * n][:n])}
 
 
 def test_coherence_counts_agreement_against_a_random_pairing() -> None:
@@ -152,3 +155,28 @@ def test_coherence_counts_agreement_against_a_random_pairing() -> None:
     assert shuffled["pairs"] <= 0.5 and shuffled["colours_n"] == 2
     with pytest.raises(ValueError, match="one caption per image"):
         joint_coherence(judge, _images(3), captions[:2])
+
+
+def test_joint_rows_and_samples_are_scored_and_reported(tiny_world: Path,
+                                                        tmp_path: Path) -> None:
+    from modtrans.eval.endtoend import EndToEndConfig, joint_rows, joint_samples
+    from modtrans.eval.report import write_report
+
+    judge, model = _Judge([], []), _model().eval()
+    config = EndToEndConfig(prompts_per_group=2, images=3, splits=["val"], joint=True)
+    rows = joint_rows(tiny_world, "val", config, judge, model)
+    groups = rows["text_to_image"]["by_objects"]
+    assert groups and all(g["n_prompts"] <= 2 for g in groups.values())
+    assert {"CIDEr", "BLEU-4", "pairs_precision"} <= set(rows["image_to_text"])
+    assert len(rows["captions"]) == 3
+    scores = joint_samples(tmp_path / "e2e", model, judge, 4, seed=0)
+    assert set(scores) == {"joint", "random_pairing"}
+    assert len(list((tmp_path / "e2e" / "joint_samples").glob("*.png"))) == 4
+    figures = dict.fromkeys(("shapes_presence_accuracy", "colours_presence_accuracy",
+                             "pairs_presence_accuracy", "pairs_set_exact", "count_accuracy"),
+                            1.0)
+    (tmp_path / "e2e" / "results.json").write_text(json.dumps({
+        "recogniser": {"n_images": 1, "split": "test", **figures}, "text_to_image": {},
+        "image_to_text": {}}))
+    page = write_report(tmp_path).read_text()
+    assert "Joint samples" in page and "random_pairing" in page

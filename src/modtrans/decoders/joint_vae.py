@@ -73,10 +73,10 @@ class JointVAEConfig(Config):
     """
 
     latent_dim: int = 32
-    channels: tuple[int, ...] = (32, 64, 128, 128)
+    channels: tuple[int, ...] = (16, 32, 64, 128)
     se: bool = True
     text_vocab: int = 0
-    max_text_length: int = 24
+    max_text_length: int = 36
     text_width: int = 128
     text_layers: int = 2
     heads: int = 4
