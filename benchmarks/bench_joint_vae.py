@@ -90,13 +90,16 @@ def main() -> None:
                         help="JointVAEConfig options")
     parser.add_argument("--e2e-config", type=Path, default=CONFIGS / "e2e_budget.yaml",
                         help="the EndToEndConfig whose splits, prompts and images are scored")
+    parser.add_argument("--splits", nargs="*", default=["val", "novel"],
+                        help="splits scored (those of benchmarks/results/e2e_budget.json, "
+                        "which the tables set the joint rows beside)")
     parser.add_argument("--samples", type=int, default=512, help="joint samples judged")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.manual_seed(0)
     model_config = JointVAEConfig.load(args.config)
     e2e = EndToEndConfig.load(args.e2e_config)
-    e2e = EndToEndConfig(**{**e2e.to_dict(), "joint": True,
+    e2e = EndToEndConfig(**{**e2e.to_dict(), "joint": True, "splits": args.splits,
                             "joint_vae": model_config.to_dict()})
     prepare(args.work, e2e)
     summary = train_joint(args.work / "world", args.work / "e2e" / "joint", e2e,
