@@ -9,7 +9,8 @@ as ``benchmarks/work/e2e_budget``, lends its world, judge and world CLIP):
   (the end-to-end benchmark's recogniser options), so the prompts and images are that
   benchmark's;
 - the joint VAE (``--config``: JointVAEConfig options) in ``e2e/joint``, resumed if killed;
-- ``coherence``: ``--samples`` joint samples from the prior (seeded), the judge on each image
+- ``coherence``: ``--samples`` joint samples from the prior (seeded; the fitted mixture when
+  the config has ``prior_components``, and N(0, I) beside it), the judge on each image
   against the caption parser on its caption, beside the same captions paired with other
   samples' images at random; also for ``--samples`` val images against their own real
   captions and against the joint VAE's captions of them (what agreement is attainable);
@@ -67,8 +68,9 @@ def prepare(work: Path, e2e: EndToEndConfig) -> None:
 
 def coherence(work: Path, model: JointVAE, judge: AttributeRecogniser, n: int
               ) -> dict[str, Any]:
-    """Joint samples' coherence (their examples kept in ``work/e2e``), and the same measure
-    on real val pairs and on val images captioned by the model."""
+    """Joint samples' coherence (their examples kept in ``work/e2e``; with a fitted prior
+    also from N(0, I)), and the same measure on real val pairs and on val images captioned
+    by the model."""
     from modtrans.data.coco import read_coco_captions
 
     start = time.perf_counter()
@@ -78,7 +80,12 @@ def coherence(work: Path, model: JointVAE, judge: AttributeRecogniser, n: int
     real = real[:n]
     references = read_coco_captions(work / "world" / "val" / "captions.json").captions[:n]
     own = [c for i in range(0, len(real), 64) for c in model.caption(real[i:i + 64])]
-    return {"samples": n, "sample_and_judge_seconds": round(seconds, 2), "prior": prior,
+    out: dict[str, Any] = {}
+    if model.config.prior_components:
+        images, captions = model.sample_pairs(n, prior="standard",
+                                              generator=torch.Generator().manual_seed(0))
+        out["standard_prior"] = joint_coherence(judge, images, captions)
+    return {"samples": n, "sample_and_judge_seconds": round(seconds, 2), "prior": prior, **out,
             "real_pairs": joint_coherence(judge, real, [texts[0] for texts in references]),
             "captioned_val": joint_coherence(judge, real, own)}
 

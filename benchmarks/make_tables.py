@@ -614,8 +614,12 @@ def joint_vae_section() -> list[str]:
            f"epochs ({t['steps']} steps) in {t['seconds'] / 60:.1f} CPU minutes (config "
            "`benchmarks/configs/joint_vae.yaml`).", "",
            f"Coherence of {co['samples']} joint samples (image and caption decoded from one "
-           "latent of the prior): the share of captions naming a colour (shape, colour–shape "
-           "pair) whose every one the judge finds in the image; `found`: the share of all "
+           "latent of the prior: "
+           + (f"the mixture of {c['joint_vae']['prior_components']} Gaussians fitted to the "
+              "train pairs' joint posterior means, and N(0, I) beside it"
+              if c["joint_vae"].get("prior_components") else "N(0, I)")
+           + "): the share of captions naming a colour (shape, colour–shape pair) whose "
+           "every one the judge finds in the image; `found`: the share of all "
            "named that it finds; count: the share of captions stating a number of objects "
            "whose number the judge counts. `random pairing` scores the same captions against "
            "other samples' images; `real val pairs` scores each val image against its first "
@@ -625,6 +629,11 @@ def joint_vae_section() -> list[str]:
                    [[name, *(_cell(scores[k]) for k in COHERENCE)]
                     for name, scores in (("joint samples", co["prior"]["joint"]),
                                          ("random pairing", co["prior"]["random_pairing"]),
+                                         *((("joint samples, N(0, I) prior",
+                                             co["standard_prior"]["joint"]),
+                                            ("random pairing, N(0, I) prior",
+                                             co["standard_prior"]["random_pairing"]))
+                                           if "standard_prior" in co else ()),
                                          ("real val pairs", co["real_pairs"]["joint"]),
                                          ("captioned val", co["captioned_val"]["joint"]))])]
     keys = ("colours_recall", "shapes_recall", "pairs_recall", "pairs_hallucination")

@@ -13,7 +13,12 @@ import torch
 from cli_helpers import assert_cli_error
 
 from modtrans.cli import main
-from modtrans.decoders.joint_vae import JointVAE, JointVAEConfig, batch_hard_triplet
+from modtrans.decoders.joint_vae import (
+    JointVAE,
+    JointVAEConfig,
+    batch_hard_triplet,
+    refit_joint_prior,
+)
 from modtrans.encoders.tokenizer import build_tokenizer
 from modtrans.world.captions import SHAPES
 from modtrans.world.recogniser import COLOUR_NAMES, PAIRS
@@ -91,6 +96,25 @@ def test_save_load_keeps_all_three_generations(tmp_path: Path) -> None:
         model.caption(_images(2).float())
 
 
+def test_fitted_prior_is_refitted_in_place_and_drawn_from(tmp_path: Path) -> None:
+    model = _model().eval()
+    model.save(tmp_path / "joint", {"images": 4})
+    with pytest.raises(ValueError, match="prior must be"):
+        model.sample_pairs(2, prior="fitted")
+    summary = refit_joint_prior(tmp_path / "joint", _images(), [[c] for c in CAPTIONS], 2)
+    assert summary["prior_components"] == 2 and summary["images"] == 4
+    fitted = JointVAE.load(tmp_path / "joint")
+    assert fitted.prior_weight.sum().item() == pytest.approx(1.0)
+    assert torch.equal(fitted.prefix.weight, model.prefix.weight)
+    g = torch.Generator().manual_seed(0)
+    standard = model.sample_pairs(2, generator=g)[0]
+    assert not torch.equal(fitted.sample_pairs(2, generator=torch.Generator().manual_seed(0))[0],
+                           standard)
+    assert torch.equal(fitted.sample_pairs(2, prior="standard",
+                                           generator=torch.Generator().manual_seed(0))[0],
+                       standard)
+
+
 def test_cli_fits_and_runs_the_three_generations(tiny_world: Path, tmp_path: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     config = tmp_path / "tiny.json"
@@ -113,6 +137,9 @@ def test_cli_fits_and_runs_the_three_generations(tiny_world: Path, tmp_path: Pat
     assert main(["sample-pairs", "--system", "joint", "--model", str(out), "-n", "6",
                  "--out", str(tmp_path / "pairs.png")]) == 0
     assert len(json.loads((tmp_path / "pairs.json").read_text())["captions"]) == 6
+    assert main(["fit-joint", "--data", str(tiny_world), "--out", str(out), "--prior-only",
+                 "--prior-components", "2", "--max-images", "16"]) == 0
+    assert json.loads((out / "config.json").read_text())["config"]["prior_components"] == 2
     assert_cli_error(capsys, ["generate", str(out), "--system", "joint", "--decoder",
                               str(out), "--text", "x"], "drop the translator")
     assert_cli_error(capsys, ["fit-joint", "--data", str(tiny_world), "--out",

@@ -21,6 +21,12 @@ def fit_joint(
     fusion: str = typer.Option(None, help="mopoe (mixture of products of experts) or mvae "
                                "(product of experts, sub-sampled ELBOs); default the config's."),
     epochs: int = typer.Option(None, help="Override the config's epochs."),
+    prior_components: int = typer.Option(
+        None, help="Fit a Gaussian mixture of this many components to the train pairs' joint "
+        "posterior means after training, and draw joint samples from it (0: N(0, I))."),
+    prior_only: bool = typer.Option(
+        False, "--prior-only", help="--out holds a trained joint VAE: keep it and (re)fit "
+        "only its prior mixture of --prior-components."),
     config: Path = typer.Option(None, help="YAML/JSON file of JointVAEConfig options."),
     max_images: int = typer.Option(None, help="Train on the first N train images only."),
     max_val_images: int = typer.Option(200, help="Val images whose pairs measure the loss."),
@@ -36,14 +42,26 @@ def fit_joint(
     decoder."""
     from modtrans.artefacts import write_summary
     from modtrans.cli.lverse import captioned
-    from modtrans.decoders.joint_vae import JointVAE, JointVAEConfig, fit_joint_vae
+    from modtrans.decoders.joint_vae import (
+        JointVAE,
+        JointVAEConfig,
+        fit_joint_vae,
+        refit_joint_prior,
+    )
 
-    cfg = JointVAEConfig.with_overrides(config, epochs=epochs, fusion=fusion)
+    if prior_only and (prior_components is None or config or epochs or fusion or resume):
+        raise ValueError("--prior-only refits the prior of the joint VAE in --out: give "
+                         "--prior-components K and no --config, --epochs, --fusion or --resume")
     images, captions = captioned(data, "train", max_images)
-    val_images, val_captions = captioned(data, "val", max_val_images)
     with contextlib.redirect_stdout(sys.stderr):
-        summary = fit_joint_vae(images, captions, val_images, val_captions, out, cfg,
-                                accelerator=accelerator, resume=resume)
+        if prior_only:
+            summary = refit_joint_prior(out, images, captions, prior_components)
+        else:
+            cfg = JointVAEConfig.with_overrides(config, epochs=epochs, fusion=fusion,
+                                                prior_components=prior_components)
+            val_images, val_captions = captioned(data, "val", max_val_images)
+            summary = fit_joint_vae(images, captions, val_images, val_captions, out, cfg,
+                                    accelerator=accelerator, resume=resume)
         if judge is not None:
             import torch
 
@@ -62,6 +80,9 @@ def sample_pairs(
     model: Path = typer.Option(..., "--model", help="A joint VAE directory (fit-joint)."),
     system: str = typer.Option("joint", help="joint: the one system that draws pairs."),
     n: int = typer.Option(16, "-n", "--n", help="Pairs to draw."),
+    prior: str = typer.Option(None, help="standard (N(0, I)) or fitted (the mixture of a "
+                              "model fitted with --prior-components); default fitted if it "
+                              "has one."),
     out: Path = typer.Option(Path("pairs.png"), "--out", "-o",
                              help="PNG grid to write; the captions go beside it as JSON."),
     temperature: float = typer.Option(0.0, help="Caption sampling temperature (0: greedy)."),
@@ -81,7 +102,8 @@ def sample_pairs(
     if out.suffix.lower() != ".png":
         raise ValueError(f"--out must be a .png file, got {out}")
     images, captions = JointVAE.load(model).sample_pairs(
-        n, temperature=temperature, generator=torch.Generator().manual_seed(seed))
+        n, prior=prior, temperature=temperature,
+        generator=torch.Generator().manual_seed(seed))
     rows = max(d for d in range(1, int(n ** 0.5) + 1) if n % d == 0)
     with atomic_path(out) as tmp:
         image_grid(images, rows=rows).save(tmp, format="PNG")

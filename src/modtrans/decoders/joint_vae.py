@@ -21,12 +21,18 @@ image outweighs a ten-word caption by orders of magnitude, the wrong-scale failu
 mmvae #2); the KL term is annealed from 0 over ``kl_warmup`` steps; an optional SEJE-style
 batch-hard triplet term (soft margin) pulls each image's posterior mean towards its caption's
 and away from the hardest other caption in the batch.
+
+Joint samples are drawn from N(0, I) or, with ``prior_components``, from a Gaussian mixture
+fitted after training to the joint posterior means of the train pairs (ex-post density
+estimation, Ghosh et al. 2020): where the aggregate posterior leaves parts of N(0, I) empty,
+latents drawn there decode into images and captions that were never trained to agree.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +74,8 @@ class JointVAEConfig(Config):
         kl_warmup: optimiser steps over which the KL weight rises linearly from 0 to beta.
         triplet_weight, triplet_margin: the alignment term between the unimodal posterior
             means (0: off) and its soft margin's scale.
+        prior_components: components of the mixture fitted to the train pairs' joint
+            posterior means that joint samples are drawn from (0: N(0, I)).
         epochs, batch_size, lr, seed: the recipe (each epoch pairs every image with one of
             its captions, drawn per epoch).
     """
@@ -89,6 +97,7 @@ class JointVAEConfig(Config):
     kl_warmup: int = 500
     triplet_weight: float = 0.0
     triplet_margin: float = 1.0
+    prior_components: int = 0
     epochs: int = 10
     batch_size: int = 64
     lr: float = 1e-3
@@ -108,9 +117,9 @@ class JointVAEConfig(Config):
         if min(self.pixel_sigma, self.image_weight, self.text_weight) <= 0:
             raise ValueError("pixel_sigma, image_weight and text_weight must be > 0")
         if self.beta < 0 or self.kl_warmup < 0 or self.triplet_weight < 0 \
-                or self.triplet_margin <= 0:
-            raise ValueError("beta, kl_warmup and triplet_weight must be ≥ 0, triplet_margin "
-                             "> 0")
+                or self.triplet_margin <= 0 or self.prior_components < 0:
+            raise ValueError("beta, kl_warmup, triplet_weight and prior_components must be "
+                             "≥ 0, triplet_margin > 0")
 
     def recipe(self) -> Recipe:
         """Adam with cosine decay and gradient clipping (a KL that spikes early stays
@@ -190,6 +199,11 @@ class JointVAE(TokenizerArtefact, nn.Module):
             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False))
         self.register_buffer("kl_step", torch.zeros((), dtype=torch.long))
+        k = config.prior_components
+        if k:
+            self.register_buffer("prior_weight", torch.full((k,), 1 / k))
+            self.register_buffer("prior_mean", torch.zeros(k, d))
+            self.register_buffer("prior_std", torch.ones(k, d))
 
     @property
     def device(self) -> torch.device:
@@ -355,16 +369,46 @@ class JointVAE(TokenizerArtefact, nn.Module):
         z = self._draw(*self.posterior_images(images), sample, generator)
         return self.caption_latents(z, temperature=temperature, generator=generator)
 
-    def sample_pairs(self, n: int, *, temperature: float = 0.0,
+    def sample_pairs(self, n: int, *, prior: str | None = None, temperature: float = 0.0,
                      generator: torch.Generator | None = None) -> tuple[torch.Tensor, list[str]]:
-        """Joint generation: ``n`` latents from the prior N(0, I), each decoded into an image
-        (uint8, N × 64 × 64 × 3) and a caption."""
+        """Joint generation: ``n`` latents from the prior, each decoded into an image (uint8,
+        N × 64 × 64 × 3) and a caption. ``prior``: ``standard`` (N(0, I)) or ``fitted`` (the
+        mixture of ``prior_components``); default the fitted one when there is one."""
         if n < 1:
             raise ValueError(f"n must be ≥ 1, got {n}")
+        fitted = self.config.prior_components > 0
+        prior = prior or ("fitted" if fitted else "standard")
+        if prior not in ("standard", "fitted") or (prior == "fitted" and not fitted):
+            raise ValueError(f"prior must be standard or fitted (a model trained with "
+                             f"prior_components > 0), got {prior!r}")
         self.eval()
         z = torch.randn((n, self.config.latent_dim), generator=generator)
+        if prior == "fitted":
+            pick = torch.multinomial(self.prior_weight.cpu(), n, replacement=True,
+                                     generator=generator)
+            z = self.prior_mean.cpu()[pick] + z * self.prior_std.cpu()[pick]
         return self.image_latents(z), self.caption_latents(z, temperature=temperature,
                                                            generator=generator)
+
+    @torch.no_grad()
+    def fit_prior(self, images: torch.Tensor, captions: list[str]) -> None:
+        """Fit the ``prior_components`` mixture (diagonal Gaussians, scikit-learn) to the
+        means of q(z | image, caption) of uint8 ``images`` and one caption each."""
+        from sklearn.mixture import GaussianMixture
+
+        if not self.config.prior_components:
+            raise ValueError("this joint VAE has no fitted prior (prior_components is 0)")
+        check_images(images)
+        self.eval()
+        means = torch.cat([self.fuse([
+            self.image_expert(unit_pixels(images[i:i + 256]).to(self.device)),
+            self.text_expert(self.text_ids(captions[i:i + 256]).to(self.device))])[0].cpu()
+            for i in range(0, len(images), 256)])
+        mixture = GaussianMixture(self.config.prior_components, covariance_type="diag",
+                                  random_state=self.config.seed).fit(means.double().numpy())
+        self.prior_weight.copy_(torch.from_numpy(mixture.weights_))
+        self.prior_mean.copy_(torch.from_numpy(mixture.means_))
+        self.prior_std.copy_(torch.from_numpy(mixture.covariances_).sqrt())
 
 
 def check_images(images: torch.Tensor) -> None:
@@ -443,5 +487,28 @@ def fit_joint_vae(images: torch.Tensor, captions: list[list[str]], val_images: t
     val = pairs_dataset(model, val_images, val_captions, config.seed)
     result = fit(model, model.training_loss, recipe.loader(train),
                  DataLoader(val, batch_size=128), recipe, out_dir)
+    if config.prior_components:
+        model.cpu().fit_prior(images, [texts[0] for texts in captions])
     return save_trained(model, out_dir, {"images": len(images), "fusion": config.fusion,
                                          **result})
+
+
+def refit_joint_prior(model_dir: str | Path, images: torch.Tensor, captions: list[list[str]],
+                      components: int) -> dict[str, Any]:
+    """Keep the joint VAE in ``model_dir`` and (re)fit its prior mixture of ``components``
+    to the train pairs (uint8 ``images``, the first of each image's ``captions``); saved in
+    place. Returns the updated summary."""
+    from modtrans.artefacts import read_summary
+
+    if components < 1:
+        raise ValueError(f"a fitted prior needs components ≥ 1, got {components}")
+    trained = JointVAE.load(model_dir)
+    model = JointVAE(dataclasses.replace(trained.config, prior_components=components),
+                     trained.tokenizer)
+    model.load_state_dict({k: v for k, v in trained.state_dict().items()
+                           if not k.startswith("prior_")}, strict=False)
+    start = time.perf_counter()
+    model.fit_prior(images, [texts[0] for texts in captions])
+    summary = {**read_summary(model_dir), "prior_components": components,
+               "prior_seconds": round(time.perf_counter() - start, 2)}
+    return save_trained(model, model_dir, summary)

@@ -67,7 +67,12 @@ from modtrans.decoders.augvae import AugVAE, AugVAEConfig, fit_augvae
 from modtrans.decoders.biart import BiART, BiARTConfig, fit_biart
 from modtrans.decoders.caption import CaptionDecoder, CaptionDecoderConfig, fit_caption_decoder
 from modtrans.decoders.image_vae import ConditionalVAE, ImageDecoderConfig, fit_image_decoder
-from modtrans.decoders.joint_vae import JointVAE, JointVAEConfig, fit_joint_vae
+from modtrans.decoders.joint_vae import (
+    JointVAE,
+    JointVAEConfig,
+    fit_joint_vae,
+    refit_joint_prior,
+)
 from modtrans.decoders.rerank import best_of
 from modtrans.decoders.token_decoder import TokenDecoder, TokenDecoderConfig, fit_token_decoder
 from modtrans.encoders import build_encoder
@@ -254,8 +259,8 @@ def train_models(folder: Path, config: EndToEndConfig, progress: bool = True) ->
 
 def train_joint(world: Path, out: Path, config: EndToEndConfig, progress: bool
                 ) -> dict[str, Any]:
-    """The joint VAE on the world's train images and captions (reused when there); its
-    summary."""
+    """The joint VAE on the world's train images and captions (reused when there, its prior
+    mixture refitted if only that differs); its summary."""
     def train(model_config: JointVAEConfig) -> None:
         images, _ = world_split(world, "train")
         val_images, _ = world_split(world, "val")
@@ -264,7 +269,15 @@ def train_joint(world: Path, out: Path, config: EndToEndConfig, progress: bool
         fit_joint_vae(images, captions, val_images[:200], val_captions[:200], out,
                       model_config, progress=progress, resume=out.is_dir())
 
-    return _reused_or_trained(out, JointVAEConfig(**config.joint_vae), train)
+    wanted = JointVAEConfig(**config.joint_vae)
+    if (out / "summary.json").is_file():
+        saved = JointVAE.read_config(out).prior_components
+        _check_reused(out, dataclasses.replace(wanted, prior_components=saved))
+        if saved != wanted.prior_components and wanted.prior_components:
+            images, _ = world_split(world, "train")
+            captions = read_coco_captions(world / "train" / "captions.json").captions
+            return refit_joint_prior(out, images, captions, wanted.prior_components)
+    return _reused_or_trained(out, wanted, train)
 
 
 def _reused_or_trained(out: Path, model_config: Config, train: Any) -> dict[str, Any]:
@@ -570,7 +583,8 @@ def joint_rows(world: Path, split: str, config: EndToEndConfig, judge: Attribute
 
 def joint_samples(out: Path, model: JointVAE, judge: AttributeRecogniser, n: int,
                   seed: int) -> dict[str, Any]:
-    """Draw ``n`` joint samples from the prior and judge their coherence
+    """Draw ``n`` joint samples from the prior (the fitted one if the model has it) and
+    judge their coherence
     (:func:`~modtrans.world.semantic.joint_coherence`); keep the first
     :data:`JOINT_EXAMPLES` as ``out/joint_samples/<i>.png``, a grid
     ``out/joint_samples.png`` and ``out/joint_samples.json`` (their captions and the
@@ -587,7 +601,8 @@ def joint_samples(out: Path, model: JointVAE, judge: AttributeRecogniser, n: int
     with atomic_path(out / "joint_samples.png") as tmp:
         image_grid(images[:k], rows=max(d for d in range(1, int(k ** 0.5) + 1) if k % d == 0)
                    ).save(tmp, format="PNG")
-    write_json(out / "joint_samples.json", {"samples": n, "files": files,
+    prior = "fitted" if model.config.prior_components else "standard"
+    write_json(out / "joint_samples.json", {"samples": n, "prior": prior, "files": files,
                                             "captions": captions[:k], "coherence": scores})
     return scores
 

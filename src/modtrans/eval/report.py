@@ -270,7 +270,8 @@ def _joint_samples(e2e: Path) -> list[str]:
     keys = ("colours", "shapes", "pairs", "count")
     rows = [[name, *(scores[k] for k in keys)] for name, scores in data["coherence"].items()]
     return ["<h3>Joint samples</h3>",
-            f"<p>Image and caption decoded from one latent drawn from the joint VAE's prior. "
+            f"<p>Image and caption decoded from one latent drawn from the joint VAE's "
+            f"{'fitted mixture' if data.get('prior') == 'fitted' else 'N(0, I)'} prior. "
             f"Coherence of {data['samples']} samples: the share of captions naming a colour "
             "(shape, colour–shape pair) whose every one the judge finds in the image, and of "
             "captions stating a number of objects whose number the judge counts; "
