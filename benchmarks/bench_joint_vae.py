@@ -20,7 +20,8 @@ as ``benchmarks/work/e2e_budget``, lends its world, judge and world CLIP):
   in the result file).
 
 Usage: ``python benchmarks/bench_joint_vae.py [--work benchmarks/work/joint]
-[--config benchmarks/configs/joint_vae.yaml]``; writes ``benchmarks/results/joint_vae.json``.
+[--config benchmarks/configs/joint_vae.yaml] [--tag T]``; writes
+``benchmarks/results/joint_vae.json`` (``joint_vae_<tag>.json`` with ``--tag``).
 """
 
 from __future__ import annotations
@@ -101,6 +102,7 @@ def main() -> None:
                         help="splits scored (those of benchmarks/results/e2e_budget.json, "
                         "which the tables set the joint rows beside)")
     parser.add_argument("--samples", type=int, default=512, help="joint samples judged")
+    parser.add_argument("--tag", default="", help="suffix of the result files (a variant)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.manual_seed(0)
@@ -125,14 +127,16 @@ def main() -> None:
     logger.info("coherence: %s", figures["coherence"]["prior"])
     figures["cross_modal"] = {split: joint_rows(args.work / "world", split, e2e, judge, model,
                                                 clip) for split in e2e.splits}
-    shutil.copyfile(args.work / "e2e" / "joint_samples.png", RESULTS / "joint_vae_samples.png")
-    figures["grid"] = {"file": "joint_vae_samples.png", "captions": read_json(
+    name = f"joint_vae_{args.tag}" if args.tag else "joint_vae"
+    shutil.copyfile(args.work / "e2e" / "joint_samples.png", RESULTS / f"{name}_samples.png")
+    figures["grid"] = {"file": f"{name}_samples.png", "captions": read_json(
         args.work / "e2e" / "joint_samples.json")["captions"]}
     config = {"work": str(args.work), "joint_vae": model_config.to_dict(),
               "e2e": {k: e2e.to_dict()[k] for k in ("splits", "prompts_per_group", "images",
                                                      "seed")},
-              "samples": args.samples, "fd": clip is not None}
-    logger.info("wrote %s", write_result("joint_vae", config, figures))
+              "samples": args.samples, "fd": clip is not None,
+              "config_file": f"benchmarks/configs/{args.config.name}"}
+    logger.info("wrote %s", write_result(name, config, figures))
 
 
 if __name__ == "__main__":

@@ -601,18 +601,19 @@ def _cell(value: float) -> str:
     return "—" if value != value else f"{value:.3f}"  # NaN: nothing to score
 
 
-def joint_vae_section() -> list[str]:
-    r = _load("joint_vae")
+def joint_vae_section(tag: str = "") -> list[str]:
+    name = f"joint_vae_{tag}" if tag else "joint_vae"
+    r = _load(name)
     if not r:
         return []
     f, c = r["figures"], r["config"]
     t, co = f["training"], f["coherence"]
     budget = _load("e2e_budget")
-    out = ["### The joint image–caption VAE (joint_vae)", "",
+    out = [f"### The joint image–caption VAE ({name})", "",
            f"`{c['joint_vae']['fusion']}` over a {c['joint_vae']['latent_dim']}-wide latent, "
            f"trained on the {t['images']} train images of `{c['work']}` for {t['epochs']} "
            f"epochs ({t['steps']} steps) in {t['seconds'] / 60:.1f} CPU minutes (config "
-           "`benchmarks/configs/joint_vae.yaml`).", "",
+           f"`{c.get('config_file', 'benchmarks/configs/joint_vae.yaml')}`).", "",
            f"Coherence of {co['samples']} joint samples (image and caption decoded from one "
            "latent of the prior: "
            + (f"the mixture of {c['joint_vae']['prior_components']} Gaussians fitted to the "
@@ -844,6 +845,7 @@ def main() -> None:
               for line in [*world_section(), *clip_section(), *worldbench_section(),
                            *e2e_section(), *e2e_section("budget"), *e2e_section("tokens"),
                            *token_decoder_section(), *lverse_section(), *joint_vae_section(),
+                           *joint_vae_section("aligned"),
                            *image_decoder_section(),
                            *(part for tag in VARIANTS if tag
                              for part in (*clip_section(tag), *worldbench_section(tag))),
