@@ -619,6 +619,78 @@ def lverse_section() -> list[str]:
 
 
 JUDGED = ("shapes_recall", "colours_recall", "pairs_recall")
+#: The end-to-end routes the joint VAE's rows are set beside.
+JOINT_BESIDE_T2I = ("ced", "ced-rerank", "direct", "lverse", "reconstruction", "real")
+JOINT_BESIDE_I2T = ("ced", "clipcap", "lverse")
+COHERENCE = ("colours", "colours_found", "shapes", "pairs", "pairs_found", "count")
+
+
+def _cell(value: float) -> str:
+    return "—" if value != value else f"{value:.3f}"  # NaN: nothing to score
+
+
+def joint_vae_section(tag: str = "") -> list[str]:
+    name = f"joint_vae_{tag}" if tag else "joint_vae"
+    r = _load(name)
+    if not r:
+        return []
+    f, c = r["figures"], r["config"]
+    t, co = f["training"], f["coherence"]
+    budget = _load("e2e_budget")
+    out = [f"### The joint image–caption VAE ({name})", "",
+           f"`{c['joint_vae']['fusion']}` over a {c['joint_vae']['latent_dim']}-wide latent, "
+           f"trained on the {t['images']} train images of `{c['work']}` for {t['epochs']} "
+           f"epochs ({t['steps']} steps) in {t['seconds'] / 60:.1f} CPU minutes (config "
+           f"`{c.get('config_file', 'benchmarks/configs/joint_vae.yaml')}`).", "",
+           f"Coherence of {co['samples']} joint samples (image and caption decoded from one "
+           "latent of the prior: "
+           + (f"the mixture of {c['joint_vae']['prior_components']} Gaussians fitted to the "
+              "train pairs' joint posterior means, and N(0, I) beside it"
+              if c["joint_vae"].get("prior_components") else "N(0, I)")
+           + "): the share of captions naming a colour (shape, colour–shape pair) whose "
+           "every one the judge finds in the image; `found`: the share of all "
+           "named that it finds; count: the share of captions stating a number of objects "
+           "whose number the judge counts. `random pairing` scores the same captions against "
+           "other samples' images; `real val pairs` scores each val image against its first "
+           "real caption (what this judge lets agreement reach), `captioned val` against the "
+           "joint VAE's caption of it:", "",
+           *_table(["pairs", *(k.replace("_", " ") for k in COHERENCE)],
+                   [[name, *(_cell(scores[k]) for k in COHERENCE)]
+                    for name, scores in (("joint samples", co["prior"]["joint"]),
+                                         ("random pairing", co["prior"]["random_pairing"]),
+                                         *((("joint samples, N(0, I) prior",
+                                             co["standard_prior"]["joint"]),
+                                            ("random pairing, N(0, I) prior",
+                                             co["standard_prior"]["random_pairing"]))
+                                           if "standard_prior" in co else ()),
+                                         ("real val pairs", co["real_pairs"]["joint"]),
+                                         ("captioned val", co["captioned_val"]["joint"]))])]
+    keys = ("colours_recall", "shapes_recall", "pairs_recall", "pairs_hallucination")
+    i2t_keys = ("BLEU-4", "CIDEr", "colours_recall", "pairs_precision", "pairs_recall")
+    for split, rows in f["cross_modal"].items():
+        beside = (budget or {}).get("figures", {})
+        t2i = {k: v for k, v in beside.get("text_to_image", {}).get(split, {}).items()
+               if k in JOINT_BESIDE_T2I}
+        i2t = {k: v for k, v in beside.get("image_to_text", {}).get(split, {}).items()
+               if k in JOINT_BESIDE_I2T}
+        t2i["joint"], i2t["joint"] = rows["text_to_image"], rows["image_to_text"]
+        source = " beside the routes of `e2e_budget.json` (same world, prompts and images)" \
+            if budget else ""
+        out += [f"**text → image — {split}**{source}: `joint` draws z from q(z | prompt) "
+                "and decodes its image", "",
+                *_table(["route", "objects", *(k.replace("_", " ") for k in keys), "FD"],
+                        [[route, group.split("_")[0], *(_cell(scores[k]) for k in keys),
+                          _cell(v["fd"]) if "fd" in v else "—"]
+                         for route, v in t2i.items()
+                         for group, scores in v["by_objects"].items()]),
+                f"**image → text — {split}**{source}: `joint` captions the mean of "
+                "q(z | image) greedily", "",
+                *_table(["route", *(k.replace("_", " ") for k in i2t_keys)],
+                        [[route, *(_cell(v[k]) for k in i2t_keys)] for route, v in i2t.items()])]
+    out += [f"Samples: `benchmarks/results/{f['grid']['file']}` (row-major), captions: "
+            + "; ".join(f"“{text}”" for text in f["grid"]["captions"]) + ".", "",
+            _source(r), *([_source(budget)] if budget else []), ""]
+    return out
 
 
 def faults_section() -> list[str]:
@@ -800,7 +872,7 @@ def main() -> None:
             *[line.replace("### ", "## ", 1) if line.startswith("### ") else line
               for line in [*world_section(), *clip_section(), *worldbench_section(),
                            *e2e_section(), *e2e_section("budget"), *e2e_section("tokens"),
-                           *token_decoder_section(), *lverse_section(),
+                           *token_decoder_section(), *lverse_section(), *joint_vae_section(),
                            *image_decoder_section(),
                            *(part for tag in VARIANTS if tag
                              for part in (*clip_section(tag), *worldbench_section(tag))),

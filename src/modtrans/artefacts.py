@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 #: artefact layer (flat configs, per-kind file names), still read through ``migrate``.
 FORMAT = 1
 CONFIG_FILE, WEIGHTS_FILE, SUMMARY_FILE = "config.json", "model.safetensors", "summary.json"
+TOKENIZER_DIR = "text_tokenizer"
 
 A = TypeVar("A", bound="Artefact")
 
@@ -154,6 +155,29 @@ class Artefact:
         if not isinstance(raw.get("config"), dict):
             raise ValueError(f"{file} has no 'config' mapping; {cls.train_hint}")
         return cls.layout, raw["format"], raw["config"]
+
+
+class TokenizerArtefact(Artefact):
+    """An artefact built around a transformers text tokenizer of its own (``cls(config,
+    tokenizer)``), saved beside the weights in ``text_tokenizer/``."""
+
+    tokenizer: Any
+
+    def save_payload(self, path: Path) -> None:
+        """The weights as ``model.safetensors`` and the tokenizer in ``text_tokenizer/``."""
+        super().save_payload(path)
+        self.tokenizer.save_pretrained(path / TOKENIZER_DIR)
+
+    @classmethod
+    def build(cls: type[A], config: Any, path: Path) -> A:
+        """The model around the text tokenizer saved in ``path/text_tokenizer``."""
+        from transformers import AutoTokenizer
+
+        tokenizer_dir = path / TOKENIZER_DIR
+        if not (tokenizer_dir / "tokenizer.json").is_file():
+            raise FileNotFoundError(f"{tokenizer_dir} holds no tokenizer; {cls.train_hint}")
+        return cls(config, AutoTokenizer.from_pretrained(  # type: ignore[call-arg]
+            tokenizer_dir, local_files_only=True))
 
 
 def _words(kind: str) -> str:

@@ -19,6 +19,7 @@ from modtrans.cli import (  # noqa: F401  (add verbs)
     data,
     decoders,
     encoders,
+    joint,
     lverse,
     retrieval,
     serve,

@@ -156,11 +156,13 @@ def generate(
         ..., help="Image decoder: a directory (fit-decoder image, a VAE or a token decoder, "
         "or import-decoder unclip-variation|stable-unclip), diffusers:unclip-variation:DIR or "
         "diffusers:stable-unclip:DIR (a local diffusers pipeline, fed by the translator), or "
-        "with --system lverse a BiART directory (fit-biart)."),
+        "with --system lverse a BiART directory (fit-biart), with --system joint a joint VAE "
+        "(fit-joint)."),
     text: list[str] = typer.Option(..., help="Prompt (repeat for several rows)."),
     system: str = typer.Option(
-        "translate", help="translate (a translator, or none, then an image decoder) or lverse "
-        "(BiART draws image tokens from the text; no translator)."),
+        "translate", help="translate (a translator, or none, then an image decoder), lverse "
+        "(BiART draws image tokens from the text; no translator) or joint (the joint VAE "
+        "decodes a latent drawn from q(z | text); no translator)."),
     n: int = typer.Option(8, "-n", "--n", help="Images per prompt."),
     out: Path = typer.Option(Path("generated.png"), "--out", "-o", help="PNG grid to write."),
     mode: str = typer.Option("sample", help="Translator mode: sample, mean or best-of-k."),
@@ -192,8 +194,8 @@ def generate(
         raise ValueError(f"--out must be a .png file, got {out}")
     if candidates < 1:
         raise ValueError(f"--candidates must be ≥ 1, got {candidates}")
-    if system == "lverse":
-        images = _lverse_images(Path(decoder), translator, text, n, candidates, seed,
+    if system in ("lverse", "joint"):
+        images = _system_images(system, Path(decoder), translator, text, n, candidates, seed,
                                 {"temperature": temperature, "top_k": top_k, "top_p": top_p,
                                  "guidance": 1.0 if guidance is None else guidance})
         with atomic_path(out) as tmp:
@@ -201,7 +203,7 @@ def generate(
         typer.echo(f"wrote {len(images)} images ({len(text)} prompts × {n}) to {out}")
         return
     if system != "translate":
-        raise ValueError(f"--system must be translate or lverse, got {system!r}")
+        raise ValueError(f"--system must be translate, lverse or joint, got {system!r}")
     pipeline = TextToImage.load(decoder, translator)
     images, scores = pipeline(text, n=n, candidates=candidates, mode=mode, seed=seed,
                               steps=steps, guidance=guidance)
@@ -212,21 +214,27 @@ def generate(
     typer.echo(f"wrote {len(images)} images ({len(text)} prompts × {n}) to {out}")
 
 
-def _lverse_images(decoder: Path, translator: Path | None, text: list[str], n: int,
-                   candidates: int, seed: int, sampling: dict) -> Any:
-    """``n`` BiART images per prompt, in prompt order."""
+def _system_images(system: str, decoder: Path, translator: Path | None, text: list[str],
+                   n: int, candidates: int, seed: int, sampling: dict) -> Any:
+    """``n`` images per prompt, in prompt order, from BiART (``lverse``; ``sampling``: its
+    options) or the joint VAE (``joint``)."""
     import torch
 
+    if translator is not None:
+        raise ValueError(f"--system {system} generates from the text itself: drop the "
+                         "translator")
+    if candidates != 1:
+        raise ValueError(f"--candidates reranks by an image encoder, which --system {system} "
+                         "does not have; draw more with -n instead")
+    prompts = [t for t in text for _ in range(n)]
+    generator = torch.Generator().manual_seed(seed)
+    if system == "joint":
+        from modtrans.decoders.joint_vae import JointVAE
+
+        return JointVAE.load(decoder).generate_image(prompts, generator=generator)
     from modtrans.decoders.biart import BiART
 
-    if translator is not None:
-        raise ValueError("--system lverse generates from the text itself: drop the translator")
-    if candidates != 1:
-        raise ValueError("--candidates reranks by an image encoder, which --system lverse does "
-                         "not have; draw more with -n instead")
-    return BiART.load(decoder).generate_image(
-        [t for t in text for _ in range(n)], generator=torch.Generator().manual_seed(seed),
-        **sampling)
+    return BiART.load(decoder).generate_image(prompts, generator=generator, **sampling)
 
 
 @app.command("import-decoder")
@@ -293,11 +301,13 @@ def caption(
         "on image embeddings, ClipCap)."
     ),
     decoder: Path = typer.Option(..., help="Caption decoder directory (fit-decoder caption), "
-                                 "or with --system lverse a BiART directory (fit-biart)."),
+                                 "or with --system lverse a BiART directory (fit-biart), with "
+                                 "--system joint a joint VAE (fit-joint)."),
     image: list[Path] = typer.Option(..., help="Image file (repeat for several)."),
     system: str = typer.Option(
-        "translate", help="translate (a translator, or none, then a caption decoder) or "
-        "lverse (BiART writes the caption from the image's tokens, greedily)."),
+        "translate", help="translate (a translator, or none, then a caption decoder), "
+        "lverse (BiART writes the caption from the image's tokens, greedily) or joint (the "
+        "joint VAE's GPT-2 writes it from the mean of q(z | image), greedily)."),
     beams: int = typer.Option(3, help="Beam width (1: greedy)."),
     mode: str = typer.Option("mean", help="Translator mode: sample, mean or best-of-k."),
     seed: int = typer.Option(0, help="Seed of the translator's draws."),
@@ -307,21 +317,24 @@ def caption(
 
     from modtrans.pipelines import ImageToText
 
-    if system == "lverse":
+    if system in ("lverse", "joint"):
         import numpy as np
 
         from modtrans.decoders.biart import BiART
+        from modtrans.decoders.joint_vae import JointVAE
         from modtrans.pipelines import open_images
 
         if translator is not None:
-            raise ValueError("--system lverse captions the image itself: drop the translator")
+            raise ValueError(f"--system {system} captions the image itself: drop the "
+                             "translator")
         pixels = np.stack([np.asarray(im.resize((64, 64))) for im in open_images(image)])
-        captions = BiART.load(decoder).caption(torch.from_numpy(pixels))
+        model = (BiART if system == "lverse" else JointVAE).load(decoder)
+        captions = model.caption(torch.from_numpy(pixels))
     elif system == "translate":
         pipeline = ImageToText.load(decoder, translator)
         captions = pipeline(image, beams=beams, mode=mode, seed=seed)
     else:
-        raise ValueError(f"--system must be translate or lverse, got {system!r}")
+        raise ValueError(f"--system must be translate, lverse or joint, got {system!r}")
     for label, text in zip(image, captions, strict=True):
         typer.echo(f"{label}\t{text}")
 

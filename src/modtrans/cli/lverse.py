@@ -75,15 +75,15 @@ def fit_biart_cmd(
     from modtrans.decoders.biart import BiARTConfig, fit_biart
 
     cfg = BiARTConfig.with_overrides(config, epochs=epochs)
-    images, captions = _captioned(data, "train", max_images)
-    val_images, val_captions = _captioned(data, "val", max_val_images)
+    images, captions = captioned(data, "train", max_images)
+    val_images, val_captions = captioned(data, "val", max_val_images)
     with contextlib.redirect_stdout(sys.stderr):
         summary = fit_biart(images, captions, val_images, val_captions, tokenizer, out, cfg,
                             accelerator=accelerator, resume=resume)
     typer.echo(json.dumps(summary, indent=2))
 
 
-def _captioned(world: Path, split: str, n: int | None):
+def captioned(world: Path, split: str, n: int | None):
     """The first ``n`` images of a world split (uint8) and their captions."""
     from modtrans.data.coco import read_coco_captions
     from modtrans.world.recogniser import world_split

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from modtrans.artefacts import Artefact
+from modtrans.artefacts import TokenizerArtefact
 from modtrans.config import Config
 from modtrans.decoders.augvae import AugVAE, AugVAEConfig
 from modtrans.decoders.autoregressive import (
@@ -36,12 +36,10 @@ from modtrans.decoders.autoregressive import (
     sample_tokens,
     transformer_recipe,
 )
-from modtrans.io import save_weights
 from modtrans.training.fit import Recipe, fit, save_trained
 
 logger = logging.getLogger(__name__)
 
-TOKENIZER_DIR = "text_tokenizer"
 DIRECTIONS = ("text2image", "image2text")
 CONDITION, TARGET = 0, 1
 
@@ -93,7 +91,7 @@ class BiARTConfig(Config):
         return self.max_text_length + self.image_tokens
 
 
-class BiART(Artefact, nn.Module):
+class BiART(TokenizerArtefact, nn.Module):
     """GPT-2 + segment embedding over ``[condition | target]``, with its AugVAE and text
     tokenizer: :meth:`generate_image` (text → image) and :meth:`caption` (image → text)."""
 
@@ -249,24 +247,6 @@ class BiART(Artefact, nn.Module):
         eos = self.tokenizer.eos_token_id
         rows = [row[:row.index(eos)] if eos in row else row for row in tokens.tolist()]
         return [t.strip() for t in self.tokenizer.batch_decode(rows, skip_special_tokens=True)]
-
-    # -- artefact -------------------------------------------------------------------------
-
-    def save_payload(self, path: Path) -> None:
-        """The weights (transformer, segment embedding, AugVAE) as ``model.safetensors`` and
-        the text tokenizer in transformers' format (``text_tokenizer/``)."""
-        save_weights(path / self.layout.weights, self, {"format": f"modtrans-{self.kind}"})
-        self.tokenizer.save_pretrained(path / TOKENIZER_DIR)
-
-    @classmethod
-    def build(cls, config: BiARTConfig, path: Path) -> BiART:
-        """The model around the text tokenizer saved in ``path/text_tokenizer``."""
-        from transformers import AutoTokenizer
-
-        tokenizer_dir = path / TOKENIZER_DIR
-        if not (tokenizer_dir / "tokenizer.json").is_file():
-            raise FileNotFoundError(f"{tokenizer_dir} holds no tokenizer; {cls.train_hint}")
-        return cls(config, AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True))
 
 
 class _Pairs(Dataset):

@@ -32,7 +32,12 @@ Works in a demo folder (world, world CLIP, store, translators) and adds ``e2e/``
   [text | image tokens] and [image tokens | text], trained on the world's train images and
   captions; text → image rows ``lverse`` (and ``lverse-rerank``) beside the others, with
   ``lverse-reconstruction`` (the tokenizer's own redrawing of the prompt's image) beside
-  ``reconstruction``; image → text row ``lverse`` (greedy BiART captions).
+  ``reconstruction``; image → text row ``lverse`` (greedy BiART captions);
+- the joint VAE (``joint``: off by default), one latent for an image and its caption
+  (:mod:`modtrans.decoders.joint_vae`), trained on the world's train images and captions:
+  text → image row ``joint`` (one image from a draw of q(z | prompt)) and image → text row
+  ``joint`` (the greedy caption of q(z | image)'s mean), scored by :func:`joint_rows` with
+  the same prompts, images and scores as every other route.
 
 Beside them, linear probes of the two conditioning embeddings (``conditioning_probes``) say
 how much of the main shape and colour the decoders are handed at all, so that a route's recall
@@ -62,6 +67,12 @@ from modtrans.decoders.augvae import AugVAE, AugVAEConfig, fit_augvae
 from modtrans.decoders.biart import BiART, BiARTConfig, fit_biart
 from modtrans.decoders.caption import CaptionDecoder, CaptionDecoderConfig, fit_caption_decoder
 from modtrans.decoders.image_vae import ConditionalVAE, ImageDecoderConfig, fit_image_decoder
+from modtrans.decoders.joint_vae import (
+    JointVAE,
+    JointVAEConfig,
+    fit_joint_vae,
+    refit_joint_prior,
+)
 from modtrans.decoders.rerank import best_of
 from modtrans.decoders.token_decoder import TokenDecoder, TokenDecoderConfig, fit_token_decoder
 from modtrans.encoders import build_encoder
@@ -78,7 +89,12 @@ from modtrans.world.recogniser import (
     fit_recogniser,
     world_split,
 )
-from modtrans.world.semantic import caption_semantic_scores, image_fd, image_semantic_scores
+from modtrans.world.semantic import (
+    caption_semantic_scores,
+    image_fd,
+    image_semantic_scores,
+    joint_coherence,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +111,7 @@ I2T_ROUTES: dict[str, tuple[str | None, str]] = {
     "ced": ("ced", "capdec"), "ced-capdec-paper": ("ced", "capdec_paper"),
     "ridge": ("ridge", "capdec"), "clipcap": (None, "clipcap")}
 EXAMPLE_SAMPLES = 6
+JOINT_EXAMPLES = 16
 FIT_TIME_OPTIONS = {"embed_dim", "image_encoder", "text_encoder", "augvae", "text_vocab"}
 
 
@@ -122,6 +139,8 @@ class EndToEndConfig(Config):
             single-level fine-tune (the one BiART uses) and BiART.
         lverse_sampling: BiART's text → image sampling options (temperature, top_k, top_p,
             guidance).
+        joint: train and evaluate the joint VAE too (``joint`` rows).
+        joint_vae: its config overrides.
         beams: beam width of the caption decoders.
         candidates: images drawn per prompt for the ``-rerank`` routes, of which the one the
             world CLIP scores highest against the prompt is judged (1: no such routes). The
@@ -153,6 +172,8 @@ class EndToEndConfig(Config):
     augvae_sl: dict[str, Any] = dataclasses.field(default_factory=lambda: {"epochs": 1})
     biart: dict[str, Any] = dataclasses.field(default_factory=lambda: {"epochs": 1})
     lverse_sampling: dict[str, Any] = dataclasses.field(default_factory=dict)
+    joint: bool = False
+    joint_vae: dict[str, Any] = dataclasses.field(default_factory=dict)
     beams: int = 3
     candidates: int = 8
     seed: int = 0
@@ -231,22 +252,55 @@ def train_models(folder: Path, config: EndToEndConfig, progress: bool = True) ->
         summaries[name] = read_json(e2e / name / "summary.json")
     if config.lverse:
         summaries.update(_train_lverse(folder, config, progress))
+    if config.joint:
+        summaries["joint"] = train_joint(folder / "world", e2e / "joint", config, progress)
     return summaries
+
+
+def train_joint(world: Path, out: Path, config: EndToEndConfig, progress: bool
+                ) -> dict[str, Any]:
+    """The joint VAE on the world's train images and captions (reused when there, its prior
+    mixture refitted if only that differs); its summary."""
+    def train(model_config: JointVAEConfig) -> None:
+        images, _ = world_split(world, "train")
+        val_images, _ = world_split(world, "val")
+        captions = read_coco_captions(world / "train" / "captions.json").captions
+        val_captions = read_coco_captions(world / "val" / "captions.json").captions
+        fit_joint_vae(images, captions, val_images[:200], val_captions[:200], out,
+                      model_config, progress=progress, resume=out.is_dir())
+
+    wanted = JointVAEConfig(**config.joint_vae)
+    if (out / "summary.json").is_file():
+        saved = JointVAE.read_config(out).prior_components
+        _check_reused(out, dataclasses.replace(wanted, prior_components=saved))
+        if saved != wanted.prior_components and wanted.prior_components:
+            images, _ = world_split(world, "train")
+            captions = read_coco_captions(world / "train" / "captions.json").captions
+            return refit_joint_prior(out, images, captions, wanted.prior_components)
+    return _reused_or_trained(out, wanted, train)
+
+
+def _reused_or_trained(out: Path, model_config: Config, train: Any) -> dict[str, Any]:
+    """The summary of the model in ``out``: reused if it was trained with ``model_config``
+    (:func:`_check_reused`), else trained by ``train(model_config)``."""
+    if (out / "summary.json").is_file():
+        _check_reused(out, model_config)
+    else:
+        train(model_config)
+    return read_json(out / "summary.json")
 
 
 def _train_tokenizer(folder: Path, config: EndToEndConfig, progress: bool) -> dict[str, Any]:
     """The token decoder's AugVAE on the world's first ``train_images`` train images (reused
     when there); its summary."""
     out, world = folder / "e2e" / "tokenizer", folder / "world"
-    model_config = AugVAEConfig(**config.tokenizer)
-    if (out / "summary.json").is_file():
-        _check_reused(out, model_config)
-    else:
+    def train(model_config: AugVAEConfig) -> None:
         images, _ = world_split(world, "train")
         val_images, _ = world_split(world, "val")
         fit_augvae(images[:config.train_images], val_images[:500], out, model_config,
                    progress=progress, resume=out.is_dir())
-    return read_json(out / "summary.json")
+
+    return _reused_or_trained(out, AugVAEConfig(**config.tokenizer), train)
 
 
 def _train_lverse(folder: Path, config: EndToEndConfig, progress: bool) -> dict[str, Any]:
@@ -269,14 +323,9 @@ def _train_lverse(folder: Path, config: EndToEndConfig, progress: bool) -> dict[
             images, captions, val_images[:200], val_captions, e2e / "augvae", o, c,
             progress=progress, resume=o.is_dir())),
     }
-    summaries = {}
-    for name, (model_config, train) in stages.items():
-        if (e2e / name / "summary.json").is_file():
-            _check_reused(e2e / name, model_config)
-        else:
-            train(model_config, e2e / name)
-        summaries[name] = read_json(e2e / name / "summary.json")
-    return summaries
+    return {name: _reused_or_trained(e2e / name, model_config,
+                                     functools.partial(train, o=e2e / name))
+            for name, (model_config, train) in stages.items()}
 
 
 def _check_reused(folder: Path, wanted: Config) -> None:
@@ -286,7 +335,8 @@ def _check_reused(folder: Path, wanted: Config) -> None:
             ImageDecoderConfig: ConditionalVAE.read_config,
             RecogniserConfig: AttributeRecogniser.read_config,
             AugVAEConfig: AugVAE.read_config, BiARTConfig: BiART.read_config,
-            TokenDecoderConfig: TokenDecoder.read_config}[type(wanted)]
+            TokenDecoderConfig: TokenDecoder.read_config,
+            JointVAEConfig: JointVAE.read_config}[type(wanted)]
     saved = read(folder)
     differ = _differences(json.loads(json.dumps(saved.to_dict())),
                           json.loads(json.dumps(wanted.to_dict())))
@@ -501,6 +551,62 @@ def image_to_text(folder: Path, split: str, config: EndToEndConfig
     return results, examples
 
 
+def joint_rows(world: Path, split: str, config: EndToEndConfig, judge: AttributeRecogniser,
+               model: JointVAE, clip: Any | None = None) -> dict[str, Any]:
+    """The joint VAE's rows on a split, scored as every route: ``text_to_image`` (the judge
+    on one image per prompt of :func:`full_prompts`, from a draw of q(z | prompt); FD
+    against the split's real images when ``clip`` is given) and ``image_to_text`` (caption
+    metrics and semantic scores of the greedy captions of the split's first ``images``
+    images, from the mean of q(z | image))."""
+    groups = full_prompts(world / split, config.prompts_per_group, config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    by_objects, generated = {}, []
+    for n, items in groups.items():
+        if items:
+            prompts = [prompt for prompt, _ in items]
+            images = model.generate_image(prompts, generator=generator)
+            generated.append(images)
+            by_objects[f"{n}_objects"] = image_semantic_scores(judge, images, prompts,
+                                                               [True] * len(items))
+    t2i: dict[str, Any] = {"by_objects": by_objects}
+    data = read_coco_captions(world / split / "captions.json")
+    if clip is not None:
+        t2i["fd"] = image_fd(clip, load_images(data.image_paths[:2000], 64),
+                             torch.cat(generated))
+    images, rows = world_split(world, split)
+    n = min(config.images, len(images))
+    predicted = [c for i in range(0, n, 64) for c in model.caption(images[i:min(i + 64, n)])]
+    return {"text_to_image": t2i, "image_to_text": {
+        **caption_metrics(predicted, data.captions[:n]),
+        **caption_semantic_scores(predicted, rows[:n])}, "captions": predicted[:8]}
+
+
+def joint_samples(out: Path, model: JointVAE, judge: AttributeRecogniser, n: int,
+                  seed: int) -> dict[str, Any]:
+    """Draw ``n`` joint samples from the prior (the fitted one if the model has it) and
+    judge their coherence
+    (:func:`~modtrans.world.semantic.joint_coherence`); keep the first
+    :data:`JOINT_EXAMPLES` as ``out/joint_samples/<i>.png``, a grid
+    ``out/joint_samples.png`` and ``out/joint_samples.json`` (their captions and the
+    coherence), for the report. Returns the coherence."""
+    images, captions = model.sample_pairs(n, generator=torch.Generator().manual_seed(seed))
+    scores = joint_coherence(judge, images, captions, seed=seed)
+    k = min(JOINT_EXAMPLES, n)
+    (out / "joint_samples").mkdir(parents=True, exist_ok=True)
+    files = []
+    for i in range(k):
+        files.append(f"joint_samples/{i}.png")
+        with atomic_path(out / files[-1]) as tmp:
+            image_grid(images[i:i + 1], rows=1, pad=0).save(tmp, format="PNG")
+    with atomic_path(out / "joint_samples.png") as tmp:
+        image_grid(images[:k], rows=max(d for d in range(1, int(k ** 0.5) + 1) if k % d == 0)
+                   ).save(tmp, format="PNG")
+    prior = "fitted" if model.config.prior_components else "standard"
+    write_json(out / "joint_samples.json", {"samples": n, "prior": prior, "files": files,
+                                            "captions": captions[:k], "coherence": scores})
+    return scores
+
+
 def run_end_to_end(folder: str | Path, config: EndToEndConfig | None = None, *,
                    progress: bool = True) -> dict[str, Any]:
     """Train what is missing, evaluate every route, write ``folder/e2e/``; returns results."""
@@ -524,6 +630,13 @@ def run_end_to_end(folder: str | Path, config: EndToEndConfig | None = None, *,
             folder, split, config, judge, clip)
         if config.captions:
             results["image_to_text"][split], captioned = image_to_text(folder, split, config)
+        if config.joint:
+            joint = joint_rows(folder / "world", split, config, judge,
+                               JointVAE.load(folder / "e2e" / "joint"), clip)
+            results["text_to_image"][split]["joint"] = joint["text_to_image"]
+            if config.captions:
+                results["image_to_text"][split]["joint"] = joint["image_to_text"]
+                captioned["captions"]["joint"] = joint["captions"]
         if i == 0:
             stacked = torch.cat([examples[r].view(len(prompts), EXAMPLE_SAMPLES, 64, 64, 3)
                                  for r in config.t2i_routes], dim=1)
@@ -535,5 +648,8 @@ def run_end_to_end(folder: str | Path, config: EndToEndConfig | None = None, *,
             results["examples"] = {"split": split, "prompts": prompts,
                                    "columns": [f"{EXAMPLE_SAMPLES} × {r}"
                                                for r in config.t2i_routes]}
+    if config.joint:
+        results["joint_coherence"] = joint_samples(
+            folder / "e2e", JointVAE.load(folder / "e2e" / "joint"), judge, 256, config.seed)
     write_json(folder / "e2e" / "results.json", results)
     return results

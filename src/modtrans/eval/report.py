@@ -253,7 +253,32 @@ def _generation(folder: Path) -> list[str]:
             figures.append(f"<figure>{_image_tag(path.read_bytes(), 128)}"
                            f"<figcaption>{lines}</figcaption></figure>")
         parts += ["<h3>Images → captions</h3>", f'<div class="grid">{"".join(figures)}</div>']
-    return parts
+    return parts + _joint_samples(folder / "e2e")
+
+
+def _joint_samples(e2e: Path) -> list[str]:
+    """The joint VAE's samples (each image with the caption drawn with it) and their
+    coherence against a random pairing."""
+    path = e2e / "joint_samples.json"
+    if not path.is_file():
+        return []
+    data = json.loads(path.read_text())
+    figures = [f"<figure>{_image_tag((e2e / file).read_bytes(), 128)}"
+               f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+               for file, caption in zip(data["files"], data["captions"], strict=True)
+               if (e2e / file).is_file()]
+    keys = ("colours", "shapes", "pairs", "count")
+    rows = [[name, *(scores[k] for k in keys)] for name, scores in data["coherence"].items()]
+    return ["<h3>Joint samples</h3>",
+            f"<p>Image and caption decoded from one latent drawn from the joint VAE's "
+            f"{'fitted mixture' if data.get('prior') == 'fitted' else 'N(0, I)'} prior. "
+            f"Coherence of {data['samples']} samples: the share of captions naming a colour "
+            "(shape, colour–shape pair) whose every one the judge finds in the image, and of "
+            "captions stating a number of objects whose number the judge counts; "
+            "<code>random_pairing</code>: the same captions against other samples' "
+            "images.</p>",
+            _simple_table(["pairing", *keys], rows),
+            f'<div class="grid">{"".join(figures)}</div>']
 
 
 def _summary(results: list[dict[str, Any]]) -> str:

@@ -7,7 +7,10 @@
 - image → text: the pairs, shapes and colours a generated caption names, against the image's
   ground truth (precision and recall);
 - reconstructions: the shapes, colours and pairs of an image's ground truth that the judge
-  finds in its reconstruction (recall).
+  finds in its reconstruction (recall);
+- joint samples (an image and a caption drawn together): whether what the caption names is
+  what the judge sees in the image (coherence), beside the same captions paired with other
+  images of the batch at random.
 
 And the Fréchet distance of generated images to real ones in an image encoder's feature
 space (torchmetrics' FID with that encoder as the feature extractor).
@@ -105,6 +108,55 @@ def caption_semantic_scores(captions: Sequence[str], rows: Sequence[dict[str, An
             true_named += len(truth & named)
         out[f"{key}_precision"] = named_true / named_total if named_total else 0.0
         out[f"{key}_recall"] = true_named / true_total if true_total else float("nan")
+    return out
+
+
+def joint_coherence(recogniser: AttributeRecogniser, images: torch.Tensor,
+                    captions: Sequence[str], seed: int = 0) -> dict[str, dict[str, float]]:
+    """Agreement of each caption with the image drawn with it, as the judge reads the image
+    and the caption parser the caption; ``random_pairing`` scores the same captions against
+    the images of a random derangement (the agreement chance alone gives).
+
+    Returns:
+        ``joint`` and ``random_pairing``, each with, for ``colours``, ``shapes`` and
+        ``pairs``: the share of the captions naming any that name only ones the judge finds
+        (``<key>``), the share of all named the judge finds (``<key>_found``) and how many
+        captions name any (``<key>_n``); ``count``: the share of captions stating a number of
+        objects ("three shapes") whose number the judge counts (``count_n`` of them).
+    """
+    if len(images) != len(captions) or len(captions) < 2:
+        raise ValueError(f"joint coherence needs one caption per image and at least 2 pairs, "
+                         f"got {len(images)} images and {len(captions)} captions")
+    found = recogniser.predict(images)
+    parsed = [parse_caption(c) for c in captions]
+    order = torch.randperm(len(captions), generator=torch.Generator().manual_seed(seed))
+    other = torch.empty_like(order)
+    other[order] = order.roll(1)  # caption i meets image other[i] ≠ i
+    return {"joint": _agreement(found, parsed, torch.arange(len(captions))),
+            "random_pairing": _agreement(found, parsed, other)}
+
+
+def _agreement(found: dict[str, torch.Tensor], parsed: list[dict[str, Any]],
+               image_of: torch.Tensor) -> dict[str, float]:
+    names = {"pairs": PAIRS, "shapes": SHAPES, "colours": COLOUR_NAMES}
+    out: dict[str, float] = {}
+    for key, vocabulary in names.items():
+        agree = naming = named = seen = 0
+        for attributes, j in zip(parsed, image_of.tolist(), strict=True):
+            wanted = {vocabulary.index(a) for a in attributes[key] if a in vocabulary}
+            if not wanted:
+                continue
+            hits = len(wanted & set(found[key][j].nonzero().flatten().tolist()))
+            naming, named, seen = naming + 1, named + len(wanted), seen + hits
+            agree += hits == len(wanted)
+        out[key] = round(agree / naming, 4) if naming else float("nan")
+        out[f"{key}_found"] = round(seen / named, 4) if named else float("nan")
+        out[f"{key}_n"] = naming
+    stated = [(a["count"], j) for a, j in zip(parsed, image_of.tolist(), strict=True)
+              if a["count"] is not None]
+    out["count"] = round(sum(int(found["count"][j]) == c for c, j in stated) / len(stated),
+                         4) if stated else float("nan")
+    out["count_n"] = len(stated)
     return out
 
 
