@@ -369,18 +369,24 @@ class EmbeddingStore:
                     f"and {self.dtype}; the store is damaged or mixes runs, re-embed it"
                 )
             arrays.append(array)
-        self._check_finite(kind, arrays)
+        self._check_finite(kind, [len(a) for a in arrays])
         return ShardedArray(arrays)
 
-    def _check_finite(self, kind: str, arrays: list[np.ndarray]) -> None:
+    def _check_finite(self, kind: str, lengths: list[int]) -> None:
         """Find rows with NaN or infinite values (read once, in chunks); raise naming the
-        store, split and shards, or record them when ``skip_bad_rows``."""
+        store, split and shards, or record them when ``skip_bad_rows``.
+
+        Each shard is scanned through a mapping of its own, closed after the scan, so the
+        pages it read do not stay in this process's resident memory: opening a store larger
+        than memory keeps memory flat.
+        """
         found, offset = {}, 0
-        for shard, array in zip(self.manifest["shards"], arrays, strict=True):
-            rows = _non_finite_rows(array)
+        for shard, length in zip(self.manifest["shards"], lengths, strict=True):
+            path = _shard_path(self.root, kind, shard["index"])
+            rows = _non_finite_rows(load_npy(path))
             if rows.size:
-                found[_shard_path(self.root, kind, shard["index"]).name] = rows + offset
-            offset += len(array)
+                found[path.name] = rows + offset
+            offset += length
         if not found:
             return
         total = sum(len(r) for r in found.values())
