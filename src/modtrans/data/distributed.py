@@ -31,6 +31,10 @@ logger = logging.getLogger(__name__)
 
 UNITS = "units"
 
+#: The encoders this worker process fetched from the object store, by object id: a worker
+#: deserialises them once, not once per unit.
+_ENCODERS: dict[str, tuple[Encoder, Encoder]] = {}
+
 
 def _unit_dir(out: Path, index: int) -> Path:
     return out / UNITS / f"unit_{index:05d}"
@@ -50,6 +54,19 @@ def embed_unit(part: CaptionSource, encoders: tuple[Encoder, Encoder], unit_dir:
         shutil.rmtree(unit_dir)  # an attempt that died before its store's first manifest
     return embed_captioned_images(part, *encoders, unit_dir, resume=unit_dir.is_dir(),
                                   workers=0, progress=False, **options)
+
+
+def _ray_unit(part: CaptionSource, encoders: list, unit_dir: str, options: dict[str, Any]
+              ) -> dict:
+    """A Ray task: :func:`embed_unit` with the encoders behind ``encoders[0]`` (an object
+    reference, wrapped in a list so that Ray passes it unresolved)."""
+    import ray
+
+    key = encoders[0].hex()
+    if key not in _ENCODERS:
+        _ENCODERS.clear()
+        _ENCODERS[key] = ray.get(encoders[0])
+    return embed_unit(part, _ENCODERS[key], unit_dir, options)
 
 
 def embed_on_ray(
@@ -137,13 +154,13 @@ def embed_on_ray(
             ray.init(address=address, num_cpus=None if address else workers,
                      include_dashboard=False, configure_logging=False)
         try:
-            task = ray.remote(num_cpus=1, max_retries=0)(embed_unit)
+            task = ray.remote(num_cpus=1, max_retries=0)(_ray_unit)
             encoders, shared = ray.put((image_encoder, text_encoder)), ray.put(options)
             attempts = dict.fromkeys(pending, 0)
 
             def submit(i: int) -> None:
                 attempts[i] += 1
-                running[task.remote(parts[i], encoders, str(_unit_dir(out, i)), shared)] = i
+                running[task.remote(parts[i], [encoders], str(_unit_dir(out, i)), shared)] = i
 
             for i in pending:
                 submit(i)
