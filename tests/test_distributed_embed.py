@@ -172,3 +172,18 @@ def test_the_embed_verb_runs_on_ray(
     assert (store.image_metadata().column("image_id").to_pylist()
             == single.image_metadata().column("image_id").to_pylist())
     np.testing.assert_allclose(store.image_embeddings[:], single.image_embeddings[:], atol=1e-5)
+
+
+def test_units_finished_but_not_merged_are_merged_on_resume(
+    cluster: None, data: CaptionedImages, clip_encoder: Any, single: EmbeddingStore,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    from modtrans.data import distributed
+
+    with monkeypatch.context() as patch:
+        patch.setattr(distributed, "_merge_ready", lambda *args: None)  # stopped before merging
+        with pytest.raises(RuntimeError, match="only 0 of 4 units are merged"):
+            _embed_on_ray(data, clip_encoder, tmp_path / "ray")
+    summary = _embed_on_ray(data, clip_encoder, tmp_path / "ray", resume=True)
+    assert summary["units_done_before"] == 4 and summary["images_written"] == single.n_images
+    _assert_same(EmbeddingStore(tmp_path / "ray"), single)

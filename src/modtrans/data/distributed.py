@@ -148,54 +148,14 @@ def embed_on_ray(
         done_before = len(parts) - plan["merged"] - len(pending)
         errors: list[str] = []
         retried = 0
-        running: dict[Any, int] = {}  # task → unit
-        started_here = not ray.is_initialized()
-        if started_here:
-            ray.init(address=address, num_cpus=None if address else workers,
-                     include_dashboard=False, configure_logging=False)
-        try:
-            task = ray.remote(num_cpus=1, max_retries=0)(_ray_unit)
-            encoders, shared = ray.put((image_encoder, text_encoder)), ray.put(options)
-            attempts = dict.fromkeys(pending, 0)
-
-            def submit(i: int) -> None:
-                attempts[i] += 1
-                running[task.remote(parts[i], [encoders], str(_unit_dir(out, i)), shared)] = i
-
-            for i in pending:
-                submit(i)
-            with tqdm(total=len(parts), initial=len(parts) - len(pending), unit="unit",
-                      desc=f"embed {split} on ray", disable=not progress) as bar:
-                while running:
-                    [ref], _ = ray.wait(list(running))
-                    i = running.pop(ref)
-                    try:
-                        ray.get(ref)
-                    except BadInputError:
-                        raise
-                    except ray.exceptions.RayError as e:
-                        errors.append(f"unit {i}, attempt {attempts[i]}: {type(e).__name__}: "
-                                      f"{str(e).strip().splitlines()[-1]}")
-                        logger.warning("embedding unit %d failed (%s)", i, errors[-1])
-                        if attempts[i] > retries:
-                            raise RuntimeError(
-                                f"unit {i} of {out} failed {attempts[i]} time(s), last: "
-                                f"{errors[-1]}; the store keeps every finished unit: fix the "
-                                "cause and rerun with --resume") from e
-                        retried += 1
-                        plan["retries"] += 1
-                        writer.note(UNITS, plan)
-                        submit(i)
-                        continue
-                    bar.update()
-                    _merge_ready(writer, out, plan, len(parts))
-        finally:
-            for ref in running:  # a unit failed for good: stop the others, resume continues them
-                ray.cancel(ref, force=True)
-            if running:
-                ray.wait(list(running), num_returns=len(running), timeout=60)
-            if started_here:
-                ray.shutdown()
+        if pending:
+            retried = _run_units(ray, parts, pending, (image_encoder, text_encoder), options,
+                                 writer, out, plan, errors, workers=workers, retries=retries,
+                                 address=address, progress=progress)
+        _merge_ready(writer, out, plan, len(parts))  # units an earlier run finished
+        if plan["merged"] != len(parts):
+            raise RuntimeError(f"{out}: only {plan['merged']} of {len(parts)} units are merged; "
+                               "rerun with --resume")
         shutil.rmtree(out / UNITS, ignore_errors=True)
         written = writer.n_images_done - before[0], writer.n_captions_done - before[1]
         skipped = writer.skipped
@@ -206,6 +166,68 @@ def embed_on_ray(
         "units": len(parts), "units_done_before": done_before, "retries": retried,
         "errors": errors,
     }  # fmt: skip
+
+
+def _run_units(ray: Any, parts: list[CaptionSource], pending: list[int],
+               encoders: tuple[Encoder, Encoder], options: dict[str, Any], writer: StoreWriter,
+               out: Path, plan: dict, errors: list[str], *, workers: int, retries: int,
+               address: str | None, progress: bool) -> int:
+    """Run the ``pending`` units as Ray tasks, retrying failed ones and merging finished
+    ones as they come; a unit failing past ``retries`` cancels the others and raises.
+
+    Returns:
+        How many failed attempts were run again (each failure is listed in ``errors``).
+    """
+    retried = 0
+    running: dict[Any, int] = {}  # task → unit
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=address, num_cpus=None if address else workers,
+                 include_dashboard=False, configure_logging=False)
+    try:
+        task = ray.remote(num_cpus=1, max_retries=0)(_ray_unit)
+        encoders_ref, shared = ray.put(encoders), ray.put(options)
+        attempts = dict.fromkeys(pending, 0)
+
+        def submit(i: int) -> None:
+            attempts[i] += 1
+            running[task.remote(parts[i], [encoders_ref], str(_unit_dir(out, i)), shared)] = i
+
+        for i in pending:
+            submit(i)
+        with tqdm(total=len(parts), initial=len(parts) - len(pending), unit="unit",
+                  desc=f"embed {options['split']} on ray", disable=not progress) as bar:
+            while running:
+                [ref], _ = ray.wait(list(running))
+                i = running.pop(ref)
+                try:
+                    ray.get(ref)
+                except BadInputError:
+                    raise
+                except ray.exceptions.RayError as e:
+                    errors.append(f"unit {i}, attempt {attempts[i]}: {type(e).__name__}: "
+                                  f"{str(e).strip().splitlines()[-1]}")
+                    logger.warning("embedding unit %d failed (%s)", i, errors[-1])
+                    if attempts[i] > retries:
+                        raise RuntimeError(
+                            f"unit {i} of {out} failed {attempts[i]} time(s), last: "
+                            f"{errors[-1]}; the store keeps every finished unit: fix the "
+                            "cause and rerun with --resume") from e
+                    retried += 1
+                    plan["retries"] += 1
+                    writer.note(UNITS, plan)
+                    submit(i)
+                    continue
+                bar.update()
+                _merge_ready(writer, out, plan, len(parts))
+    finally:
+        for ref in running:  # a unit failed for good: stop the others, resume continues them
+            ray.cancel(ref, force=True)
+        if running:
+            ray.wait(list(running), num_returns=len(running), timeout=60)
+        if started_here:
+            ray.shutdown()
+    return retried
 
 
 def _merge_ready(writer: StoreWriter, out: Path, plan: dict, n_units: int) -> None:
