@@ -12,12 +12,19 @@ a manifest of those shards). For every N, in fresh processes (so each peak RSS i
   seconds, index size, peak RSS, recall@10 against exact search on 1,000 held-out image
   queries (val), and queries/s against exact search's, measured in the same process.
 
-Every measurement is kept in ``--work``/measurements.json as it finishes, so a rerun resumes.
-Run at one thread (``OMP_NUM_THREADS=1``).
+- ``embed``: ``--embed-images`` JPEGs (200–1000 px) through a ViT-B/32-sized CLIP with
+  random weights (``bench_embed.py``'s): the single-process job decoding in-process, and the
+  Ray job (``embed --engine ray``) on a local cluster of 1 and of 2 workers, one thread
+  each; images/s from the call's start to its end (the cluster is started before the clock,
+  its start time kept beside).
+
+Every measurement is kept in ``--work``/measurements.json as it finishes, so a rerun resumes;
+``--keep-results`` starts from the measurements in ``benchmarks/results/scale.json`` (less
+the ``--redo`` kinds) and records their commit. Run at one thread (``OMP_NUM_THREADS=1``).
 
 Usage: ``python benchmarks/bench_scale.py [--work /tmp/bench_scale] [--sizes 1e4 1e5 1e6 5e6]
-[--steps 100]``; writes ``benchmarks/results/scale.json`` and ``scale.png`` (also shown in
-the docs as ``docs/img/scale.png``).
+[--steps 100] [--stages train eval index embed]``; writes ``benchmarks/results/scale.json``
+and ``scale.png`` (also shown in the docs as ``docs/img/scale.png``).
 """
 
 from __future__ import annotations
@@ -43,6 +50,8 @@ DOCS_IMAGE = Path(__file__).resolve().parents[1] / "docs" / "img" / "scale.png"
 SHARD = 10_000
 DIM = 512
 PARAMS = {"mlp": {"width": 512}, "ced": {"mean_shrinks": []}}
+EMBED = {"shard_size": 32, "batch_size": 32, "methods": ("local", "ray-1", "ray-2")}
+STAGES = ("train", "eval", "index", "embed")
 
 
 def substore(work: Path, n: int) -> Path:
@@ -74,6 +83,8 @@ def child(kind: str, root: Path, n: int, method: str, steps: int, out: Path,
     from modtrans.retrieval import peak_rss_mb
 
     torch.set_num_threads(1)
+    if kind == "embed":
+        return embed_child(out, n, method)
     if kind == "train":
         from modtrans.data.pairs import load_pairs
         from modtrans.data.store import open_store
@@ -121,6 +132,44 @@ def child(kind: str, root: Path, n: int, method: str, steps: int, out: Path,
     return infos
 
 
+def embed_child(out: Path, n: int, method: str) -> dict[str, Any]:
+    """Embed ``n`` JPEGs with ``local`` (the single-process job, decoding in-process) or
+    ``ray-<k>`` (the Ray job on a local cluster of k workers)."""
+    from bench_embed import save_vit_b32_clip, write_jpegs
+
+    from modtrans.data.distributed import embed_on_ray
+    from modtrans.data.embed import embed_captioned_images
+    from modtrans.encoders import build_encoder
+
+    shutil.rmtree(out, ignore_errors=True)
+    data = write_jpegs(out / "jpegs", n)
+    encoder = build_encoder(save_vit_b32_clip(out / "clip"))
+    options = dict(split="train", source={}, shard_size=EMBED["shard_size"],
+                   batch_size=EMBED["batch_size"], progress=False)
+    result: dict[str, Any] = {"load_average_before": round(os.getloadavg()[0], 2)}
+    if method == "local":
+        start = time.perf_counter()
+        summary = embed_captioned_images(data, encoder, encoder, out / "store", workers=0,
+                                         **options)
+    else:
+        import ray
+
+        workers = int(method.split("-")[1])
+        start = time.perf_counter()
+        ray.init(num_cpus=workers, include_dashboard=False, configure_logging=False)
+        result["cluster_start_seconds"] = round(time.perf_counter() - start, 2)
+        start = time.perf_counter()
+        summary = embed_on_ray(data, encoder, encoder, out / "store", workers=workers, **options)
+        result.update(units=summary["units"], retries=summary["retries"])
+    seconds = time.perf_counter() - start
+    result["load_average_after"] = round(os.getloadavg()[0], 2)
+    if method != "local":
+        ray.shutdown()
+    shutil.rmtree(out)
+    return {"images": summary["images_written"], "seconds": round(seconds, 2),
+            "images_per_second": round(summary["images_written"] / seconds, 2), **result}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench_scale"))
@@ -131,6 +180,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--index-max", type=float, default=1e6, help="largest N indexed")
     parser.add_argument("--hnsw-max", type=float, default=1e5, help="largest N for HNSW")
     parser.add_argument("--nlist", type=int, default=1024, help="IVF lists (at most)")
+    parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
+    parser.add_argument("--embed-images", type=int, default=256, help="JPEGs embedded")
+    parser.add_argument("--keep-results", action="store_true", help="start from the "
+                        "measurements in benchmarks/results/scale.json")
+    parser.add_argument("--redo", nargs="*", choices=STAGES, default=[],
+                        help="kinds of kept or resumed measurements to measure again")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -142,25 +197,36 @@ def main(argv: list[str] | None = None) -> None:
         return
     sizes = sorted(int(s) for s in args.sizes)
     work = args.work
-    from modtrans.data.synthetic import write_paired_store
-
-    start = time.perf_counter()
-    write_paired_store(work / "full" / "train", sizes[-1], dim=DIM, shard_size=SHARD,
-                       progress=True)
-    write_paired_store(work / "full" / "val", SHARD, dim=DIM, shard_size=SHARD, split="val")
-    logger.info("stores ready (%.0f s)", time.perf_counter() - start)
     path = work / "measurements.json"
     done: dict[str, Any] = read_json(path) if path.is_file() else {}
+    kept = work / "kept_from.json"
+    if args.keep_results and not done:
+        previous = read_json(RESULTS / "scale.json")
+        done = {key: value for key, value in previous["figures"]["measurements"].items()
+                if key.split("/")[0] not in args.redo}
+        write_json(kept, {"git_commit": previous["git_commit"], "date": previous["date"],
+                          "keys": sorted(done)})
+    done = {key: value for key, value in done.items() if key.split("/")[0] not in args.redo}
     plan = []
     for n in sizes:
         plan += [("train", n, "mlp")] + ([("train", n, "ced")] if n <= args.ced_max else [])
         plan += [("eval", n, "mlp")]
         plan += [("index", n, "index")] if n <= args.index_max else []
+    plan += [("embed", args.embed_images, method) for method in EMBED["methods"]]
+    plan = [(kind, n, method) for kind, n, method in plan if kind in args.stages
+            and f"{kind}/{method}/{n}" not in done]
+    if any(kind != "embed" for kind, _, _ in plan):
+        from modtrans.data.synthetic import write_paired_store
+
+        start = time.perf_counter()
+        write_paired_store(work / "full" / "train", sizes[-1], dim=DIM, shard_size=SHARD,
+                           progress=True)
+        write_paired_store(work / "full" / "val", SHARD, dim=DIM, shard_size=SHARD,
+                           split="val")
+        logger.info("stores ready (%.0f s)", time.perf_counter() - start)
     for kind, n, method in plan:
         key = f"{kind}/{method}/{n}"
-        if key in done:
-            continue
-        root = substore(work, n)
+        root = substore(work, n) if kind != "embed" else work
         logger.info("measuring %s", key)
         run = subprocess.run([sys.executable, __file__, "--work", str(work), "--steps",
                               str(args.steps), "--hnsw-max", str(args.hnsw_max), "--nlist",
@@ -175,7 +241,10 @@ def main(argv: list[str] | None = None) -> None:
     config = {key: getattr(args, key) for key in ("steps", "ced_max", "index_max", "hnsw_max",
                                                   "nlist")}
     config.update(dim=DIM, dtype="float16", shard=SHARD, params=PARAMS, batch_size=256,
-                  threads=1, queries=1000)
+                  threads=1, queries=1000, embed={**EMBED, "images": args.embed_images,
+                                                  "model": "CLIP ViT-B/32 config, random"})
+    if kept.is_file():
+        config["kept_from"] = read_json(kept)
     print(write_result("scale", config, figures))
     plot(done, sizes, RESULTS / "scale.png")
     shutil.copyfile(RESULTS / "scale.png", DOCS_IMAGE)

@@ -567,7 +567,45 @@ def scale_section() -> list[str]:
                      "ced passes s", "eval s", "eval RSS", "IVF-PQ build s", "IVF-PQ MiB",
                      "IVF-PQ recall@10", "IVF-PQ q/s", "exact q/s", "HNSW recall@10",
                      "HNSW q/s"], rows),
-            "Plot: `benchmarks/results/scale.png`.", "", _source(r), ""]
+            "Plot: `benchmarks/results/scale.png`.", "", *_embed_engine_rows(done, c),
+            *_kept(c), _source(r), ""]
+
+
+def _kept(c: dict) -> list[str]:
+    """Which measurements an earlier run of the benchmark made (``--keep-results``)."""
+    kept = c.get("kept_from")
+    if not kept:
+        return []
+    kinds = ", ".join(sorted({key.rsplit("/", 1)[0] for key in kept["keys"]}))
+    return [f"{len(kept['keys'])} of these measurements ({kinds}) were made by the run at "
+            f"commit {kept['git_commit'][:8]} ({kept['date'][:10]}) and kept; the rest at the "
+            "commit below.", ""]
+
+
+def _embed_engine_rows(done: dict, c: dict) -> list[str]:
+    """The scale benchmark's embedding rows: the single-process job against the Ray job."""
+    e = c.get("embed")
+    runs = {m: done[f"embed/{m}/{e['images']}"] for m in e["methods"]
+            if f"embed/{m}/{e['images']}" in done} if e else {}
+    if not runs:
+        return []
+    names = {"local": "single process (`--engine local`, decoding in-process)",
+             "ray-1": "Ray, 1 worker (`--engine ray --workers 1`)",
+             "ray-2": "Ray, 2 workers (`--engine ray --workers 2`)"}
+    base = runs.get("local", {}).get("images_per_second")
+    rows = [[names[m], f"{v['images_per_second']:.1f}", f"{v['seconds']:.1f}",
+             "—" if base is None else f"{v['images_per_second'] / base:.2f}×",
+             str(v.get("units", "—")), f"{v['cluster_start_seconds']:.1f}"
+             if "cluster_start_seconds" in v else "—",
+             f"{v['load_average_before']:.1f} → {v['load_average_after']:.1f}"
+             if "load_average_before" in v else "—"] for m, v in runs.items()]
+    return [f"Embedding {e['images']} JPEGs (200–1000 px) with a {e['model']} weights CLIP, "
+            f"one thread per process, batches of {e['batch_size']}, shards (and Ray units) of "
+            f"{e['shard_size']} images; seconds from the call's start to its end, the local "
+            "cluster started before (its start beside); the machine's 1-minute load average "
+            "before and after (other jobs shared its 2 cores).", "",
+            *_table(["job", "images/s", "seconds", "vs single process", "units",
+                     "cluster start s", "load"], rows)]
 
 
 def lverse_section() -> list[str]:

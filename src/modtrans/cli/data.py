@@ -92,8 +92,20 @@ def embed(
     shard_size: int = typer.Option(10_000, help="Images per shard."),
     batch_size: int = typer.Option(256, help="Encoder batch size."),
     workers: int = typer.Option(
-        2, help="DataLoader workers that read, decode and preprocess images (0: in-process)."
+        2, help="DataLoader workers that read, decode and preprocess images (0: in-process); "
+        "with --engine ray, the units embedded at once (each decodes in its own process)."
     ),
+    engine: str = typer.Option(
+        "local", help="local: one process. ray: independent work units on a Ray cluster "
+        "(pip install 'modtrans[distributed]'), each its own shards, merged in order."
+    ),
+    units: int = typer.Option(None, help="Work units with --engine ray (default: one per "
+                              "--shard-size images, at least --workers)."),
+    retries: int = typer.Option(2, help="With --engine ray: how often a failed unit is run "
+                                "again before the job stops."),
+    ray_address: str = typer.Option(None, help="With --engine ray: a running cluster "
+                                    "('auto': the one this machine joined; default: start "
+                                    "a local one of --workers CPUs)."),
     device: str = typer.Option("cpu", help="Device for the encoders, e.g. cpu or cuda:0."),
     resume: bool = typer.Option(False, help="Continue an interrupted run in OUT."),
     strict: bool = typer.Option(
@@ -104,7 +116,8 @@ def embed(
     """Encode images and captions into an embedding store (clip-retrieval layout + manifest).
 
     Interrupted? Run the same command with --resume: it continues after the last complete
-    shard, with no duplicate and no gap. Bad images are skipped and listed in manifest.json.
+    shard (on ray: of every unfinished unit), with no duplicate and no gap. Bad images are
+    skipped and listed in manifest.json.
     """
     import torch
 
@@ -116,6 +129,8 @@ def embed(
     if not image_spec or not text_spec:
         raise ValueError("give --encoder SPEC, or both --image-encoder and --text-encoder")
     dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    if engine not in ("local", "ray"):
+        raise ValueError(f"--engine must be local or ray, got {engine!r}")
     if model_dtype not in dtypes:
         raise ValueError(f"--model-dtype must be one of {sorted(dtypes)}, got {model_dtype!r}")
     sources = open_sources(source, images=images, split=split, image_column=image_column,
@@ -125,10 +140,17 @@ def embed(
     text_enc = image_enc if text_spec == image_spec else build_encoder(text_spec, **kwargs)
     for name, (data, info) in sources.items():
         captions = Path(info.get("captions", source))
-        summary = embed_captioned_images(
-            data, image_enc, text_enc, out / name if info["format"] in SPLIT_FORMATS else out,
-            split=name, source=info, sidecar=load_sidecar_metadata(captions),
-            shard_size=shard_size, dtype=dtype, batch_size=batch_size, workers=workers,
-            resume=resume, strict=strict,
-        )
+        target = out / name if info["format"] in SPLIT_FORMATS else out
+        common = dict(split=name, source=info, sidecar=load_sidecar_metadata(captions),
+                      shard_size=shard_size, dtype=dtype, batch_size=batch_size, resume=resume,
+                      strict=strict)
+        if engine == "ray":
+            from modtrans.data.distributed import embed_on_ray
+
+            summary = embed_on_ray(data, image_enc, text_enc, target, units=units,
+                                   workers=workers, retries=retries, address=ray_address,
+                                   **common)
+        else:
+            summary = embed_captioned_images(data, image_enc, text_enc, target,
+                                             workers=workers, **common)
         typer.echo(json.dumps(summary, indent=2))

@@ -6,6 +6,7 @@ The world generator writes the official format too, so the same reader serves bo
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import re
@@ -45,6 +46,16 @@ class CaptionedImages:
             path = self.image_paths[row]
             yield Record(self.image_ids[row], path, self.captions[row], self.caption_ids[row],
                          str(path))
+
+    def units(self, n: int) -> list[CaptionedImages]:
+        """At most ``n`` contiguous, non-empty image ranges that cover the source in order."""
+        k = max(min(n, len(self)), 1)
+        bounds = [len(self) * i // k for i in range(k + 1)]
+        return [
+            CaptionedImages(*(field[a:b] for field in (
+                self.image_ids, self.image_paths, self.captions, self.caption_ids, self.extra)))
+            for a, b in itertools.pairwise(bounds) if b > a
+        ]
 
     @property
     def n_captions(self) -> int:

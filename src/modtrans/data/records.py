@@ -59,3 +59,8 @@ class CaptionSource(Protocol):
     def records(self, worker: int = 0, n_workers: int = 1) -> Iterator[Record]:
         """The records of one of ``n_workers`` disjoint parts, together covering the source."""
         ...
+
+    def units(self, n: int) -> list[CaptionSource]:
+        """At most ``n`` contiguous, non-empty sources that cover this one in order: the work
+        units of a distributed embedding job."""
+        ...

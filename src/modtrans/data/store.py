@@ -369,18 +369,24 @@ class EmbeddingStore:
                     f"and {self.dtype}; the store is damaged or mixes runs, re-embed it"
                 )
             arrays.append(array)
-        self._check_finite(kind, arrays)
+        self._check_finite(kind, [len(a) for a in arrays])
         return ShardedArray(arrays)
 
-    def _check_finite(self, kind: str, arrays: list[np.ndarray]) -> None:
+    def _check_finite(self, kind: str, lengths: list[int]) -> None:
         """Find rows with NaN or infinite values (read once, in chunks); raise naming the
-        store, split and shards, or record them when ``skip_bad_rows``."""
+        store, split and shards, or record them when ``skip_bad_rows``.
+
+        Each shard is scanned through a mapping of its own, closed after the scan, so the
+        pages it read do not stay in this process's resident memory: opening a store larger
+        than memory keeps memory flat.
+        """
         found, offset = {}, 0
-        for shard, array in zip(self.manifest["shards"], arrays, strict=True):
-            rows = _non_finite_rows(array)
+        for shard, length in zip(self.manifest["shards"], lengths, strict=True):
+            path = _shard_path(self.root, kind, shard["index"])
+            rows = _non_finite_rows(load_npy(path))
             if rows.size:
-                found[_shard_path(self.root, kind, shard["index"]).name] = rows + offset
-            offset += len(array)
+                found[path.name] = rows + offset
+            offset += length
         if not found:
             return
         total = sum(len(r) for r in found.values())
@@ -785,6 +791,46 @@ class StoreWriter:
             "wrote shard %d of %s: %d images, %d captions", index, self.root, len(img), len(txt)
         )
         return index
+
+    def append_store(self, other: EmbeddingStore) -> int:
+        """Append the complete shards of a store embedded with the same settings (a work unit's),
+        in order, and its skipped items; a shard whose images are already here (appended
+        before an interruption) is passed over, so appending again never duplicates a row.
+
+        Returns:
+            The number of shards appended.
+        """
+        self._check_open()
+        settings = ("image_encoder", "text_encoder", "image_dim", "text_dim", "dtype")
+        clashes = [f"{k} {other.manifest[k]!r} (here {self._manifest[k]!r})" for k in settings
+                   if other.manifest[k] != self._manifest[k]]
+        if clashes:
+            raise ValueError(f"cannot append {other.root}: its {'; '.join(clashes)}")
+        images, texts = other.image_embeddings.shards, other.text_embeddings.shards
+        appended = 0
+        for shard, img, txt in zip(other.manifest["shards"], images, texts, strict=True):
+            meta = read_parquet(_shard_path(other.root, "metadata", shard["index"]))
+            ids = meta.column("image_id").to_pylist()
+            if ids[0] in self._done_ids:
+                continue
+            text_meta = read_parquet(_shard_path(other.root, "text_metadata", shard["index"]))
+            local = text_meta.column("image_index").to_numpy() - shard["first_image_row"]
+            text_meta = text_meta.set_column(text_meta.schema.get_field_index("image_index"),
+                                             "image_index", pa.array(local, type=pa.int64()))
+            self.write_shard(img, txt, meta, text_meta)
+            appended += 1
+        for entry in other.manifest["skipped"]:
+            self.record_skipped(entry["item"], entry["reason"],
+                                unknown_tokens=entry.get("unknown_tokens"))
+        return appended
+
+    def note(self, key: str, value: Any) -> None:
+        """Keep a JSON-able ``value`` under ``key`` in the manifest, written at once."""
+        self._check_open()
+        if key in _MANIFEST_KEYS:
+            raise ValueError(f"{key!r} is one of the manifest's own keys")
+        self._manifest[key] = value
+        self._write_manifest()
 
     def _check_open(self) -> None:
         if self._closed:

@@ -9,6 +9,7 @@ damage, then a record carrying the error, and the job goes on with the next shar
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import tarfile
@@ -32,15 +33,27 @@ def _split_member(name: str) -> tuple[str, str]:
 class WebDatasetShards:
     """The samples of one ``.tar`` shard or of every ``.tar`` in a folder, in shard order.
 
-    Workers take whole shards (shard *i* goes to worker *i* mod *n*).
+    Workers take whole shards (shard *i* goes to worker *i* mod *n*); so do work units.
     """
 
-    def __init__(self, path: str | Path) -> None:
-        path = Path(path)
-        self.shards = [path] if path.is_file() else sorted(path.glob("*.tar"))
+    def __init__(self, path: str | Path | list[Path]) -> None:
+        """Args:
+        path: a ``.tar`` shard, a folder of them, or a list of shards.
+        """
+        if isinstance(path, list):
+            self.shards = list(path)
+        else:
+            path = Path(path)
+            self.shards = [path] if path.is_file() else sorted(path.glob("*.tar"))
         if not self.shards:
             raise FileNotFoundError(f"{path} holds no .tar shard")
         self._length = self._count_from_parquet()
+
+    def units(self, n: int) -> list[WebDatasetShards]:
+        """At most ``n`` contiguous, non-empty ranges of whole shards, covering them in order."""
+        k = min(n, len(self.shards))
+        bounds = [len(self.shards) * i // k for i in range(k + 1)]
+        return [WebDatasetShards(self.shards[a:b]) for a, b in itertools.pairwise(bounds)]
 
     def _count_from_parquet(self) -> int:
         """Successful samples listed in the img2dataset parquet files (0 when there are none)."""
