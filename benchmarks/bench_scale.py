@@ -19,8 +19,9 @@ a manifest of those shards). For every N, in fresh processes (so each peak RSS i
   its start time kept beside).
 
 Every measurement is kept in ``--work``/measurements.json as it finishes, so a rerun resumes;
-``--keep-results`` starts from the measurements in ``benchmarks/results/scale.json`` (less
-the ``--redo`` kinds) and records their commit. Run at one thread (``OMP_NUM_THREADS=1``).
+``--keep-results`` starts from the measurements in ``benchmarks/results/scale.json`` and
+records their commit; ``--redo`` drops kept or resumed ones to measure them again. Run at
+one thread (``OMP_NUM_THREADS=1``).
 
 Usage: ``python benchmarks/bench_scale.py [--work /tmp/bench_scale] [--sizes 1e4 1e5 1e6 5e6]
 [--steps 100] [--stages train eval index embed]``; writes ``benchmarks/results/scale.json``
@@ -76,7 +77,7 @@ def substore(work: Path, n: int) -> Path:
 
 
 def child(kind: str, root: Path, n: int, method: str, steps: int, out: Path,
-          hnsw_max: int, nlist: int) -> dict[str, Any]:
+          hnsw_max: int, ivfpq: dict[str, int]) -> dict[str, Any]:
     """One measurement, in this (fresh) process."""
     import torch
 
@@ -119,7 +120,7 @@ def child(kind: str, root: Path, n: int, method: str, steps: int, out: Path,
 
     # held-out images: the synthetic caption space is not aligned with the image space
     queries = Gallery(open_store(root, "val"), "image").rows(range(1000))
-    kinds = {"ivfpq": {"nlist": min(nlist, n // 39), "nprobe": 16}}
+    kinds = {"ivfpq": {**ivfpq, "nlist": min(ivfpq["nlist"], n // 39)}}
     if n <= hnsw_max:
         kinds["hnsw"] = {}
     infos = {}
@@ -180,19 +181,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--index-max", type=float, default=1e6, help="largest N indexed")
     parser.add_argument("--hnsw-max", type=float, default=1e5, help="largest N for HNSW")
     parser.add_argument("--nlist", type=int, default=1024, help="IVF lists (at most)")
+    parser.add_argument("--nprobe", type=int, default=16, help="IVF lists searched")
+    parser.add_argument("--rerank", type=int, default=10, help="IVF-PQ: rerank·k candidates "
+                        "re-scored exactly")
     parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
     parser.add_argument("--embed-images", type=int, default=256, help="JPEGs embedded")
     parser.add_argument("--keep-results", action="store_true", help="start from the "
                         "measurements in benchmarks/results/scale.json")
-    parser.add_argument("--redo", nargs="*", choices=STAGES, default=[],
-                        help="kinds of kept or resumed measurements to measure again")
+    parser.add_argument("--redo", nargs="*", default=[], help="kept or resumed measurements "
+                        "to measure again: keys or their beginnings (eval, train/mlp)")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.child:
         kind, root, n, method = args.child
         result = child(kind, Path(root), int(n), method, args.steps,
-                       args.work / "out" / f"{method}_{n}", int(args.hnsw_max), args.nlist)
+                       args.work / "out" / f"{method}_{n}", int(args.hnsw_max),
+                       {key: getattr(args, key) for key in ("nlist", "nprobe", "rerank")})
         print(json.dumps(result))
         return
     sizes = sorted(int(s) for s in args.sizes)
@@ -202,11 +207,14 @@ def main(argv: list[str] | None = None) -> None:
     kept = work / "kept_from.json"
     if args.keep_results and not done:
         previous = read_json(RESULTS / "scale.json")
-        done = {key: value for key, value in previous["figures"]["measurements"].items()
-                if key.split("/")[0] not in args.redo}
+        done = previous["figures"]["measurements"]
         write_json(kept, {"git_commit": previous["git_commit"], "date": previous["date"],
                           "keys": sorted(done)})
-    done = {key: value for key, value in done.items() if key.split("/")[0] not in args.redo}
+    done = {key: value for key, value in done.items()
+            if not any(key.startswith(prefix) for prefix in args.redo)}
+    if kept.is_file():  # what is measured again is no longer kept
+        info = read_json(kept)
+        write_json(kept, {**info, "keys": [key for key in info["keys"] if key in done]})
     plan = []
     for n in sizes:
         plan += [("train", n, "mlp")] + ([("train", n, "ced")] if n <= args.ced_max else [])
@@ -230,7 +238,8 @@ def main(argv: list[str] | None = None) -> None:
         logger.info("measuring %s", key)
         run = subprocess.run([sys.executable, __file__, "--work", str(work), "--steps",
                               str(args.steps), "--hnsw-max", str(args.hnsw_max), "--nlist",
-                              str(args.nlist), "--child", kind, str(root), str(n), method],
+                              str(args.nlist), "--nprobe", str(args.nprobe), "--rerank",
+                              str(args.rerank), "--child", kind, str(root), str(n), method],
                              capture_output=True, text=True)
         if run.returncode:
             raise RuntimeError(f"{key} failed:\n{run.stderr[-3000:]}")

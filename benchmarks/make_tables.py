@@ -548,6 +548,7 @@ def scale_section() -> list[str]:
              cell(f"train/ced/{n}", "pairs_per_second"), cell(f"train/ced/{n}", "peak_rss_mb"),
              cell(f"train/ced/{n}", "prepare_seconds", "{:.1f}"),
              cell(f"eval/mlp/{n}", "seconds", "{:.1f}"), cell(f"eval/mlp/{n}", "peak_rss_mb"),
+             "/".join(index_cell(n, "ivfpq", key) for key in ("nlist", "nprobe", "rerank")),
              index_cell(n, "ivfpq", "build_seconds", "{:.0f}"),
              index_cell(n, "ivfpq", "index_mb", "{:.1f}"),
              index_cell(n, "ivfpq", "recall@10_vs_exact", "{:.3f}"),
@@ -560,11 +561,13 @@ def scale_section() -> list[str]:
             f"{c['steps']} steps of {c['batch_size']} pairs; *passes* are the closed-form "
             "passes over the whole store before training (normaliser statistics; ced also "
             "the ridge moments). Eval: `evaluate_translator` on the store's first 1,000 images "
-            f"(the `eval` default). IVF-PQ: at most {c['nlist']} lists, recall@10 and "
-            f"queries/s on {c['queries']} held-out queries against exact search in the same "
-            "process. RSS in MiB; — not measured (see the scaling guide).", "",
+            "(the `eval` default). IVF-PQ: recall@10 and queries/s on "
+            f"{c['queries']} held-out queries against exact search in the same process; "
+            "*rerank* r: its best r·10 candidates re-scored exactly from the shards. RSS in "
+            "MiB; — not measured (see the scaling guide).", "",
             *_table(["N", "mlp pairs/s", "mlp RSS", "mlp passes s", "ced pairs/s", "ced RSS",
-                     "ced passes s", "eval s", "eval RSS", "IVF-PQ build s", "IVF-PQ MiB",
+                     "ced passes s", "eval s", "eval RSS", "IVF-PQ lists/probes/rerank",
+                     "IVF-PQ build s", "IVF-PQ MiB",
                      "IVF-PQ recall@10", "IVF-PQ q/s", "exact q/s", "HNSW recall@10",
                      "HNSW q/s"], rows),
             "Plot: `benchmarks/results/scale.png`.", "", *_embed_engine_rows(done, c),
@@ -599,7 +602,8 @@ def _embed_engine_rows(done: dict, c: dict) -> list[str]:
              if "cluster_start_seconds" in v else "—",
              f"{v['load_average_before']:.1f} → {v['load_average_after']:.1f}"
              if "load_average_before" in v else "—"] for m, v in runs.items()]
-    return [f"Embedding {e['images']} JPEGs (200–1000 px) with a {e['model']} weights CLIP, "
+    return [f"Embedding {e['images']} JPEGs (200–1000 px) through a CLIP ({e['model']} "
+            "weights), "
             f"one thread per process, batches of {e['batch_size']}, shards (and Ray units) of "
             f"{e['shard_size']} images; seconds from the call's start to its end, the local "
             "cluster started before (its start beside); the machine's 1-minute load average "

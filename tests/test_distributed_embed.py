@@ -5,6 +5,7 @@ and the job is resumed."""
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 import signal
@@ -187,3 +188,21 @@ def test_units_finished_but_not_merged_are_merged_on_resume(
     summary = _embed_on_ray(data, clip_encoder, tmp_path / "ray", resume=True)
     assert summary["units_done_before"] == 4 and summary["images_written"] == single.n_images
     _assert_same(EmbeddingStore(tmp_path / "ray"), single)
+
+
+def test_webdataset_units_are_whole_tar_shards(
+    cluster: None, data: CaptionedImages, clip_encoder: Any, tmp_path: Path,
+) -> None:  # fmt: skip
+    for n in range(3):
+        with tarfile.open(tmp_path / f"{n:05d}.tar", "w") as tar:
+            for row in range(n * 6, n * 6 + 6):
+                for suffix, payload in ((".png", data.image_paths[row].read_bytes()),
+                                        (".txt", data.captions[row][0].encode())):
+                    info = tarfile.TarInfo(f"{row:06d}{suffix}")
+                    info.size = len(payload)
+                    tar.addfile(info, io.BytesIO(payload))
+    shards = WebDatasetShards(tmp_path)
+    embed_captioned_images(shards, clip_encoder, clip_encoder, tmp_path / "single", **OPTIONS)
+    summary = _embed_on_ray(shards, clip_encoder, tmp_path / "ray", units=2)
+    assert summary["units"] == 2 and summary["images_written"] == 18
+    _assert_same(EmbeddingStore(tmp_path / "ray"), EmbeddingStore(tmp_path / "single"))
