@@ -637,6 +637,14 @@ def joint_vae_section(tag: str = "") -> list[str]:
                                            if "standard_prior" in co else ()),
                                          ("real val pairs", co["real_pairs"]["joint"]),
                                          ("captioned val", co["captioned_val"]["joint"]))])]
+    if "reconstruction" in f:
+        rec = f["reconstruction"]
+        out += [f"What the image decoder can draw at all: the share of {rec['images']} val "
+                "images' shapes, colours and colour–shape pairs the judge finds in their "
+                "redrawing from the mean of q(z | image), and in the images themselves:", "",
+                *_table(["images", *(k.replace("_", " ") for k in JUDGED)],
+                        [[name, *(_cell(rec[key][k]) for k in JUDGED)]
+                         for name, key in (("redrawn", "redrawn"), ("real", "real"))])]
     keys = ("colours_recall", "shapes_recall", "pairs_recall", "pairs_hallucination")
     i2t_keys = ("BLEU-4", "CIDEr", "colours_recall", "pairs_precision", "pairs_recall")
     for split, rows in f["cross_modal"].items():
