@@ -608,7 +608,7 @@ def joint_vae_section(tag: str = "") -> list[str]:
         return []
     f, c = r["figures"], r["config"]
     t, co = f["training"], f["coherence"]
-    budget = _load("e2e_budget")
+    budget = None if tag else _load("e2e_budget")  # a variant's rows stand alone
     out = [f"### The joint image–caption VAE ({name})", "",
            f"`{c['joint_vae']['fusion']}` over a {c['joint_vae']['latent_dim']}-wide latent, "
            f"trained on the {t['images']} train images of `{c['work']}` for {t['epochs']} "
