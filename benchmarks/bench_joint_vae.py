@@ -14,6 +14,9 @@ as ``benchmarks/work/e2e_budget``, lends its world, judge and world CLIP):
   against the caption parser on its caption, beside the same captions paired with other
   samples' images at random; also for ``--samples`` val images against their own real
   captions and against the joint VAE's captions of them (what agreement is attainable);
+- ``reconstruction``: the share of each val image's shapes, colours and pairs the judge finds
+  in its redrawing from the mean of q(z | image) (what the image decoder can draw at all),
+  and in the image itself;
 - ``cross_modal``: :func:`modtrans.eval.endtoend.joint_rows` on the end-to-end config's
   splits, prompts and images (FD when ``--work`` has a world CLIP);
 - the first 16 joint samples as a grid (``joint_vae_samples.png``, row-major; their captions
@@ -47,7 +50,7 @@ from modtrans.world.recogniser import (
     fit_recogniser,
     world_split,
 )
-from modtrans.world.semantic import joint_coherence
+from modtrans.world.semantic import joint_coherence, truth_recall
 
 logger = logging.getLogger("bench_joint_vae")
 
@@ -125,6 +128,12 @@ def main() -> None:
         "recogniser": read_json(args.work / "e2e" / "recogniser" / "recogniser_report.json"),
         "coherence": coherence(args.work, model, judge, args.samples)}
     logger.info("coherence: %s", figures["coherence"]["prior"])
+    val, rows = world_split(args.work / "world", "val")
+    val, rows = val[:args.samples], rows[:args.samples]
+    figures["reconstruction"] = {
+        "images": len(val), "real": truth_recall(judge, val, rows),
+        "redrawn": truth_recall(judge, model.image_latents(model.posterior_images(val)[0]),
+                                rows)}
     figures["cross_modal"] = {split: joint_rows(args.work / "world", split, e2e, judge, model,
                                                 clip) for split in e2e.splits}
     name = f"joint_vae_{args.tag}" if args.tag else "joint_vae"

@@ -678,7 +678,7 @@ def joint_vae_section(tag: str = "") -> list[str]:
         return []
     f, c = r["figures"], r["config"]
     t, co = f["training"], f["coherence"]
-    budget = _load("e2e_budget")
+    budget = None if tag else _load("e2e_budget")  # a variant's rows stand alone
     out = [f"### The joint image–caption VAE ({name})", "",
            f"`{c['joint_vae']['fusion']}` over a {c['joint_vae']['latent_dim']}-wide latent, "
            f"trained on the {t['images']} train images of `{c['work']}` for {t['epochs']} "
@@ -707,6 +707,14 @@ def joint_vae_section(tag: str = "") -> list[str]:
                                            if "standard_prior" in co else ()),
                                          ("real val pairs", co["real_pairs"]["joint"]),
                                          ("captioned val", co["captioned_val"]["joint"]))])]
+    if "reconstruction" in f:
+        rec = f["reconstruction"]
+        out += [f"What the image decoder can draw at all: the share of {rec['images']} val "
+                "images' shapes, colours and colour–shape pairs the judge finds in their "
+                "redrawing from the mean of q(z | image), and in the images themselves:", "",
+                *_table(["images", *(k.replace("_", " ") for k in JUDGED)],
+                        [[name, *(_cell(rec[key][k]) for k in JUDGED)]
+                         for name, key in (("redrawn", "redrawn"), ("real", "real"))])]
     keys = ("colours_recall", "shapes_recall", "pairs_recall", "pairs_hallucination")
     i2t_keys = ("BLEU-4", "CIDEr", "colours_recall", "pairs_precision", "pairs_recall")
     for split, rows in f["cross_modal"].items():
@@ -915,6 +923,7 @@ def main() -> None:
               for line in [*world_section(), *clip_section(), *worldbench_section(),
                            *e2e_section(), *e2e_section("budget"), *e2e_section("tokens"),
                            *token_decoder_section(), *lverse_section(), *joint_vae_section(),
+                           *joint_vae_section("jmvae"),
                            *image_decoder_section(),
                            *(part for tag in VARIANTS if tag
                              for part in (*clip_section(tag), *worldbench_section(tag))),

@@ -155,11 +155,13 @@ def test_report_verb_regenerates_the_page(
     assert str(demo.report) in out
     page = demo.report.read_text()
     assert "<h2>WorldBench</h2>" in page and "<h2>Generation (end to end)</h2>" in page
-    generation_tables = 2 * len({split for _, split in SPLITS})  # t2i and i2t per split
+    # t2i and i2t per split, and the joint VAE's coherence
+    generation_tables = 2 * len({split for _, split in SPLITS}) + 1
     summaries = 2  # the world CLIP's figures and the stage times
     assert page.count("<table>") == before.count("<table>") == (
         len(SPLITS) + generation_tables + summaries)
     assert "Prompts → samples" in page and "Images → captions" in page
+    assert "Joint samples" in page
     assert "route draws 2 images per prompt" in page
 
 
@@ -172,13 +174,13 @@ def test_tiny_demo_evaluates_generation_end_to_end(demo: Demo) -> None:
         vae = {"ced", "ced-mean", "ridge", "direct", "oracle", "reconstruction", "ced-rerank",
                "ced-mean-rerank", "ridge-rerank", "direct-rerank"}
         assert set(routes) == vae | {f"tokens-{r}" for r in vae} | {
-            "lverse", "lverse-reconstruction", "lverse-rerank", "real"}
+            "lverse", "lverse-reconstruction", "lverse-rerank", "joint", "real"}
         for name, route in routes.items():
             assert name == "real" or route["fd"] >= 0
             for scores in route["by_objects"].values():
                 assert 0 <= scores["recall"] <= 1 and 0 <= scores["hallucination"] <= 1
     for routes in results["image_to_text"].values():
-        assert set(routes) == {"ced", "ced-capdec-paper", "ridge", "clipcap", "lverse"}
+        assert set(routes) == {"ced", "ced-capdec-paper", "ridge", "clipcap", "lverse", "joint"}
         assert all(0 <= r["BLEU-1"] <= 1 and r["CIDEr"] >= 0 for r in routes.values())
     assert 0 <= results["recogniser"]["pairs_presence_accuracy"] <= 1
     probes = results["conditioning_probes"]
@@ -194,9 +196,13 @@ def test_tiny_demo_evaluates_generation_end_to_end(demo: Demo) -> None:
     n_prompts = len(results["examples"]["prompts"])
     assert grid.size == (138 * 66 + 2, n_prompts * 66 + 2)  # 6 samples × 23 routes per row
     assert {"augvae_ml", "augvae", "biart", "tokenizer", "token_image",
-            "token_text"} <= set(results["training"])
+            "token_text", "joint"} <= set(results["training"])
     captions = json.loads((demo.out / "e2e" / "image2text.json").read_text())["captions"]
-    assert len(captions["lverse"]) == len(captions["clipcap"])
+    assert len(captions["lverse"]) == len(captions["clipcap"]) == len(captions["joint"])
+    coherence = results["joint_coherence"]
+    assert set(coherence) == {"joint", "random_pairing"}
+    assert all(0 <= v["colours_found"] <= 1 for v in coherence.values()
+               if v["colours_n"])
 
 
 def test_e2e_reuses_a_trained_decoder_only_with_the_same_options(demo: Demo) -> None:

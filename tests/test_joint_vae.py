@@ -17,6 +17,7 @@ from modtrans.decoders.joint_vae import (
     JointVAE,
     JointVAEConfig,
     batch_hard_triplet,
+    gaussian_kl,
     refit_joint_prior,
 )
 from modtrans.encoders.tokenizer import build_tokenizer
@@ -53,15 +54,21 @@ def test_product_of_experts_weights_by_precision_and_mvae_adds_the_prior() -> No
 
 @pytest.mark.parametrize("fusion", ["mopoe", "mvae"])
 def test_loss_has_every_subset_and_mvae_decodes_unimodal_subsets_alone(fusion: str) -> None:
-    model = _model(fusion=fusion, triplet_weight=0.5).train()
+    model = _model(fusion=fusion, triplet_weight=0.5, kl_align_weight=1.0).train()
     out = model.training_loss((_images(), model.text_ids(CAPTIONS)))
-    assert torch.isfinite(out["loss"]) and out["triplet"] > 0
+    assert torch.isfinite(out["loss"]) and out["triplet"] > 0 and out["kl_align"] > 0
     for subset in ("image", "text", "image+text"):
         assert out[f"{subset}_kl"] >= 0
     cross = (out["image_text_nll"], out["text_image_nll"])
     assert all((c == 0) == (fusion == "mvae") for c in cross)
     out["loss"].backward()
     assert model.text_posterior.weight.grad.abs().sum() > 0
+
+
+def test_gaussian_kl_is_zero_for_equal_gaussians_and_known_otherwise() -> None:
+    mu, logvar = torch.zeros(2, 3), torch.zeros(2, 3)
+    assert gaussian_kl(mu, logvar, mu, logvar).item() == 0
+    assert gaussian_kl(mu + 1, logvar, mu, logvar).item() == pytest.approx(1.5)
 
 
 def test_kl_weight_is_annealed_over_the_warmup_steps() -> None:

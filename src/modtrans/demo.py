@@ -75,6 +75,10 @@ TINY_GENERATION: dict[str, Any] = {
                   "code_dim": 8, "epochs": 1},
     "token_image": {"prefix": 2, "width": 16, "layers": 1, "heads": 2, "epochs": 1},
     "token_text": {"prefix": 2, "width": 16, "layers": 1, "heads": 2, "epochs": 1},
+    "joint": True,
+    "joint_vae": {"latent_dim": 4, "channels": [8, 8, 8, 8], "text_width": 16,
+                  "text_layers": 1, "heads": 2, "prefix_length": 2, "max_text_length": 12,
+                  "epochs": 1, "prior_components": 2},
 }
 
 PRESETS: dict[str, DemoConfig] = {

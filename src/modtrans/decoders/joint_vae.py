@@ -24,7 +24,8 @@ summed in nats and scaled per modality (``image_weight``, ``text_weight``: a 12,
 image outweighs a ten-word caption by orders of magnitude, the wrong-scale failure of
 mmvae #2); the KL term is annealed from 0 over ``kl_warmup`` steps; an optional SEJE-style
 batch-hard triplet term (soft margin) pulls each image's posterior mean towards its caption's
-and away from the hardest other caption in the batch.
+and away from the hardest other caption in the batch; an optional JMVAE-kl term
+KL(q(z | image, caption) ‖ q(z | m)) pulls each unimodal posterior over the joint one.
 
 Joint samples are drawn from N(0, I) or, with ``prior_components``, from a Gaussian mixture
 fitted after training to the joint posterior means of the train pairs (ex-post density
@@ -80,6 +81,8 @@ class JointVAEConfig(Config):
         kl_warmup: optimiser steps over which the KL weight rises linearly from 0 to beta.
         triplet_weight, triplet_margin: the alignment term between the unimodal posterior
             means (0: off) and its soft margin's scale.
+        kl_align_weight: weight of JMVAE-kl's KL(q(z | image, caption) ‖ q(z | m)) for
+            each modality m, which pulls each unimodal posterior over the joint one (0: off).
         prior_components: components of the mixture fitted to the train pairs' joint
             posterior means that joint samples are drawn from (0: N(0, I)).
         epochs, batch_size, lr, seed: the recipe (each epoch pairs every image with one of
@@ -104,6 +107,7 @@ class JointVAEConfig(Config):
     kl_warmup: int = 500
     triplet_weight: float = 0.0
     triplet_margin: float = 1.0
+    kl_align_weight: float = 0.0
     prior_components: int = 0
     epochs: int = 10
     batch_size: int = 64
@@ -126,9 +130,10 @@ class JointVAEConfig(Config):
         if min(self.pixel_sigma, self.image_weight, self.text_weight) <= 0:
             raise ValueError("pixel_sigma, image_weight and text_weight must be > 0")
         if self.beta < 0 or self.kl_warmup < 0 or self.triplet_weight < 0 \
-                or self.triplet_margin <= 0 or self.prior_components < 0:
-            raise ValueError("beta, kl_warmup, triplet_weight and prior_components must be "
-                             "≥ 0, triplet_margin > 0")
+                or self.triplet_margin <= 0 or self.prior_components < 0 \
+                or self.kl_align_weight < 0:
+            raise ValueError("beta, kl_warmup, triplet_weight, kl_align_weight and "
+                             "prior_components must be ≥ 0, triplet_margin > 0")
 
     def recipe(self) -> Recipe:
         """Adam with cosine decay and gradient clipping (a KL that spikes early stays
@@ -314,6 +319,10 @@ class JointVAE(TokenizerArtefact, nn.Module):
         total = torch.zeros((), device=pixels.device)
         for subset in SUBSETS:
             mu, logvar = self.fuse([experts[m] for m in subset])
+            if len(subset) == 2 and self.config.kl_align_weight:
+                parts["kl_align"] = sum(gaussian_kl(mu, logvar, *self.fuse([experts[m]]))
+                                        for m in subset)
+                total = total + len(SUBSETS) * self.config.kl_align_weight * parts["kl_align"]
             z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
             kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1).mean()
             decoded = subset if self.config.fusion == "mvae" and len(subset) == 1 \
@@ -424,6 +433,14 @@ class JointVAE(TokenizerArtefact, nn.Module):
         self.prior_weight.copy_(torch.from_numpy(mixture.weights_))
         self.prior_mean.copy_(torch.from_numpy(mixture.means_))
         self.prior_std.copy_(torch.from_numpy(mixture.covariances_).sqrt())
+
+
+def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor, mu_q: torch.Tensor,
+                logvar_q: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, e^logvar) ‖ N(mu_q, e^logvar_q)) of diagonal Gaussians, summed over the
+    latent, averaged over rows."""
+    return 0.5 * (logvar_q - logvar + (logvar.exp() + (mu - mu_q).pow(2)) / logvar_q.exp()
+                  - 1).sum(1).mean()
 
 
 def check_images(images: torch.Tensor) -> None:
