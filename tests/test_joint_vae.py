@@ -17,6 +17,7 @@ from modtrans.decoders.joint_vae import (
     JointVAE,
     JointVAEConfig,
     batch_hard_triplet,
+    fit_joint_vae,
     gaussian_kl,
     refit_joint_prior,
 )
@@ -101,6 +102,42 @@ def test_save_load_keeps_all_three_generations(tmp_path: Path) -> None:
     assert model.caption(_images(2)) == loaded.caption(_images(2))
     with pytest.raises(ValueError, match="uint8"):
         model.caption(_images(2).float())
+
+
+def test_spatial_latent_adds_only_its_own_parameters_and_a_positive_kl() -> None:
+    off, on = _model(), _model(spatial_latent=2)
+    assert not any(k.startswith("spatial_") for k in off.state_dict())
+    extra = set(on.state_dict()) - set(off.state_dict())
+    assert extra and all(k.startswith("spatial_") for k in extra)
+    assert set(off.state_dict()) <= set(on.state_dict())
+    on.train()
+    out = on.training_loss((_images(), on.text_ids(CAPTIONS)))
+    for subset in ("image", "image+text"):
+        kl = out[f"{subset}_spatial_kl"]
+        assert torch.isfinite(kl) and kl > 0
+    assert "text_spatial_kl" not in out and "image_spatial_kl" not in off.train().training_loss(
+        (_images(), off.text_ids(CAPTIONS)))
+    out["loss"].backward()
+    assert on.spatial_posterior[-1].weight.grad.abs().sum() > 0
+    assert on.spatial_prior[-1].weight.grad.abs().sum() > 0
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="spatial_latent must be"):
+            JointVAEConfig(spatial_latent=bad)
+
+
+def test_spatial_latent_fits_saves_loads_and_generates_three_ways(tmp_path: Path) -> None:
+    captions = [[c] for c in CAPTIONS]
+    config = JointVAEConfig(**{**TINY, "spatial_latent": 2})
+    fit_joint_vae(_images(), captions, _images(2), captions[:2], tmp_path / "joint", config,
+                  accelerator="cpu", progress=False)
+    loaded = JointVAE.load(tmp_path / "joint")
+    assert loaded.config.spatial_latent == 2
+    images, texts = loaded.sample_pairs(2, generator=torch.Generator().manual_seed(0))
+    assert images.shape == (2, 64, 64, 3) and len(texts) == 2
+    generated = loaded.generate_image(CAPTIONS[:2], sample=False)
+    assert generated.shape == (2, 64, 64, 3)
+    assert torch.equal(generated, loaded.generate_image(CAPTIONS[:2], sample=False))
+    assert len(loaded.caption(_images(2))) == 2
 
 
 def test_fitted_prior_is_refitted_in_place_and_drawn_from(tmp_path: Path) -> None:

@@ -27,6 +27,15 @@ batch-hard triplet term (soft margin) pulls each image's posterior mean towards 
 and away from the hardest other caption in the batch; an optional JMVAE-kl term
 KL(q(z | image, caption) ‖ q(z | m)) pulls each unimodal posterior over the joint one.
 
+With ``spatial_latent`` > 0 the image side adds an image-private spatial latent z2
+(``spatial_latent`` × 8 × 8) below z, top-down as in NVAE: a vector latent alone blurs the
+image, a spatial one keeps its outlines (as the project's image VAE found). Its prior
+p(z2 | z) is read from the decoder's 8×8 features of z, its posterior q(z2 | image, z) adds
+a residual (mean and log-variance deltas) read from those and the encoder's 8×8 features,
+and KL(q ‖ p) joins the KL term. Where the image is not observed (the subset {caption} in
+training, as MMVAE+ draws its private latents; text → image; joint samples) z2 comes from
+p(z2 | z), its mean outside training, so every image still goes through z.
+
 Joint samples are drawn from N(0, I) or, with ``prior_components``, from a Gaussian mixture
 fitted after training to the joint posterior means of the train pairs (ex-post density
 estimation, Ghosh et al. 2020): where the aggregate posterior leaves parts of N(0, I) empty,
@@ -83,6 +92,8 @@ class JointVAEConfig(Config):
             means (0: off) and its soft margin's scale.
         kl_align_weight: weight of JMVAE-kl's KL(q(z | image, caption) ‖ q(z | m)) for
             each modality m, which pulls each unimodal posterior over the joint one (0: off).
+        spatial_latent: channels of the image-private 8×8 latent z2 below z (0: off; see
+            the module's docstring).
         prior_components: components of the mixture fitted to the train pairs' joint
             posterior means that joint samples are drawn from (0: N(0, I)).
         epochs, batch_size, lr, seed: the recipe (each epoch pairs every image with one of
@@ -108,6 +119,7 @@ class JointVAEConfig(Config):
     triplet_weight: float = 0.0
     triplet_margin: float = 1.0
     kl_align_weight: float = 0.0
+    spatial_latent: int = 0
     prior_components: int = 0
     epochs: int = 10
     batch_size: int = 64
@@ -134,6 +146,10 @@ class JointVAEConfig(Config):
                 or self.kl_align_weight < 0:
             raise ValueError("beta, kl_warmup, triplet_weight, kl_align_weight and "
                              "prior_components must be ≥ 0, triplet_margin > 0")
+        if isinstance(self.spatial_latent, bool) or not isinstance(self.spatial_latent, int) \
+                or self.spatial_latent < 0:
+            raise ValueError(f"spatial_latent must be a whole number of channels ≥ 0 (0: no "
+                             f"spatial latent), got {self.spatial_latent!r}")
 
     def recipe(self) -> Recipe:
         """Adam with cosine decay and gradient clipping (a KL that spikes early stays
@@ -204,6 +220,13 @@ class JointVAE(TokenizerArtefact, nn.Module):
                           nn.Conv2d(widths[i + 1], widths[i] if i else ch[0], 3, padding=1))
             for i in range(3, -1, -1)),
             _norm(ch[0], config.norm), nn.SiLU(), nn.Conv2d(ch[0], 3, 3, padding=1))
+        if config.spatial_latent:
+            c = config.spatial_latent
+            self.spatial_prior = nn.Sequential(_norm(ch[2], config.norm), nn.SiLU(),
+                                               nn.Conv2d(ch[2], 2 * c, 3, padding=1))
+            self.spatial_posterior = nn.Sequential(_norm(2 * ch[2], config.norm), nn.SiLU(),
+                                                   nn.Conv2d(2 * ch[2], 2 * c, 3, padding=1))
+            self.spatial_input = nn.Conv2d(c, ch[2], 1)
         self.text_embedding = nn.Embedding(config.text_vocab, w)
         self.text_position = nn.Embedding(config.max_text_length, w)
         self.text_encoder = nn.TransformerEncoder(
@@ -251,7 +274,13 @@ class JointVAE(TokenizerArtefact, nn.Module):
 
     def image_expert(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Pixels in [0, 1] (N, 3, 64, 64) → q(z | image)'s mean and log-variance."""
-        return self.image_posterior(self.image_encoder(pixels * 2 - 1)).chunk(2, dim=1)
+        return self._encode(pixels)[1]
+
+    def _encode(self, pixels: torch.Tensor
+                ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """The encoder's 8×8 features (what q(z2 | image, z) reads) and q(z | image)."""
+        features = self.image_encoder[:3](pixels * 2 - 1)
+        return features, self.image_posterior(self.image_encoder[3:](features)).chunk(2, dim=1)
 
     def text_expert(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Caption ids (N, T) → q(z | caption)'s mean and log-variance (a masked mean of
@@ -278,10 +307,25 @@ class JointVAE(TokenizerArtefact, nn.Module):
 
     # -- decoders -------------------------------------------------------------------------
 
-    def decode_pixels(self, z: torch.Tensor) -> torch.Tensor:
-        """Latents (N, latent_dim) → the image likelihood's mean, pixels in [0, 1]."""
+    def decode_pixels(self, z: torch.Tensor, features: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latents (N, latent_dim) → the image likelihood's mean (pixels in [0, 1]) and
+        KL(q(z2 | image, z) ‖ p(z2 | z)) averaged over rows; z2 comes from the posterior
+        given the encoder's 8×8 ``features``, else from the prior (the KL is then 0, as it is
+        without a spatial latent)."""
         grid = self.image_latent(z).view(len(z), self.config.channels[-1], 4, 4)
-        return torch.sigmoid(self.image_decoder(grid))
+        top = self.image_decoder[:1](grid)
+        kl = top.new_zeros(())
+        if self.config.spatial_latent:
+            mu, logvar = self.spatial_prior(top).chunk(2, dim=1)
+            if features is not None:
+                delta_mu, delta_logvar = self.spatial_posterior(
+                    torch.cat([top, features], dim=1)).chunk(2, dim=1)
+                kl = gaussian_kl(mu + delta_mu, logvar + delta_logvar, mu, logvar)
+                mu, logvar = mu + delta_mu, logvar + delta_logvar
+            z2 = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if self.training else mu
+            top = top + self.spatial_input(z2)
+        return torch.sigmoid(self.image_decoder[1:](top)), kl
 
     def _prefix(self, z: torch.Tensor) -> torch.Tensor:
         return self.prefix(z).view(len(z), self.config.prefix_length, self.config.text_width)
@@ -294,10 +338,13 @@ class JointVAE(TokenizerArtefact, nn.Module):
         labels = ids.masked_fill(ids == self.tokenizer.pad_token_id, -100)
         return F.cross_entropy(logits.transpose(1, 2), labels, reduction="none").sum(1)
 
-    def image_nll(self, z: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
-        """−log p(image | z) per row (N,) up to a constant: squared error / 2σ², summed."""
-        error = (self.decode_pixels(z) - pixels).pow(2).flatten(1).sum(1)
-        return error / (2 * self.config.pixel_sigma ** 2)
+    def image_nll(self, z: torch.Tensor, pixels: torch.Tensor,
+                  features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """−log p(image | z, z2) per row (N,) up to a constant (squared error / 2σ², summed)
+        and z2's KL (see :meth:`decode_pixels`)."""
+        decoded, kl = self.decode_pixels(z, features)
+        error = (decoded - pixels).pow(2).flatten(1).sum(1)
+        return error / (2 * self.config.pixel_sigma ** 2), kl
 
     # -- the objective --------------------------------------------------------------------
 
@@ -311,7 +358,8 @@ class JointVAE(TokenizerArtefact, nn.Module):
         a batch of (uint8 images, caption ids)."""
         images, ids = batch
         pixels = unit_pixels(images)
-        experts = {"image": self.image_expert(pixels), "text": self.text_expert(ids)}
+        features, image_expert = self._encode(pixels)
+        experts = {"image": image_expert, "text": self.text_expert(ids)}
         beta = self.kl_weight()
         if self.training:
             self.kl_step += 1
@@ -327,13 +375,20 @@ class JointVAE(TokenizerArtefact, nn.Module):
             kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1).mean()
             decoded = subset if self.config.fusion == "mvae" and len(subset) == 1 \
                 else ("image", "text")
-            image = self.image_nll(z, pixels).mean() if "image" in decoded else 0.0
-            text = self.text_nll(z, ids).mean() if "text" in decoded else 0.0
+            image = text = spatial_kl = torch.zeros((), device=pixels.device)
+            if "image" in decoded:
+                nll, spatial_kl = self.image_nll(z, pixels,
+                                                 features if "image" in subset else None)
+                image = nll.mean()
+            if "text" in decoded:
+                text = self.text_nll(z, ids).mean()
             total = total + self.config.image_weight * image + self.config.text_weight * text \
-                + beta * kl
+                + beta * (kl + spatial_kl)
             name = "+".join(subset)
-            parts.update({f"{name}_kl": kl, f"{name}_image_nll": torch.as_tensor(image),
-                          f"{name}_text_nll": torch.as_tensor(text)})
+            parts.update({f"{name}_kl": kl, f"{name}_image_nll": image,
+                          f"{name}_text_nll": text})
+            if self.config.spatial_latent and "image" in subset:
+                parts[f"{name}_spatial_kl"] = spatial_kl
         loss = total / len(SUBSETS)
         if self.config.triplet_weight:
             parts["triplet"] = batch_hard_triplet(experts["image"][0], experts["text"][0],
@@ -357,7 +412,7 @@ class JointVAE(TokenizerArtefact, nn.Module):
     @torch.no_grad()
     def image_latents(self, z: torch.Tensor) -> torch.Tensor:
         """One image per latent: the likelihood's mean as uint8 (N, 64, 64, 3)."""
-        return uint8_images(self.decode_pixels(z.to(self.device))).cpu()
+        return uint8_images(self.decode_pixels(z.to(self.device))[0]).cpu()
 
     def _draw(self, mu: torch.Tensor, logvar: torch.Tensor, sample: bool,
               generator: torch.Generator | None) -> torch.Tensor:
@@ -438,9 +493,9 @@ class JointVAE(TokenizerArtefact, nn.Module):
 def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor, mu_q: torch.Tensor,
                 logvar_q: torch.Tensor) -> torch.Tensor:
     """KL(N(mu, e^logvar) ‖ N(mu_q, e^logvar_q)) of diagonal Gaussians, summed over the
-    latent, averaged over rows."""
+    latent (every dimension but the first), averaged over rows."""
     return 0.5 * (logvar_q - logvar + (logvar.exp() + (mu - mu_q).pow(2)) / logvar_q.exp()
-                  - 1).sum(1).mean()
+                  - 1).flatten(1).sum(1).mean()
 
 
 def check_images(images: torch.Tensor) -> None:
