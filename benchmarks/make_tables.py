@@ -923,7 +923,7 @@ def main() -> None:
               for line in [*world_section(), *clip_section(), *worldbench_section(),
                            *e2e_section(), *e2e_section("budget"), *e2e_section("tokens"),
                            *token_decoder_section(), *lverse_section(), *joint_vae_section(),
-                           *joint_vae_section("jmvae"),
+                           *joint_vae_section("jmvae"), *joint_vae_section("hier"),
                            *image_decoder_section(),
                            *(part for tag in VARIANTS if tag
                              for part in (*clip_section(tag), *worldbench_section(tag))),
