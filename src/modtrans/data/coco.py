@@ -6,7 +6,6 @@ The world generator writes the official format too, so the same reader serves bo
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import logging
 import re
@@ -14,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from modtrans.data.records import Record
+from modtrans.data.records import Record, contiguous_ranges
 from modtrans.io import read_json
 
 logger = logging.getLogger(__name__)
@@ -49,12 +48,10 @@ class CaptionedImages:
 
     def units(self, n: int) -> list[CaptionedImages]:
         """At most ``n`` contiguous, non-empty image ranges that cover the source in order."""
-        k = max(min(n, len(self)), 1)
-        bounds = [len(self) * i // k for i in range(k + 1)]
         return [
             CaptionedImages(*(field[a:b] for field in (
                 self.image_ids, self.image_paths, self.captions, self.caption_ids, self.extra)))
-            for a, b in itertools.pairwise(bounds) if b > a
+            for a, b in contiguous_ranges(len(self), n)
         ]
 
     @property

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -64,3 +65,11 @@ class CaptionSource(Protocol):
         """At most ``n`` contiguous, non-empty sources that cover this one in order: the work
         units of a distributed embedding job."""
         ...
+
+
+def contiguous_ranges(length: int, n: int) -> list[tuple[int, int]]:
+    """At most ``n`` contiguous, non-empty, near-equal ``(start, stop)`` ranges covering
+    ``range(length)`` in order: how a source is cut into work units."""
+    k = max(min(n, length), 1)
+    bounds = [length * i // k for i in range(k + 1)]
+    return [(a, b) for a, b in itertools.pairwise(bounds) if b > a]

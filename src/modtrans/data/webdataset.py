@@ -9,7 +9,6 @@ damage, then a record carrying the error, and the job goes on with the next shar
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import tarfile
@@ -17,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from modtrans.data.records import IMAGE_SUFFIXES, Record
+from modtrans.data.records import IMAGE_SUFFIXES, Record, contiguous_ranges
 from modtrans.io import read_parquet
 
 logger = logging.getLogger(__name__)
@@ -51,9 +50,8 @@ class WebDatasetShards:
 
     def units(self, n: int) -> list[WebDatasetShards]:
         """At most ``n`` contiguous, non-empty ranges of whole shards, covering them in order."""
-        k = min(n, len(self.shards))
-        bounds = [len(self.shards) * i // k for i in range(k + 1)]
-        return [WebDatasetShards(self.shards[a:b]) for a, b in itertools.pairwise(bounds)]
+        return [WebDatasetShards(self.shards[a:b])
+                for a, b in contiguous_ranges(len(self.shards), n)]
 
     def _count_from_parquet(self) -> int:
         """Successful samples listed in the img2dataset parquet files (0 when there are none)."""
